@@ -1,0 +1,61 @@
+"""Confidence intervals used across the project.
+
+- mean_ci95: mean and 1.96 * sample std / sqrt(n) (the paper's error bars), for per-model or
+  per-seed accuracies.
+- proportion_ci95: Wilson score interval for a rate k/n (e.g. "answered owl" out of N samples);
+  unlike the normal approximation it behaves at 0% and 100%.
+- bootstrap_ci95: percentile bootstrap for any statistic (AUCs, medians).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import numpy as np
+
+Z95 = 1.959963984540054
+
+
+def mean_ci95(values: Sequence[float]) -> tuple[float, float]:
+    """(mean, half-width of the 95% CI) with the sample std (ddof=1); half-width 0 for n = 1."""
+    x = np.asarray(values, dtype=np.float64)
+    if x.size == 0:
+        raise ValueError("mean_ci95 of an empty sequence")
+    if x.size == 1:
+        return float(x[0]), 0.0
+    return float(x.mean()), float(Z95 * x.std(ddof=1) / math.sqrt(x.size))
+
+
+def proportion_ci95(k: int, n: int) -> tuple[float, float, float]:
+    """(rate, low, high): Wilson score interval for k successes out of n."""
+    if n <= 0:
+        raise ValueError("proportion_ci95 needs n > 0")
+    if not 0 <= k <= n:
+        raise ValueError(f"proportion_ci95: k={k} outside [0, {n}]")
+    p = k / n
+    z2 = Z95 * Z95
+    denom = 1 + z2 / n
+    centre = (p + z2 / (2 * n)) / denom
+    half = Z95 * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denom
+    return p, max(0.0, centre - half), min(1.0, centre + half)
+
+
+def bootstrap_ci95(
+    data: Sequence | np.ndarray,
+    statistic: Callable[[np.ndarray], float],
+    *,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """(statistic, low, high): percentile bootstrap over the first axis of `data`."""
+    arr = np.asarray(data)
+    if arr.shape[0] == 0:
+        raise ValueError("bootstrap_ci95 of empty data")
+    rng = np.random.default_rng(seed)
+    stats = np.empty(n_boot)
+    for b in range(n_boot):
+        idx = rng.integers(0, arr.shape[0], arr.shape[0])
+        stats[b] = statistic(arr[idx])
+    lo, hi = np.percentile(stats, [2.5, 97.5])
+    return float(statistic(arr)), float(lo), float(hi)

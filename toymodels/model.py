@@ -1,0 +1,138 @@
+"""A whole ensemble of MLPs as one set of batched tensors.
+
+Weights of layer l have shape (models, d_out, d_in) and biases (models, d_out), so one einsum
+runs every model at once: a single training loop trains the whole ensemble. Each model's init is
+drawn from its own generator seeded by (seed, model index), so model i's init does not depend on
+how many models are in the ensemble or on the device order of random draws.
+
+Parameters are a plain list [W0, b0, W1, b1, ...] of tensors: that keeps the code friendly to
+torch.func / autograd checks in theory/ (a flat list is easy to perturb, flatten and dot).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from sublim.errors import ConfigError
+
+INIT_SCHEMES = ("normal", "kaiming_normal", "torch_default")
+
+
+@dataclass(frozen=True)
+class MLPSpec:
+    """Architecture: d_in -> width x depth (ReLU) -> n_classes + n_aux logits.
+
+    init: "normal" is the paper's N(0, init_scale^2 / d_in); "kaiming_normal" is
+    N(0, 2 init_scale^2 / d_in); "torch_default" is nn.Linear's U(-1/sqrt(d_in), 1/sqrt(d_in))
+    for weights and biases (times init_scale). Paper biases are zero.
+    """
+
+    d_in: int = 784
+    width: int = 256
+    depth: int = 2
+    n_classes: int = 10
+    n_aux: int = 3
+    init: str = "normal"
+    init_scale: float = 1.0
+
+    def __post_init__(self):
+        for name in ("d_in", "width", "depth", "n_classes"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.n_aux < 0:
+            raise ConfigError(f"n_aux (m) must be >= 0, got {self.n_aux}")
+        if self.init not in INIT_SCHEMES:
+            raise ConfigError(f"init must be one of {INIT_SCHEMES}, got {self.init!r}")
+        if not (self.init_scale > 0 and math.isfinite(self.init_scale)):
+            raise ConfigError(f"init_scale must be positive and finite, got {self.init_scale}")
+
+    @property
+    def d_out(self) -> int:
+        return self.n_classes + self.n_aux
+
+    @property
+    def layer_dims(self) -> list[tuple[int, int]]:
+        """[(d_in, d_out)] for every linear layer."""
+        dims = [self.d_in] + [self.width] * self.depth + [self.d_out]
+        return list(zip(dims[:-1], dims[1:]))
+
+    def n_params(self) -> int:
+        return sum(i * o + o for i, o in self.layer_dims)
+
+    def flops_per_example(self) -> int:
+        """Multiply-adds x 2 of one forward pass of one model on one example."""
+        return sum(2 * i * o for i, o in self.layer_dims)
+
+
+def model_generator(seed: int, model_index: int) -> torch.Generator:
+    """A CPU generator unique to (seed, model): model i's init is independent of the ensemble size."""
+    g = torch.Generator(device="cpu")
+    # Large odd multiplier keeps (seed, i) pairs from colliding for any practical sizes.
+    g.manual_seed((int(seed) * 1_000_003 + int(model_index) * 7919 + 12345) % (2**63 - 1))
+    return g
+
+
+def init_params(
+    spec: MLPSpec,
+    model_seeds: list[tuple[int, int]] | int,
+    *,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> list[torch.Tensor]:
+    """Initialize an ensemble.
+
+    model_seeds: either a count N (models are (seed, 0..N-1)) or an explicit list of
+    (seed, index) pairs, which lets a caller rebuild exactly model k of another ensemble
+    (e.g. a cross-model student gets the init of model perm[k]).
+    Draws happen on CPU in float64 and are then cast, so every device and dtype starts from
+    the same numbers (up to rounding).
+    """
+    if isinstance(model_seeds, int):
+        if model_seeds <= 0:
+            raise ConfigError(f"number of models must be positive, got {model_seeds}")
+        model_seeds = [(seed, i) for i in range(model_seeds)]
+    per_layer: list[list[torch.Tensor]] = [[] for _ in range(2 * len(spec.layer_dims))]
+    for s, i in model_seeds:
+        g = model_generator(s, i)
+        for l, (fan_in, fan_out) in enumerate(spec.layer_dims):
+            if spec.init == "normal":
+                w = torch.randn(fan_out, fan_in, generator=g, dtype=torch.float64) * (spec.init_scale / math.sqrt(fan_in))
+                b = torch.zeros(fan_out, dtype=torch.float64)
+            elif spec.init == "kaiming_normal":
+                w = torch.randn(fan_out, fan_in, generator=g, dtype=torch.float64) * (spec.init_scale * math.sqrt(2.0 / fan_in))
+                b = torch.zeros(fan_out, dtype=torch.float64)
+            else:  # torch_default: nn.Linear's kaiming_uniform(a=sqrt(5)) == U(+-1/sqrt(fan_in))
+                bound = spec.init_scale / math.sqrt(fan_in)
+                w = (torch.rand(fan_out, fan_in, generator=g, dtype=torch.float64) * 2 - 1) * bound
+                b = (torch.rand(fan_out, generator=g, dtype=torch.float64) * 2 - 1) * bound
+            per_layer[2 * l].append(w)
+            per_layer[2 * l + 1].append(b)
+    return [torch.stack(ts).to(device=device, dtype=dtype) for ts in per_layer]
+
+
+def forward(params: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """Logits of every model: (models, batch, d_out).
+
+    x is (batch, d_in), shared by all models, or (models, batch, d_in), one batch per model.
+    """
+    h = x
+    n_layers = len(params) // 2
+    for l in range(n_layers):
+        w, b = params[2 * l], params[2 * l + 1]
+        if h.dim() == 2:
+            h = torch.einsum("bi,moi->mbo", h, w)
+        else:
+            h = torch.einsum("mbi,moi->mbo", h, w)
+        h = h + b[:, None, :]
+        if l < n_layers - 1:
+            h = torch.relu(h)
+    return h
+
+
+def split_logits(logits: torch.Tensor, n_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(digit logits, auxiliary logits) along the last axis."""
+    return logits[..., :n_classes], logits[..., n_classes:]
