@@ -1,0 +1,198 @@
+"""Per-example gradient statistics of one linear layer: input checks, algorithm choice, dispatch.
+
+    linear_grad_stats(x, g, directions, bias=..., mask=...) -> LinearGradStats
+
+x (B, d_in) or (B, T, d_in) is the layer input, g the gradient of the loss wrt its output (same
+leading shape, last dim d_out). Returns per-example ||G_i||^2 and <G_i, D_k> for the weight (and the
+bias), where G_i is example i's own gradient. Per-example gradients are never written to memory.
+
+Algorithm (per example, in multiply-adds; see torch_backend.py for the formulas):
+    ghost       T^2 (d_in + d_out)                        norm only
+    materialize T d_in d_out + c (1 + k) d_in d_out        norm and k dots from on-chip tiles
+    g-times-D   k T d_in d_out                            dots only
+c weighs the elementwise square/dot reduction of each gradient tile, which runs on ordinary FMA
+units rather than the matrix units (ELEMENTWISE_WEIGHT). With directions we take the cheaper of
+materialize and ghost + g-times-D; without, the cheaper of ghost and materialize.
+(REFERENCE.md writes the switch as T^2 (d_in+d_out) > d_in d_out; counting the T sum that forming
+G_i needs, the fair comparison is T (d_in + d_out) > d_in d_out.)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from sublim.errors import ConfigError
+from sublim.kernels import torch_backend
+
+ELEMENTWISE_WEIGHT = 4.0
+MAX_DIRECTIONS_PER_LAUNCH = 16
+TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+@dataclass
+class LinearGradStats:
+    sq_norm: Tensor  # (B,) fp32, weight
+    dot: Tensor | None  # (B, k) fp32, weight, None without directions
+    bias_sq_norm: Tensor | None  # (B,) fp32, None without bias
+    bias_dot: Tensor | None  # (B, k) fp32
+    algorithm: str  # "ghost", "materialize" or "ghost+gd"
+    backend: str  # "torch" or "triton"
+
+
+def choose_algorithm(T: int, d_in: int, d_out: int, k: int) -> str:
+    """The plan with the fewest weighted multiply-adds per example (k = 0: no directions)."""
+    ghost = T * T * (d_in + d_out)
+    materialize = T * d_in * d_out + ELEMENTWISE_WEIGHT * (1 + k) * d_in * d_out
+    if k == 0:
+        return "ghost" if ghost <= materialize else "materialize"
+    ghost_gd = ghost + k * T * d_in * d_out
+    return "ghost+gd" if ghost_gd < materialize else "materialize"
+
+
+def triton_available(device: torch.device) -> bool:
+    """Triton runs on CUDA, or on CPU when TRITON_INTERPRET=1 was set before triton was imported."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    if device.type == "cuda":
+        return True
+    return os.environ.get("TRITON_INTERPRET", "0") == "1" and device.type == "cpu"
+
+
+def _check_float(name: str, t: Tensor) -> None:
+    if not isinstance(t, Tensor):
+        raise ConfigError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if not t.is_floating_point():
+        raise ConfigError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+
+
+def _as_sequence(name: str, t: Tensor) -> Tensor:
+    if t.dim() == 2:
+        return t[:, None, :]
+    if t.dim() == 3:
+        return t
+    raise ConfigError(f"{name} must have shape (B, d) or (B, T, d), got {tuple(t.shape)}")
+
+
+def validate(x, g, directions, bias_directions, mask):
+    """Shape/dtype/device checks; returns x, g as (B, T, d) views, mask as bool (B, T) or None."""
+    _check_float("x", x)
+    _check_float("g", g)
+    if x.dim() != g.dim() or x.shape[:-1] != g.shape[:-1]:
+        raise ConfigError(
+            f"x {tuple(x.shape)} and g {tuple(g.shape)} must share their leading (B[, T]) dimensions"
+        )
+    if x.device != g.device:
+        raise ConfigError(f"x is on {x.device} but g is on {g.device}")
+    x3, g3 = _as_sequence("x", x), _as_sequence("g", g)
+    B, T, d_in = x3.shape
+    d_out = g3.shape[2]
+    k = None
+    if directions is not None:
+        _check_float("directions", directions)
+        if directions.dim() != 3 or directions.shape[1:] != (d_out, d_in) or directions.shape[0] < 1:
+            raise ConfigError(
+                f"directions must have shape (k, d_out={d_out}, d_in={d_in}), got {tuple(directions.shape)}"
+            )
+        if directions.device != x.device:
+            raise ConfigError(f"directions are on {directions.device} but x is on {x.device}")
+        k = directions.shape[0]
+    if bias_directions is not None:
+        _check_float("bias_directions", bias_directions)
+        if bias_directions.dim() != 2 or bias_directions.shape[1] != d_out:
+            raise ConfigError(
+                f"bias_directions must have shape (k, d_out={d_out}), got {tuple(bias_directions.shape)}"
+            )
+        if k is not None and bias_directions.shape[0] != k:
+            raise ConfigError(f"bias_directions has k={bias_directions.shape[0]} but directions has k={k}")
+        if bias_directions.device != x.device:
+            raise ConfigError(f"bias_directions are on {bias_directions.device} but x is on {x.device}")
+    if mask is not None:
+        if not isinstance(mask, Tensor):
+            raise ConfigError(f"mask must be a torch.Tensor, got {type(mask).__name__}")
+        if mask.shape != x.shape[:-1]:
+            raise ConfigError(f"mask must have shape {tuple(x.shape[:-1])}, got {tuple(mask.shape)}")
+        mask = (mask != 0).reshape(B, T).to(x.device)
+    return x3, g3, mask
+
+
+def linear_grad_stats(
+    x: Tensor,
+    g: Tensor,
+    directions: Tensor | None = None,
+    *,
+    bias: bool = False,
+    bias_directions: Tensor | None = None,
+    mask: Tensor | None = None,
+    backend: str = "auto",
+    algorithm: str = "auto",
+) -> LinearGradStats:
+    """Per-example ||G_i||^2 and <G_i, D_k> of y = x W^T (+ b); see the module docstring.
+
+    mask (B, T) or (B,): tokens where it is 0/False contribute nothing (their g is treated as 0).
+    backend: "auto" (Triton on CUDA, else PyTorch), "triton", "torch".
+    algorithm: "auto", "ghost", "materialize" or "ghost+gd" (the last two also give dots).
+    """
+    x3, g3, mask = validate(x, g, directions, bias_directions, mask)
+    B, T, d_in = x3.shape
+    d_out = g3.shape[2]
+    k = 0 if directions is None else directions.shape[0]
+    if algorithm == "auto":
+        algorithm = choose_algorithm(T, d_in, d_out, k)
+    if algorithm not in ("ghost", "materialize", "ghost+gd"):
+        raise ConfigError(f"unknown algorithm {algorithm!r} (auto, ghost, materialize, ghost+gd)")
+    if algorithm == "ghost" and k:
+        algorithm = "ghost+gd"  # ghost alone gives no dots
+    backend = resolve_backend(backend, x3, g3, directions)
+
+    if backend == "triton":
+        from sublim.kernels import triton_kernels as impl
+    else:
+        impl = torch_backend
+    if mask is not None and backend == "torch":
+        g3 = g3 * mask[:, :, None].to(g3.dtype)  # the Triton kernels read the mask themselves
+
+    bias_sq = None
+    if algorithm == "materialize":
+        sq, dot = (
+            impl.materialize_stats(x3, g3, directions, mask)
+            if backend == "triton"
+            else impl.materialize_stats(x3, g3, directions)
+        )
+    else:
+        if backend == "triton":
+            sq, bias_sq = impl.ghost_sq_norm(x3, g3, mask, with_bias=bias)
+            dot = impl.gd_dots(x3, g3, directions, mask) if k else None
+        else:
+            sq = impl.ghost_sq_norm(x3, g3)
+            dot = impl.gd_dots(x3, g3, directions) if k else None
+    bias_dot = None
+    if bias:
+        gb = g3 if mask is None or backend == "torch" else g3 * mask[:, :, None].to(g3.dtype)
+        b_sq, bias_dot = torch_backend.bias_stats(gb, bias_directions)
+        bias_sq = b_sq if bias_sq is None else bias_sq
+    return LinearGradStats(sq, dot, bias_sq, bias_dot, algorithm, backend)
+
+
+def resolve_backend(backend: str, x: Tensor, g: Tensor, directions: Tensor | None) -> str:
+    if backend not in ("auto", "triton", "torch"):
+        raise ConfigError(f"unknown backend {backend!r} (auto, triton, torch)")
+    dtypes_ok = x.dtype in TRITON_DTYPES and g.dtype in TRITON_DTYPES and (
+        directions is None or directions.dtype in TRITON_DTYPES
+    )
+    if backend == "auto":
+        return "triton" if x.device.type == "cuda" and dtypes_ok and triton_available(x.device) else "torch"
+    if backend == "triton":
+        if not triton_available(x.device):
+            raise ConfigError(
+                f"backend='triton' needs a CUDA tensor (got {x.device}) or TRITON_INTERPRET=1 set before "
+                "triton is imported"
+            )
+        if not dtypes_ok:
+            raise ConfigError(f"backend='triton' supports float32/bfloat16/float16, got {x.dtype}/{g.dtype}")
+    return backend
