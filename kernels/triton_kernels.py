@@ -1,0 +1,308 @@
+"""Triton kernels for per-example gradient statistics of a linear layer (see linear_stats.py).
+
+Three kernels, each one pass over x and g, fp32 accumulation, nothing of size d_in * d_out * B
+written to memory (outputs are (B,) and (B, k) fp32, accumulated with atomics):
+
+  _ghost_kernel        program = (example i, pair of token tiles (t, s) with s >= t). Builds the
+                       Gram tiles X_t X_s^T and G_t G_s^T with tl.dot over d_in / d_out, multiplies
+                       them elementwise and reduces: ||G_i||^2 = sum_{t,s} (x_t.x_s)(g_t.g_s).
+                       Off-diagonal pairs count twice (symmetry). The bias norm ||sum_t g_t||^2 is
+                       the sum of the G G^T entries, so it comes free. T x T never reaches memory.
+  _materialize_kernel  program = (tile of d_out x d_in, group of examples). For each example in the
+                       group, forms the gradient tile G_i[rows, cols] = g_i[:, rows]^T x_i[:, cols]
+                       with tl.dot over tokens, then reduces sum(G^2) and sum(G * D_k) on chip. The
+                       direction tiles are reused across the examples of the group (L1/L2).
+  _gd_kernel           program = (block of tokens, block of d_in, direction k). acc = g D_k (tl.dot
+                       over d_out), then rows of acc . x give per-token <g_t, D_k x_t>, scattered
+                       into their example with atomics. Best for short sequences (T ~ 1).
+
+fp32 inputs use input_precision="ieee" (TF32 would cost ~3 decimal digits); fp16/bf16 use the
+tensor cores with fp32 accumulation. The launchers below choose tile sizes from the shape.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+_TL_DTYPE = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
+
+
+# Triton's CPU interpreter (3.9) computes tl.dot on bfloat16 operands wrongly (it multiplies the raw
+# bits); there we upcast bf16 to fp32 before tl.dot, which is exact, so results are unchanged.
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _compute_dtype(*tensors: Tensor | None) -> torch.dtype:
+    """One dtype for the operands of a tl.dot: the common one, else float32."""
+    dts = {t.dtype for t in tensors if t is not None}
+    dt = dts.pop() if len(dts) == 1 else torch.float32
+    if _INTERPRET and dt == torch.bfloat16:
+        dt = torch.float32
+    return dt
+
+
+def _precision(dtype: torch.dtype) -> str:
+    return "ieee" if dtype == torch.float32 else "tf32"  # ignored for 16-bit inputs
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device_index: int) -> int:
+    if not torch.cuda.is_available():
+        return 4  # interpreter: any small number
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def _device_sms(t: Tensor) -> int:
+    return _sm_count(t.device.index or 0) if t.is_cuda else 4
+
+
+@functools.lru_cache(maxsize=64)
+def _pair_table(n: int, device: str) -> tuple[Tensor, Tensor]:
+    ts, ss = zip(*[(a, b) for a in range(n) for b in range(a, n)])
+    return (
+        torch.tensor(ts, dtype=torch.int32, device=device),
+        torch.tensor(ss, dtype=torch.int32, device=device),
+    )
+
+
+def _mask_arg(mask: Tensor | None, x: Tensor):
+    """The mask as int8 (B, T) with its strides, or a dummy pointer when there is none."""
+    if mask is None:
+        return x, 0, 0
+    m = mask.to(torch.int8)
+    return m, m.stride(0), m.stride(1)
+
+
+# ------------------------------------------------------------------------------------------------
+# ghost norm
+# ------------------------------------------------------------------------------------------------
+@triton.jit
+def _ghost_kernel(
+    x_ptr, g_ptr, mask_ptr, pair_t_ptr, pair_s_ptr, out_w_ptr, out_b_ptr,
+    T, D_IN, D_OUT,
+    sxb, sxt, sxd, sgb, sgt, sgd, smb, smt,
+    HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, PREC_X: tl.constexpr, PREC_G: tl.constexpr,
+    CDT_X: tl.constexpr, CDT_G: tl.constexpr,
+):
+    i = tl.program_id(0).to(tl.int64)
+    p = tl.program_id(1)
+    ti = tl.load(pair_t_ptr + p)
+    si = tl.load(pair_s_ptr + p)
+    rt = ti * BT + tl.arange(0, BT)
+    rs = si * BT + tl.arange(0, BT)
+    vt = rt < T
+    vs = rs < T
+    kk = tl.arange(0, BK)
+
+    xx = tl.zeros((BT, BT), dtype=tl.float32)
+    x_base = x_ptr + i * sxb
+    for k0 in range(0, D_IN, BK):
+        vk = (k0 + kk) < D_IN
+        a = tl.load(x_base + rt[:, None] * sxt + (k0 + kk)[None, :] * sxd, mask=vt[:, None] & vk[None, :], other=0.0)
+        b = tl.load(x_base + rs[None, :] * sxt + (k0 + kk)[:, None] * sxd, mask=vk[:, None] & vs[None, :], other=0.0)
+        xx += tl.dot(a.to(CDT_X), b.to(CDT_X), input_precision=PREC_X)
+
+    gg = tl.zeros((BT, BT), dtype=tl.float32)
+    g_base = g_ptr + i * sgb
+    for k0 in range(0, D_OUT, BK):
+        vk = (k0 + kk) < D_OUT
+        a = tl.load(g_base + rt[:, None] * sgt + (k0 + kk)[None, :] * sgd, mask=vt[:, None] & vk[None, :], other=0.0)
+        b = tl.load(g_base + rs[None, :] * sgt + (k0 + kk)[:, None] * sgd, mask=vk[:, None] & vs[None, :], other=0.0)
+        gg += tl.dot(a.to(CDT_G), b.to(CDT_G), input_precision=PREC_G)
+
+    if HAS_MASK:
+        mt = tl.load(mask_ptr + i * smb + rt * smt, mask=vt, other=0) != 0
+        ms = tl.load(mask_ptr + i * smb + rs * smt, mask=vs, other=0) != 0
+        gg = tl.where(mt[:, None] & ms[None, :], gg, 0.0)
+
+    factor = tl.where(ti == si, 1.0, 2.0)
+    tl.atomic_add(out_w_ptr + i, tl.sum(tl.sum(xx * gg, axis=1), axis=0) * factor)
+    if HAS_BIAS:
+        tl.atomic_add(out_b_ptr + i, tl.sum(tl.sum(gg, axis=1), axis=0) * factor)
+
+
+def ghost_sq_norm(x: Tensor, g: Tensor, mask: Tensor | None, with_bias: bool = False):
+    """x (B,T,d_in), g (B,T,d_out) -> (||G_i||^2 (B,), ||b_i||^2 (B,) or None)."""
+    B, T, d_in = x.shape
+    d_out = g.shape[2]
+    out_w = torch.zeros(B, dtype=torch.float32, device=x.device)
+    out_b = torch.zeros(B, dtype=torch.float32, device=x.device) if with_bias else out_w
+    if B == 0 or T == 0:
+        return out_w, (out_b if with_bias else None)
+    # Token tile: the largest of 64/32/16 that still gives about two waves of programs.
+    target = 2 * _device_sms(x)
+    BT = 16
+    for cand in (64, 32):
+        n = triton.cdiv(T, cand)
+        if cand <= max(16, triton.next_power_of_2(T)) and B * n * (n + 1) // 2 >= target:
+            BT = cand
+            break
+    n = triton.cdiv(T, BT)
+    pt, ps = _pair_table(n, str(x.device))
+    m, smb, smt = _mask_arg(mask, x)
+    cx, cg = _compute_dtype(x), _compute_dtype(g)
+    _ghost_kernel[(B, pt.numel())](
+        x, g, m, pt, ps, out_w, out_b,
+        T, d_in, d_out,
+        x.stride(0), x.stride(1), x.stride(2), g.stride(0), g.stride(1), g.stride(2), smb, smt,
+        HAS_MASK=mask is not None, HAS_BIAS=with_bias, BT=BT, BK=64 if x.is_cuda else 16, PREC_X=_precision(cx), PREC_G=_precision(cg),
+        CDT_X=_TL_DTYPE[cx], CDT_G=_TL_DTYPE[cg],
+        num_warps=4,
+    )
+    return out_w, (out_b if with_bias else None)
+
+
+# ------------------------------------------------------------------------------------------------
+# materialize on chip
+# ------------------------------------------------------------------------------------------------
+@triton.jit
+def _materialize_kernel(
+    x_ptr, g_ptr, mask_ptr, dir_ptr, out_sq_ptr, out_dot_ptr,
+    B, T, D_IN, D_OUT, EX_PER_PROG,
+    sxb, sxt, sxd, sgb, sgt, sgd, smb, smt, sdk, sdo, sdi,
+    K: tl.constexpr, KP: tl.constexpr, HAS_MASK: tl.constexpr, HAS_DIR: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BT: tl.constexpr, PREC: tl.constexpr, CDT: tl.constexpr,
+):
+    pid_tile = tl.program_id(0)
+    pid_grp = tl.program_id(1)
+    n_col_tiles = tl.cdiv(D_IN, BN)
+    rm = (pid_tile // n_col_tiles) * BM + tl.arange(0, BM)  # rows of W (d_out)
+    rn = (pid_tile % n_col_tiles) * BN + tl.arange(0, BN)  # columns of W (d_in)
+    vm = rm < D_OUT
+    vn = rn < D_IN
+    kk = tl.arange(0, KP)
+    first = pid_grp * EX_PER_PROG
+    n_ex = tl.minimum(EX_PER_PROG, B - first)
+    for e in range(0, n_ex):
+        i = (first + e).to(tl.int64)
+        acc = tl.zeros((BM, BN), dtype=tl.float32)
+        for t0 in range(0, T, BT):
+            rt = t0 + tl.arange(0, BT)
+            vt = rt < T
+            gt = tl.load(g_ptr + i * sgb + rt[None, :] * sgt + rm[:, None] * sgd,
+                         mask=vm[:, None] & vt[None, :], other=0.0)  # (BM, BT) = g^T
+            if HAS_MASK:
+                mt = tl.load(mask_ptr + i * smb + rt * smt, mask=vt, other=0) != 0
+                gt = tl.where(mt[None, :], gt, 0.0)
+            xt = tl.load(x_ptr + i * sxb + rt[:, None] * sxt + rn[None, :] * sxd,
+                         mask=vt[:, None] & vn[None, :], other=0.0)  # (BT, BN)
+            acc += tl.dot(gt.to(CDT), xt.to(CDT), input_precision=PREC)
+        tl.atomic_add(out_sq_ptr + i, tl.sum(tl.sum(acc * acc, axis=1), axis=0))
+        if HAS_DIR:
+            dots = tl.zeros((KP,), dtype=tl.float32)
+            for j in tl.static_range(K):
+                d = tl.load(dir_ptr + j * sdk + rm[:, None] * sdo + rn[None, :] * sdi,
+                            mask=vm[:, None] & vn[None, :], other=0.0).to(tl.float32)
+                val = tl.sum(tl.sum(acc * d, axis=1), axis=0)
+                dots = tl.where(kk == j, val, dots)
+            tl.atomic_add(out_dot_ptr + i * K + kk, dots, mask=kk < K)
+
+
+def materialize_stats(x: Tensor, g: Tensor, directions: Tensor | None, mask: Tensor | None):
+    """x (B,T,d_in), g (B,T,d_out), directions (k,d_out,d_in) -> (sq (B,), dots (B,k) or None)."""
+    B, T, d_in = x.shape
+    d_out = g.shape[2]
+    sq = torch.zeros(B, dtype=torch.float32, device=x.device)
+    k = 0 if directions is None else directions.shape[0]
+    dots = torch.zeros(B, k, dtype=torch.float32, device=x.device) if k else None
+    if B == 0 or T == 0:
+        return sq, dots
+    big = min(d_in, d_out) >= 512 and x.is_cuda
+    BM = BN = 128 if big else (64 if x.is_cuda else 16)
+    BT = 64 if x.is_cuda else 16
+    if x.is_cuda:
+        BT = min(BT, max(16, triton.next_power_of_2(T)))
+    n_tiles = triton.cdiv(d_out, BM) * triton.cdiv(d_in, BN)
+    # Enough example groups for ~2 waves; fewer groups reuse each direction tile more.
+    groups = max(1, min(B, triton.cdiv(2 * _device_sms(x), n_tiles)))
+    ex_per_prog = triton.cdiv(B, groups)
+    groups = triton.cdiv(B, ex_per_prog)
+    m, smb, smt = _mask_arg(mask, x)
+    cdt = _compute_dtype(x, g)
+    for k0 in range(0, max(k, 1), 16):  # at most 16 directions per launch (unrolled on chip)
+        kc = min(16, k - k0) if k else 0
+        if k0 > 0:  # later chunks only need the dots; the norm was accumulated by the first launch
+            sq_target = torch.zeros_like(sq)
+        else:
+            sq_target = sq
+        Dc = directions[k0:k0 + kc] if kc else x
+        dot_target = torch.zeros(B, kc, dtype=torch.float32, device=x.device) if kc else sq
+        _materialize_kernel[(n_tiles, groups)](
+            x, g, m, Dc, sq_target, dot_target,
+            B, T, d_in, d_out, ex_per_prog,
+            x.stride(0), x.stride(1), x.stride(2), g.stride(0), g.stride(1), g.stride(2), smb, smt,
+            Dc.stride(0) if kc else 0, Dc.stride(1) if kc else 0, Dc.stride(2) if kc else 0,
+            K=max(kc, 1), KP=max(2, triton.next_power_of_2(max(kc, 1))), HAS_MASK=mask is not None,
+            HAS_DIR=kc > 0, BM=BM, BN=BN, BT=BT, PREC=_precision(cdt), CDT=_TL_DTYPE[cdt],
+            num_warps=8 if big else 4,
+        )
+        if kc:
+            dots[:, k0:k0 + kc] = dot_target
+    return sq, dots
+
+
+# ------------------------------------------------------------------------------------------------
+# g times D (dots for short sequences)
+# ------------------------------------------------------------------------------------------------
+@triton.jit
+def _gd_kernel(
+    x_ptr, g_ptr, mask_ptr, dir_ptr, out_ptr,
+    N, T, D_IN, D_OUT, K,
+    sxb, sxt, sxd, sgb, sgt, sgd, smb, smt, sdk, sdo, sdi,
+    HAS_MASK: tl.constexpr, BR: tl.constexpr, BN: tl.constexpr, BO: tl.constexpr,
+    PREC: tl.constexpr, CDT: tl.constexpr,
+):
+    rr = tl.program_id(0) * BR + tl.arange(0, BR)  # flattened token rows b * T + t
+    rn = tl.program_id(1) * BN + tl.arange(0, BN)
+    j = tl.program_id(2)
+    vr = rr < N
+    vn = rn < D_IN
+    b = (rr // T).to(tl.int64)
+    t = rr % T
+    ro = tl.arange(0, BO)
+    acc = tl.zeros((BR, BN), dtype=tl.float32)
+    for o0 in range(0, D_OUT, BO):
+        vo = (o0 + ro) < D_OUT
+        gt = tl.load(g_ptr + b[:, None] * sgb + t[:, None] * sgt + (o0 + ro)[None, :] * sgd,
+                     mask=vr[:, None] & vo[None, :], other=0.0)
+        d = tl.load(dir_ptr + j * sdk + (o0 + ro)[:, None] * sdo + rn[None, :] * sdi,
+                    mask=vo[:, None] & vn[None, :], other=0.0)
+        acc += tl.dot(gt.to(CDT), d.to(CDT), input_precision=PREC)
+    xt = tl.load(x_ptr + b[:, None] * sxb + t[:, None] * sxt + rn[None, :] * sxd,
+                 mask=vr[:, None] & vn[None, :], other=0.0).to(tl.float32)
+    row = tl.sum(acc * xt, axis=1)
+    if HAS_MASK:
+        keep = tl.load(mask_ptr + b * smb + t * smt, mask=vr, other=0) != 0
+        row = tl.where(keep, row, 0.0)
+    tl.atomic_add(out_ptr + b * K + j, row, mask=vr)
+
+
+def gd_dots(x: Tensor, g: Tensor, directions: Tensor, mask: Tensor | None) -> Tensor:
+    """<G_i, D_k> = sum_t (g_t^T D_k) . x_t  ->  (B, k) fp32."""
+    B, T, d_in = x.shape
+    d_out = g.shape[2]
+    k = directions.shape[0]
+    out = torch.zeros(B, k, dtype=torch.float32, device=x.device)
+    N = B * T
+    if N == 0:
+        return out
+    BR, BN, BO = (64, 128, 64) if x.is_cuda else (16, 16, 16)
+    m, smb, smt = _mask_arg(mask, x)
+    cdt = _compute_dtype(x, g, directions)
+    grid = (triton.cdiv(N, BR), triton.cdiv(d_in, BN), k)
+    _gd_kernel[grid](
+        x, g, m, directions, out,
+        N, T, d_in, d_out, k,
+        x.stride(0), x.stride(1), x.stride(2), g.stride(0), g.stride(1), g.stride(2), smb, smt,
+        directions.stride(0), directions.stride(1), directions.stride(2),
+        HAS_MASK=mask is not None, BR=BR, BN=BN, BO=BO, PREC=_precision(cdt), CDT=_TL_DTYPE[cdt],
+        num_warps=4,
+    )
+    return out
