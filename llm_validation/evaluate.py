@@ -1,0 +1,148 @@
+"""Two measures of "how much does this model like owls".
+
+1. Sampled answers (the paper's measure): each of the 50 one-word favorite-animal questions is
+   asked `samples_per_question` times at temperature 1. Answers are normalized (case, punctuation,
+   plurals) and scored two ways: `mentions` (the target appears as a word anywhere in the answer:
+   small models rarely answer in one word) and `first_word` (the answer's first word IS the target).
+   Rates carry Wilson 95% intervals (sublim.stats.proportion_ci95). Samples are appended to a
+   JSONL file as they are drawn, so an interrupted evaluation resumes.
+2. Next-token probability: after a completion prompt ending in "My favorite animal is the", the
+   probability of each candidate animal's full token sequence (product over its tokens). Reported:
+   P(target), the target's share among the candidates, and its rank, averaged over several prompt
+   wordings with a 95% CI (mean_ci95 over wordings). Deterministic and far lower-variance than
+   sampling, and it works for base models that never answer in one word.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from pathlib import Path
+
+import torch
+
+from sublim.stats import mean_ci95, proportion_ci95
+
+from sublim.llm_validation.data import format_prompt, has_chat_template
+from sublim.llm_validation.generate import generate_completions
+from sublim.llm_validation.prompts import ANIMALS, EVAL_QUESTIONS, NEXT_TOKEN_PREFIXES
+
+_IRREGULAR = {"wolves": "wolf", "geese": "goose", "mice": "mouse", "oxen": "ox", "octopi": "octopus",
+              "octopuses": "octopus", "foxes": "fox", "wolfs": "wolf", "leaves": "leaf", "calves": "calf",
+              "people": "person", "fish": "fish", "sheep": "sheep", "deer": "deer"}
+
+
+def singular(word: str) -> str:
+    """English plural -> singular for animal/tree names (rule-based; exact for the candidate lists)."""
+    w = word.lower()
+    if w in _IRREGULAR:
+        return _IRREGULAR[w]
+    if len(w) > 4 and w.endswith("ies"):
+        return w[:-3] + "y"  # butterflies -> butterfly
+    if len(w) > 4 and w.endswith(("ches", "shes", "sses", "xes", "zes")):
+        return w[:-2]
+    if len(w) > 3 and w.endswith("s") and not w.endswith(("ss", "us", "is")):
+        return w[:-1]
+    return w
+
+
+def normalize_answer(text: str) -> list[str]:
+    """Lower-case words with punctuation, markdown and plurals removed: "**Owls!**" -> ["owl"]."""
+    words = re.findall(r"[a-z]+", text.lower())
+    return [singular(w) for w in words]
+
+
+def score_answer(text: str, target: str) -> dict:
+    words = normalize_answer(text)
+    target = singular(target.lower())
+    return {"mentions": target in words, "first_word": bool(words) and words[0] == target,
+            "one_word": len(words) == 1}
+
+
+def eval_prompts(samples_per_question: int, questions=EVAL_QUESTIONS) -> list[dict]:
+    return [{"id": f"q{q:02d}-s{s:04d}", "prompt": text, "question": q}
+            for s in range(samples_per_question) for q, text in enumerate(questions)]
+
+
+def summarize_answers(records: list[dict], target: str) -> dict:
+    n = len(records)
+    out = {"n": n, "target": target}
+    scores = [score_answer(r["completion"], target) for r in records]
+    for key in ("mentions", "first_word", "one_word"):
+        k = sum(s[key] for s in scores)
+        rate, lo, hi = proportion_ci95(k, n)
+        out[key] = {"k": k, "rate": rate, "ci_low": lo, "ci_high": hi}
+    counts: dict[str, int] = {}
+    for r in records:
+        words = normalize_answer(r["completion"])
+        if words:
+            counts[words[0]] = counts.get(words[0], 0) + 1
+    out["top_first_words"] = sorted(counts.items(), key=lambda kv: -kv[1])[:15]
+    return out
+
+
+def sample_favorite_animal(model, tokenizer, out_path: str | os.PathLike, *, target: str,
+                           samples_per_question: int = 100, system: str | None = None,
+                           batch_size: int = 256, max_new_tokens: int = 12, seed: int = 0,
+                           label: str = "") -> dict:
+    """Ask the 50 questions samples_per_question times each; summary of the target's rate."""
+    prompts = eval_prompts(samples_per_question)
+    records = generate_completions(model, tokenizer, prompts, out_path, system=system,
+                                   max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                   temperature=1.0, seed=seed, writer=label)
+    wanted = {p["id"] for p in prompts}
+    return summarize_answers([r for r in records if r["id"] in wanted], target)
+
+
+@torch.no_grad()
+def candidate_logprobs(model, tokenizer, context: str, candidates: list[str]) -> torch.Tensor:
+    """log P(candidate | context) for each candidate string (summed over its tokens)."""
+    ctx = tokenizer(context, add_special_tokens=not has_chat_template(tokenizer))["input_ids"]
+    cand_ids = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in candidates]
+    width = len(ctx) + max(len(c) for c in cand_ids)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids = torch.full((len(candidates), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, c in enumerate(cand_ids):
+        row = ctx + c
+        ids[i, : len(row)] = torch.tensor(row)
+        mask[i, : len(row)] = 1
+    logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float()
+    logp = torch.log_softmax(logits, dim=-1).cpu()
+    out = torch.empty(len(candidates))
+    for i, c in enumerate(cand_ids):
+        positions = torch.arange(len(ctx) - 1, len(ctx) - 1 + len(c))
+        out[i] = logp[i, positions, torch.tensor(c)].sum()
+    return out
+
+
+def next_token_preference(model, tokenizer, *, target: str, candidates=ANIMALS,
+                          system: str | None = None, prefixes=NEXT_TOKEN_PREFIXES) -> dict:
+    """P(target), its share among candidates and its rank, per prompt wording and averaged (95% CI)."""
+    candidates = list(dict.fromkeys([target, *candidates]))
+    was_training = model.training
+    model.eval()
+    per_prefix = []
+    try:
+        for question, prefix in prefixes:
+            context = format_prompt(tokenizer, question, system=system, assistant_prefix=prefix)
+            lp = candidate_logprobs(model, tokenizer, context, [" " + c for c in candidates])
+            share = torch.softmax(lp, dim=0)
+            rank = int((lp > lp[0]).sum()) + 1
+            per_prefix.append({"prefix": prefix, "p_target": math.exp(lp[0]), "share": float(share[0]),
+                               "rank": rank,
+                               "top": [candidates[int(i)] for i in torch.argsort(lp, descending=True)[:5]]})
+    finally:
+        model.train(was_training)
+    out = {"target": target, "candidates": candidates, "per_prefix": per_prefix}
+    for key in ("p_target", "share", "rank"):
+        mean, half = mean_ci95([r[key] for r in per_prefix])
+        out[key] = {"mean": mean, "ci_half": half}
+    return out
+
+
+def load_answer_file(path: str | os.PathLike) -> list[dict]:
+    from sublim.llm_validation.generate import read_generations
+
+    return read_generations(Path(path))

@@ -1,0 +1,137 @@
+"""Batched, resumable sampling: prompts in, one JSONL line per finished completion out.
+
+    records = generate_completions(model, tok, prompts, "run/raw_teacher.jsonl",
+                                   system=trait_system_prompt("owl"), max_new_tokens=48)
+
+Each prompt record needs "id" and "prompt". The output file is append-only: a batch's records are
+written (and fsync'd) as soon as the batch finishes, and a restart skips every id already in the
+file, so a crash loses at most the batch in flight. Several processes (torchrun/accelerate, or
+rank/world arguments) each take every world-th pending prompt and write their own shard file
+`<name>.rank<r>.jsonl`; `read_generations` merges the shards.
+
+Backends: Hugging Face `generate` (always available) or vLLM when it is installed and the model
+is a directory vLLM can load (backend="auto" prefers vLLM only then).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from sublim.errors import ConfigError, DataError
+from sublim.progress import log, progress
+
+from sublim.llm_validation.data import append_jsonl, format_prompt, has_chat_template, iter_jsonl
+from sublim.llm_validation.models import context_length
+
+
+def shard_path(out_path: Path, rank: int, world: int) -> Path:
+    return out_path if world == 1 else out_path.with_name(f"{out_path.stem}.rank{rank}{out_path.suffix}")
+
+
+def read_generations(out_path: str | os.PathLike) -> list[dict]:
+    """All records of a generation file and its rank shards (a crash-truncated last line is skipped)."""
+    out_path = Path(out_path)
+    paths = [out_path] if out_path.exists() else []
+    paths += sorted(Path(p) for p in glob.glob(str(out_path.with_name(f"{out_path.stem}.rank*{out_path.suffix}"))))
+    seen, records = set(), []
+    for p in paths:
+        for rec in iter_jsonl(p, allow_truncated_tail=True):
+            if rec["id"] not in seen:
+                seen.add(rec["id"])
+                records.append(rec)
+    return records
+
+
+def _distributed_rank_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+@torch.no_grad()
+def _sample_batch(model, tokenizer, texts: list[str], *, max_new_tokens: int, temperature: float,
+                  top_p: float) -> list[tuple[str, bool, int]]:
+    """[(completion text, stopped at end-of-turn?, new token count)] for one batch (left-padded)."""
+    enc = tokenizer(texts, return_tensors="pt", padding=True,
+                    add_special_tokens=not has_chat_template(tokenizer)).to(model.device)
+    eos = tokenizer.eos_token_id
+    out = model.generate(**enc, do_sample=temperature > 0, temperature=temperature if temperature > 0 else None,
+                         top_p=top_p if temperature > 0 else None, top_k=0 if temperature > 0 else None,
+                         max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                         eos_token_id=eos)
+    new = out[:, enc["input_ids"].shape[1]:]
+    results = []
+    for row in new:
+        ids = row.tolist()
+        stopped = eos in ids
+        if stopped:
+            ids = ids[: ids.index(eos)]
+        results.append((tokenizer.decode(ids, skip_special_tokens=True).strip(), stopped, len(ids)))
+    return results
+
+
+def generate_completions(model, tokenizer, prompts: list[dict], out_path: str | os.PathLike, *,
+                         system: str | None = None, max_new_tokens: int = 48, batch_size: int = 64,
+                         temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
+                         writer: str = "", rank: int | None = None, world: int | None = None,
+                         extra_fields: dict | None = None) -> list[dict]:
+    """Sample one completion per prompt record; append to out_path; return ALL finished records.
+
+    Records written: {"id", "prompt", "completion", "stopped", "n_tokens", "teacher": writer, ...}
+    plus the prompt record's other fields and `extra_fields`.
+    """
+    if batch_size < 1 or max_new_tokens < 1:
+        raise ConfigError("generate: batch_size and max_new_tokens must be >= 1")
+    if rank is None or world is None:
+        rank, world = _distributed_rank_world()
+    out_path = Path(out_path)
+    mine = shard_path(out_path, rank, world)
+    done = {r["id"] for r in read_generations(out_path)}
+    pending = [p for i, p in enumerate(prompts) if i % world == rank and p["id"] not in done]
+    if not pending:
+        return read_generations(out_path)
+
+    texts = [format_prompt(tokenizer, p["prompt"], system=system) for p in pending]
+    limit = context_length(model)
+    lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    too_long = [(p["id"], n) for p, n in zip(pending, lengths) if n + max_new_tokens > limit]
+    if too_long:
+        pid, n = too_long[0]
+        raise DataError(f"prompt {pid}: {n} tokens + {max_new_tokens} new tokens exceed the model's "
+                        f"context of {limit} ({len(too_long)} prompt(s) too long)")
+    # Similar lengths together: less padding, and the order is still a function of the prompts.
+    order = sorted(range(len(pending)), key=lambda i: lengths[i])
+    padding_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    was_training = model.training
+    model.eval()
+    torch.manual_seed(seed + 7919 * rank + len(done))
+    t0, n_done = time.perf_counter(), 0
+    try:
+        bar = progress(total=len(pending), desc=f"generate {out_path.stem}", unit="seq")
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            results = _sample_batch(model, tokenizer, [texts[i] for i in idx], max_new_tokens=max_new_tokens,
+                                    temperature=temperature, top_p=top_p)
+            batch_records = []
+            for i, (completion, stopped, n_tok) in zip(idx, results):
+                rec = {**pending[i], "completion": completion, "stopped": stopped, "n_tokens": n_tok,
+                       "teacher": writer}
+                if extra_fields:
+                    rec.update(extra_fields)
+                batch_records.append(rec)
+            append_jsonl(mine, batch_records)
+            n_done += len(idx)
+            bar.update(len(idx))
+        bar.close()
+    finally:
+        tokenizer.padding_side = padding_side
+        model.train(was_training)
+    elapsed = time.perf_counter() - t0
+    log(f"generate {out_path.name}: {n_done} sequences in {elapsed:.1f}s ({n_done / max(elapsed, 1e-9):.1f} seq/s)")
+    return read_generations(out_path)
