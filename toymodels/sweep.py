@@ -1,0 +1,187 @@
+"""Grids over any knobs, resumable cell by cell.
+
+A sweep directory holds config.json (the base config and the grid), cells/<name>.json (one per
+finished cell, written atomically: config, summary, per-model numbers), and at the end
+summary.csv / summary.json and one plot per swept knob. A killed sweep rerun with the same
+--out skips every cell whose file exists (after checking its stored config is the one asked
+for) and computes only the missing ones. A cell whose training diverges is recorded as such
+(a diverging lr is a result too) and not retried.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import re
+from pathlib import Path
+
+import numpy as np
+
+from sublim.errors import ConfigError, NumericalError, SublimError
+from sublim.progress import log
+from sublim.rundir import atomic_write_bytes, atomic_write_json, atomic_write_text, prepare_run_dir, read_json
+from sublim.stats import mean_ci95
+
+from .config import ARM_LABELS, ToyConfig, canonical_knob, from_dict, from_overrides, parse_knob_value
+from .results import per_model_rows, rows_to_csv, summarize
+from .train import run_experiment
+
+
+def parse_grid(specs: list[str]) -> dict[str, list]:
+    """["n_aux=1,3,10", "width=128,256"] -> {"n_aux": [1, 3, 10], "width": [128, 256]}."""
+    grid: dict[str, list] = {}
+    for spec in specs:
+        if "=" not in spec:
+            raise ConfigError(f"--grid {spec!r}: expected knob=value1,value2,...")
+        name, values = spec.split("=", 1)
+        key = canonical_knob(name)
+        if key in grid:
+            raise ConfigError(f"--grid lists {key} twice")
+        parsed = [parse_knob_value(key, v) for v in values.split(",") if v.strip()]
+        if not parsed:
+            raise ConfigError(f"--grid {spec!r}: no values")
+        if len(set(map(str, parsed))) != len(parsed):
+            raise ConfigError(f"--grid {spec!r}: a value is repeated")
+        grid[key] = parsed
+    return grid
+
+
+def format_value(v) -> str:
+    return "+".join(v) if isinstance(v, tuple) else str(v)
+
+
+def cell_name(overrides: dict) -> str:
+    """A file-safe, stable name: knob=value pairs in grid order."""
+    name = "__".join(f"{k}={format_value(v)}" for k, v in overrides.items())
+    return re.sub(r"[^A-Za-z0-9_.=+-]", "_", name) or "base"
+
+
+def grid_cells(grid: dict[str, list]) -> list[dict]:
+    keys = list(grid)
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
+
+
+def run_cell(cfg: ToyConfig, desc: str, data) -> dict:
+    try:
+        result = run_experiment(cfg, data, desc=desc)
+    except NumericalError as e:
+        return {"error": str(e)}
+    return {"summary": summarize(result), "per_model": per_model_rows(result)}
+
+
+def run_sweep(out: Path, base: ToyConfig, grid: dict[str, list], data=None) -> tuple[list[dict], list[str]]:
+    """Run (or resume) every cell; returns (summary table rows, names of cells computed now)."""
+    out = Path(out)
+    cells = grid_cells(grid)
+    configs = []
+    for overrides in cells:  # validate the whole grid before training anything
+        try:
+            configs.append(from_overrides(overrides, base))
+        except ConfigError as e:
+            raise ConfigError(f"grid cell {cell_name(overrides)}: {e}") from None
+    prepare_run_dir(out, {"base": base.to_dict(), "grid": {k: [format_value(v) for v in vs] for k, vs in grid.items()}})
+    computed = []
+    records = []
+    for i, (overrides, cfg) in enumerate(zip(cells, configs)):
+        name = cell_name(overrides)
+        path = out / "cells" / f"{name}.json"
+        if path.exists():
+            rec = read_json(path)
+            if from_dict(rec["config"]) != cfg:
+                raise SublimError(f"{path}: holds a cell with a different config than this sweep asks for; "
+                                  "use a new --out or delete that file")
+            log(f"[{i + 1}/{len(cells)}] {name}: done earlier, kept")
+        else:
+            log(f"[{i + 1}/{len(cells)}] {name}: running")
+            rec = {"overrides": {k: format_value(v) for k, v in overrides.items()}, "config": cfg.to_dict(),
+                   **run_cell(cfg, f"{i + 1}/{len(cells)}", data)}
+            atomic_write_json(path, rec)
+            computed.append(name)
+        records.append((overrides, rec))
+    rows = aggregate(records, grid)
+    write_summary(out, rows, grid)
+    return rows, computed
+
+
+def aggregate(records: list[tuple[dict, dict]], grid: dict[str, list]) -> list[dict]:
+    """One row per (cell without seed, arm): per-model accuracies pooled over seeds."""
+    knobs = [k for k in grid if k != "seed"]
+    pooled: dict[tuple, dict] = {}
+    for overrides, rec in records:
+        key = tuple(format_value(overrides[k]) for k in knobs)
+        entry = pooled.setdefault(key, {"acc": {}, "errors": [], "seeds": 0})
+        entry["seeds"] += 1
+        if "error" in rec:
+            entry["errors"].append(rec["error"])
+            continue
+        for row in rec["per_model"]:
+            entry["acc"].setdefault(row["arm"], []).append(row["test_accuracy"])
+    rows = []
+    for key, entry in pooled.items():
+        base = dict(zip(knobs, key))
+        if entry["errors"]:
+            rows.append({**base, "arm": "", "mean": float("nan"), "ci95": float("nan"), "n": 0,
+                         "error": entry["errors"][0]})
+        for arm, values in entry["acc"].items():
+            mean, half = mean_ci95(values)
+            rows.append({**base, "arm": arm, "mean": mean, "ci95": half, "n": len(values), "error": ""})
+    return rows
+
+
+def format_table(rows: list[dict], grid: dict[str, list]) -> str:
+    knobs = [k for k in grid if k != "seed"]
+    head = "  ".join(f"{k:>12}" for k in knobs) + f"  {'arm':<12} {'accuracy':>9}  95% CI   n"
+    lines = [head]
+    for r in rows:
+        cells = "  ".join(f"{str(r[k]):>12}" for k in knobs)
+        if r["error"]:
+            lines.append(f"{cells}  diverged: {r['error']}")
+        else:
+            lines.append(f"{cells}  {r['arm']:<12} {100 * r['mean']:>8.1f}%  +-{100 * r['ci95']:.1f}  {r['n']}")
+    return "\n".join(lines)
+
+
+def write_summary(out: Path, rows: list[dict], grid: dict[str, list]) -> None:
+    atomic_write_text(out / "summary.csv", rows_to_csv(rows))
+    atomic_write_json(out / "summary.json", {"grid": {k: [format_value(v) for v in vs] for k, vs in grid.items()},
+                                             "rows": rows})
+    for knob in grid:
+        if knob != "seed":
+            atomic_write_bytes(out / f"sweep_{knob}.png", knob_plot_png(rows, grid, knob))
+
+
+def knob_plot_png(rows: list[dict], grid: dict[str, list], knob: str) -> bytes:
+    """Accuracy of every arm against one knob (one panel per setting of the other knobs)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    others = [k for k in grid if k not in (knob, "seed")]
+    panels = sorted({tuple(r[k] for k in others) for r in rows}, key=str)
+    sns.set_theme(style="whitegrid")
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False, sharey=True)
+    xs = [format_value(v) for v in grid[knob]]
+    palette = dict(zip(ARM_LABELS, sns.color_palette("tab10", len(ARM_LABELS))))
+    for ax, panel in zip(axes[0], panels):
+        sel = [r for r in rows if tuple(r[k] for k in others) == panel and not r["error"]]
+        for arm in ARM_LABELS:
+            pts = [(xs.index(r[knob]), r["mean"], r["ci95"]) for r in sel if r["arm"] == arm]
+            if not pts:
+                continue
+            pts.sort()
+            x, y, e = (np.array(v, dtype=float) for v in zip(*pts))
+            ax.errorbar(x, 100 * y, yerr=100 * e, marker="o", capsize=4, label=ARM_LABELS[arm], color=palette[arm])
+        ax.set_xticks(range(len(xs)), xs)
+        ax.set_xlabel(knob)
+        ax.set_title(", ".join(f"{k}={v}" for k, v in zip(others, panel)) or f"accuracy vs {knob}")
+        ax.axhline(10, color="grey", ls="--", lw=1)
+        ax.set_ylim(0, 100)
+    axes[0][0].set_ylabel("test accuracy (%), 95% CI")
+    axes[0][-1].legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
