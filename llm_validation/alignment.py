@@ -122,7 +122,9 @@ def per_example_completion_loss(
     """
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
-    logits = logits[:, :-1].float()
+    logits = logits[:, :-1]
+    if logits.dtype in (torch.float16, torch.bfloat16):  # upcast half precision; keep float64 as is
+        logits = logits.float()
     target = labels[:, 1:]
     tok = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100, reduction="none")
     tok = tok.view(target.shape)
@@ -237,7 +239,8 @@ def trait_direction(
     with only_these_trainable(model, names):
         for label, tok in targets.items():
             position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-            logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids).logits[:, -1].float()
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids).logits[:, -1]
+            logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
             logp = torch.log_softmax(logits, -1)[:, tok].mean()
             grads = torch.autograd.grad(logp, params)
             for n, g in zip(names, grads):
