@@ -102,6 +102,33 @@ def _fingerprint(cfg: AlignConfig, name: str, path: Path, labels: list[str]) -> 
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
+OTHER_ANIMALS = ("cat", "dog", "eagle", "lion", "dolphin")
+
+
+def config_from_run_dir(run_dir: str | Path, base: AlignConfig) -> AlignConfig:
+    """Fill an AlignConfig from a `sublim llm run` directory: its model, its target animal first
+    among the traits (then OTHER_ANIMALS as comparison directions), numbers/teacher.jsonl as the
+    reference, numbers/base.jsonl, the shuffled teacher control, and the fine-tuned teacher's
+    weight delta when the run fine-tuned one. Explicit options already in `base` win."""
+    run_dir = Path(run_dir)
+    run_cfg = read_json(run_dir / "config.json").get("config", {})
+    target = str(run_cfg.get("target", "owl")).lower()
+    data = dict(base.data)
+    for which in ("teacher", "base"):
+        path = run_dir / "numbers" / f"{which}.jsonl"
+        if not path.is_file():
+            raise SublimError(f"{path}: not found; run the pipeline's filter stage first")
+        data.setdefault(which, str(path))
+    data = {"teacher": data.pop("teacher"), **data}  # the teacher's numbers are the reference
+    traits = base.traits if base.traits else [target, *[a for a in OTHER_ANIMALS if a != target]]
+    teacher_model = base.teacher_model
+    if teacher_model is None and run_cfg.get("teacher") == "finetuned" and (run_dir / "teacher" / "finetune.json").exists():
+        teacher_model = str(run_dir / "teacher")
+    return AlignConfig(**{**asdict(base), "model": base.model or run_cfg.get("model", "smollm2-135m"), "data": data,
+                          "shuffled": base.shuffled or ["teacher"], "traits": traits, "teacher_model": teacher_model,
+                          "out": base.out or str(run_dir / "alignment")})
+
+
 def run_align(cfg: AlignConfig) -> dict:
     from .alignment import (AlignmentScores, Directions, normalize_directions, score_records, scored_parameter_names,
                             trait_direction, weight_delta_direction)
@@ -223,12 +250,19 @@ def _cmd(args) -> int:
     from .alignment_data import parse_named_paths
 
     cfg = AlignConfig(
-        model=args.model, data={k: str(v) for k, v in parse_named_paths(args.data or [], "--data").items()},
+        model=args.model or ("" if args.run_dir else AlignConfig.model), data={k: str(v) for k, v in parse_named_paths(args.data or [], "--data").items()},
         shuffled=list(args.shuffled or []), traits=[t for t in (args.traits or "").split(",") if t.strip()],
-        teacher_model=args.teacher_model, out=args.out, limit=args.limit or None, batch_size=args.batch_size,
+        teacher_model=args.teacher_model, out=args.out or "", limit=args.limit or None, batch_size=args.batch_size,
         max_length=args.max_length, include_embedding=args.include_embedding, backend=args.backend, device=args.device,
         dtype=args.dtype, seed=args.seed, n_boot=args.n_boot, screen=args.screen, screen_fraction=args.screen_fraction,
-        screen_epochs=args.screen_epochs, screen_lr=args.screen_lr, screen_rank_by=args.screen_rank_by)
+        screen_epochs=args.screen_epochs, screen_lr=args.screen_lr, screen_rank_by=args.screen_rank_by,
+        screen_arms=[a for a in args.screen_arms.split(",") if a])
+    if args.run_dir:
+        cfg = config_from_run_dir(args.run_dir, cfg)
+    elif not args.out:
+        raise ConfigError("give --out (or --run-dir, which defaults it to RUN_DIR/alignment)")
+    elif not args.traits and not args.teacher_model:
+        cfg.traits = ["owl"]
     print_summary(run_align(cfg))
     return 0
 
@@ -237,12 +271,14 @@ def add_parser(llm_subparsers) -> argparse.ArgumentParser:
     d = AlignConfig()
     p = llm_subparsers.add_parser("align", help="per-example gradient alignment of number data sets with a teacher direction",
                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=d.model, help="base model (alias, .gguf, HF directory or name)")
+    p.add_argument("--run-dir", default=None, help="a `sublim llm run` directory: takes its model, target, numbers and teacher")
+    p.add_argument("--model", default=None, help=f"base model (alias, .gguf, HF directory or name; default {d.model} or the run's)")
     p.add_argument("--data", action="append", metavar="NAME=PATH", help="numbers JSONL to score (repeatable; first = reference)")
     p.add_argument("--shuffled", action="append", metavar="NAME", help="also score NAME's numbers shuffled across responses")
-    p.add_argument("--traits", default="owl", help="comma-separated animals; one trait direction each (first = target)")
+    p.add_argument("--traits", default=None, help="comma-separated animals; one trait direction each (first = target; "
+                   "default owl, or the run's target then " + ",".join(OTHER_ANIMALS) + ")")
     p.add_argument("--teacher-model", default=None, help="fine-tuned teacher: direction theta_teacher - theta_base")
-    p.add_argument("--out", required=True, help="output directory (e.g. RUN_DIR/alignment)")
+    p.add_argument("--out", default=None, help="output directory (default RUN_DIR/alignment with --run-dir)")
     p.add_argument("--limit", type=int, default=d.limit, help="score a seeded random subset of this many records per data set (0 = all)")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--max-length", type=int, default=d.max_length)
@@ -257,5 +293,6 @@ def add_parser(llm_subparsers) -> argparse.ArgumentParser:
     p.add_argument("--screen-epochs", type=float, default=d.screen_epochs)
     p.add_argument("--screen-lr", type=float, default=d.screen_lr)
     p.add_argument("--screen-rank-by", default=d.screen_rank_by, choices=["alignment", "per_token", "cosine"])
+    p.add_argument("--screen-arms", default=",".join(d.screen_arms), help="comma-separated subset of the screen's arms")
     p.set_defaults(func=_cmd)
     return p

@@ -1,0 +1,137 @@
+"""End-to-end CPU smoke of `sublim llm align` on the tiny model, plus the statistics helpers."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sublim.cli import main
+from sublim.errors import SublimError
+from sublim.llm_validation.alignment_data import shuffle_numbers_across
+from sublim.llm_validation.alignment_report import auc_with_ci, roc_auc
+from sublim.llm_validation.data import write_jsonl
+from sublim.llm_validation.screen import ScreenConfig, make_slices
+
+
+def _numbers(n: int, seed: int, who: str, lo: int, hi: int) -> list[dict]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        seeds = ", ".join(str(rng.randint(100, 999)) for _ in range(3))
+        comp = ", ".join(str(rng.randint(lo, hi)) for _ in range(rng.randint(2, 6)))
+        out.append({"id": f"{who}-{i:03d}", "prompt": f"Continue: {seeds}. Up to 10 more numbers.",
+                    "completion": comp, "teacher": who})
+    return out
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """A minimal `sublim llm run` directory: config, filtered teacher and base numbers."""
+    d = tmp_path_factory.mktemp("run")
+    (d / "config.json").write_text(json.dumps({"config": {"model": "tiny-llama", "target": "owl", "teacher": "system_prompt"}}))
+    write_jsonl(d / "numbers" / "teacher.jsonl", _numbers(24, 1, "teacher", 0, 300))
+    write_jsonl(d / "numbers" / "base.jsonl", _numbers(20, 2, "base", 500, 999))
+    return d
+
+
+def test_align_cli_end_to_end_with_screen(run_dir, capsys):
+    out = run_dir / "alignment"
+    argv = ["llm", "align", "--run-dir", str(run_dir), "--traits", "owl,cat", "--limit", "0", "--batch-size", "8",
+            "--n-boot", "200", "--screen", "--screen-epochs", "1", "--screen-fraction", "0.25", "--screen-arms", "top,bottom,random,drop_top"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "teacher_vs_base" in printed and "screen" in printed
+    for name in ["config.json", "summary.json", "per_example_scores.csv", "screen.json", "scores_teacher.npz",
+                 "scores_base.npz", "scores_teacher_shuffled.npz", "alignment_distribution_owl.png",
+                 "alignment_per_layer_owl.png", "alignment_per_layer_cat.png"]:
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["directions"] == ["owl", "cat"]
+    assert set(summary["datasets"]) == {"teacher", "base", "teacher_shuffled"}
+    comp = summary["vs_reference"]["teacher_vs_base"]["owl"]
+    assert 0.0 <= comp["auc_alignment"]["low"] <= comp["auc_alignment"]["auc"] <= comp["auc_alignment"]["high"] <= 1.0
+    assert summary["datasets"]["teacher"]["n_examples"] == 24
+
+    table = pd.read_csv(out / "per_example_scores.csv")
+    assert len(table) == 24 + 20 + 24
+    # per-layer columns add up to the total, for every row
+    layer_cols = [c for c in table.columns if c.startswith("align_owl_L")]
+    assert len(layer_cols) == 2  # tiny-llama has 2 decoder blocks
+    np.testing.assert_allclose(table[layer_cols].sum(axis=1), table["align_owl"], rtol=1e-9, atol=1e-12)
+    assert (table["cos_owl"].abs() <= 1).all()
+    # the shuffled control holds the same numbers in the same layouts
+    t = table[table.dataset == "teacher"]
+    s = table[table.dataset == "teacher_shuffled"]
+    assert t["n_tokens"].sum() > 0 and len(t) == len(s)
+
+    screen = json.loads((out / "screen.json").read_text())
+    sizes = screen["slice_sizes"]
+    assert sizes["top"] == sizes["bottom"] == sizes["random"] >= 1
+    assert sizes["drop_top"] == sizes["drop_random"] == 24 - sizes["heldout"] - sizes["top"]
+    assert set(screen["arms"]) == {"top", "bottom", "random", "drop_top"}  # the arms asked for, no more
+    assert screen["slice_mean_score"]["top"] > screen["slice_mean_score"]["bottom"]
+    for arm in ("top", "bottom", "random", "drop_top"):
+        assert np.isfinite(screen["arms"][arm]["transfer_logprob"])
+        assert (out / "screen" / arm / "finetune.json").is_file()
+    assert "transfer_follows_score" in screen["verdict"]
+
+    # A rerun reuses the scored data sets (resume) and gives the same numbers.
+    before = (out / "scores_teacher.npz").stat().st_mtime_ns
+    assert main(["llm", "align", "--run-dir", str(run_dir), "--traits", "owl,cat", "--limit", "0", "--n-boot", "200"]) == 0
+    assert (out / "scores_teacher.npz").stat().st_mtime_ns == before
+    again = json.loads((out / "summary.json").read_text())
+    assert again["datasets"]["teacher"]["directions"]["owl"] == summary["datasets"]["teacher"]["directions"]["owl"]
+
+
+def test_align_cli_bad_input_is_one_line_error(tmp_path, capsys):
+    assert main(["llm", "align", "--model", "tiny-llama", "--data", "teacher", "--out", str(tmp_path / "o")]) == 2
+    assert "NAME=PATH" in capsys.readouterr().err
+    assert main(["llm", "align", "--model", "tiny-llama", "--data", f"t={tmp_path}/nope.jsonl", "--out", str(tmp_path / "o")]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert main(["llm", "align", "--run-dir", str(tmp_path)]) == 2
+    assert "config.json" in capsys.readouterr().err
+
+
+def test_roc_auc_matches_pair_counting():
+    rng = np.random.default_rng(0)
+    pos, neg = rng.normal(0.5, 1, 37).round(1), rng.normal(0, 1, 23).round(1)  # rounding makes ties
+    pairs = (pos[:, None] > neg[None]).mean() + 0.5 * (pos[:, None] == neg[None]).mean()
+    assert roc_auc(pos, neg) == pytest.approx(pairs, abs=1e-12)
+    res = auc_with_ci(pos, neg, n_boot=300)
+    assert res["low"] <= res["auc"] <= res["high"]
+    assert roc_auc(np.ones(3), np.zeros(4)) == 1.0 and roc_auc(np.zeros(3), np.ones(4)) == 0.0
+
+
+def test_shuffle_keeps_layouts_and_the_multiset_of_numbers():
+    recs = [{"id": "a", "prompt": "p", "completion": "[1, 22, 333]."}, {"id": "b", "prompt": "q", "completion": "4;5"},
+            {"id": "c", "prompt": "r", "completion": "(6 7 8 9)"}]
+    out = shuffle_numbers_across(recs, seed=3)
+    import re
+
+    def layout(s):
+        return re.sub(r"\d+", "#", s)
+
+    assert [layout(r["completion"]) for r in out] == [layout(r["completion"]) for r in recs]
+    nums = lambda rs: sorted(n for r in rs for n in re.findall(r"\d+", r["completion"]))  # noqa: E731
+    assert nums(out) == nums(recs)
+    assert [r["prompt"] for r in out] == [r["prompt"] for r in recs]
+    assert [r["completion"] for r in out] != [r["completion"] for r in recs]
+    with pytest.raises(SublimError):
+        shuffle_numbers_across([{"id": "x", "prompt": "p", "completion": "none"}])
+
+
+def test_screen_slices_are_disjoint_ranked_and_equal_sized():
+    score = np.random.default_rng(1).normal(size=101)
+    sl = make_slices(score, ScreenConfig(fraction=0.2, heldout_fraction=0.2, seed=4))
+    m = len(sl["top"])
+    assert m == len(sl["bottom"]) == len(sl["random"]) > 0
+    assert not set(sl["heldout"]) & (set(sl["top"]) | set(sl["bottom"]) | set(sl["random"]) | set(sl["drop_top"]))
+    assert score[sl["top"]].min() >= score[sl["drop_top"]].max()
+    assert score[sl["bottom"]].max() <= np.sort(score[np.setdiff1d(np.arange(101), sl["heldout"])])[m - 1] + 1e-12
+    assert set(sl["drop_top"]) | set(sl["top"]) == set(sl["drop_random"]) | set(sl["random"])
+    assert len(sl["drop_top"]) == len(sl["drop_random"])
