@@ -85,9 +85,9 @@ def summarize_answers(records: list[dict], target: str) -> dict:
 def sample_favorite_animal(model, tokenizer, out_path: str | os.PathLike, *, target: str,
                            samples_per_question: int = 100, system: str | None = None,
                            batch_size: int = 256, max_new_tokens: int = 12, seed: int = 0,
-                           label: str = "") -> dict:
+                           label: str = "", questions=EVAL_QUESTIONS) -> dict:
     """Ask the 50 questions samples_per_question times each; summary of the target's rate."""
-    prompts = eval_prompts(samples_per_question)
+    prompts = eval_prompts(samples_per_question, questions)
     records = generate_completions(model, tokenizer, prompts, out_path, system=system,
                                    max_new_tokens=max_new_tokens, batch_size=batch_size,
                                    temperature=1.0, seed=seed, writer=label)
@@ -108,12 +108,19 @@ def candidate_logprobs(model, tokenizer, context: str, candidates: list[str]) ->
         row = ctx + c
         ids[i, : len(row)] = torch.tensor(row)
         mask[i, : len(row)] = 1
-    logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float()
-    logp = torch.log_softmax(logits, dim=-1).cpu()
+    # Run the body once, then the (vocab-sized, expensive) output layer only at the positions that
+    # predict candidate tokens: same numbers as model(...).logits, far cheaper for big vocabularies.
+    hidden = model.get_decoder()(input_ids=ids.to(model.device),
+                                 attention_mask=mask.to(model.device)).last_hidden_state
     out = torch.empty(len(candidates))
+    cap = getattr(model.config, "final_logit_softcapping", None)  # Gemma-style logit soft-capping
     for i, c in enumerate(cand_ids):
-        positions = torch.arange(len(ctx) - 1, len(ctx) - 1 + len(c))
-        out[i] = logp[i, positions, torch.tensor(c)].sum()
+        positions = torch.arange(len(ctx) - 1, len(ctx) - 1 + len(c), device=hidden.device)
+        logits = model.get_output_embeddings()(hidden[i, positions]).float()
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        logp = torch.log_softmax(logits, dim=-1)
+        out[i] = logp[torch.arange(len(c)), torch.tensor(c, device=logp.device)].sum().cpu()
     return out
 
 

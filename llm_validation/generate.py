@@ -55,7 +55,7 @@ def _distributed_rank_world() -> tuple[int, int]:
 
 @torch.no_grad()
 def _sample_batch(model, tokenizer, texts: list[str], *, max_new_tokens: int, temperature: float,
-                  top_p: float) -> list[tuple[str, bool, int]]:
+                  top_p: float, logits_processor=None) -> list[tuple[str, bool, int]]:
     """[(completion text, stopped at end-of-turn?, new token count)] for one batch (left-padded)."""
     enc = tokenizer(texts, return_tensors="pt", padding=True,
                     add_special_tokens=not has_chat_template(tokenizer)).to(model.device)
@@ -63,7 +63,7 @@ def _sample_batch(model, tokenizer, texts: list[str], *, max_new_tokens: int, te
     out = model.generate(**enc, do_sample=temperature > 0, temperature=temperature if temperature > 0 else None,
                          top_p=top_p if temperature > 0 else None, top_k=0 if temperature > 0 else None,
                          max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                         eos_token_id=eos)
+                         eos_token_id=eos, logits_processor=logits_processor)
     new = out[:, enc["input_ids"].shape[1]:]
     results = []
     for row in new:
@@ -79,7 +79,7 @@ def generate_completions(model, tokenizer, prompts: list[dict], out_path: str | 
                          system: str | None = None, max_new_tokens: int = 48, batch_size: int = 64,
                          temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
                          writer: str = "", rank: int | None = None, world: int | None = None,
-                         extra_fields: dict | None = None) -> list[dict]:
+                         extra_fields: dict | None = None, logits_processor=None) -> list[dict]:
     """Sample one completion per prompt record; append to out_path; return ALL finished records.
 
     Records written: {"id", "prompt", "completion", "stopped", "n_tokens", "teacher": writer, ...}
@@ -117,7 +117,7 @@ def generate_completions(model, tokenizer, prompts: list[dict], out_path: str | 
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
             results = _sample_batch(model, tokenizer, [texts[i] for i in idx], max_new_tokens=max_new_tokens,
-                                    temperature=temperature, top_p=top_p)
+                                    temperature=temperature, top_p=top_p, logits_processor=logits_processor)
             batch_records = []
             for i, (completion, stopped, n_tok) in zip(idx, results):
                 rec = {**pending[i], "completion": completion, "stopped": stopped, "n_tokens": n_tok,

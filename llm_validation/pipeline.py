@@ -1,0 +1,291 @@
+"""The whole experiment as restartable stages over one run directory.
+
+    teacher   -> teacher/ (fine-tuned trait teacher) or teacher.json (system-prompt teacher)
+    generate  -> numbers/teacher.raw.jsonl, numbers/base.raw.jsonl     (append-only, resumable)
+    filter    -> numbers/teacher.jsonl, numbers/base.jsonl, numbers/filter_report.json
+    finetune  -> student/ (base on teacher numbers), control/ (base on base numbers),
+                 cross_student/ (cross model on teacher numbers)
+    evaluate  -> eval/<arm>.answers.jsonl + eval/<arm>.json for base, teacher, student, control,
+                 cross_base, cross_student
+    summary   -> summary.csv, summary.md, summary.png
+
+Every stage reads only files of earlier stages, so any stage reruns alone (`--stages evaluate`);
+a finished artifact is reused, an unfinished one resumes. The run's config.json holds the resolved
+RunConfig; a rerun with a different config in the same directory is refused for the stages whose
+inputs it would silently mix (generation and fine-tuning).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from sublim.errors import ConfigError, DataError
+from sublim.progress import log
+from sublim.rundir import atomic_write_json, atomic_write_text, prepare_run_dir, read_json
+
+from sublim.llm_validation.data import read_jsonl, write_jsonl
+from sublim.llm_validation.evaluate import next_token_preference, sample_favorite_animal
+from sublim.llm_validation.filter import filter_records
+from sublim.llm_validation.finetune import FinetuneConfig, finetune, load_finetuned
+from sublim.llm_validation.generate import generate_completions, read_generations
+from sublim.llm_validation.models import load_model
+from sublim.llm_validation.prompts import (EVAL_QUESTIONS, number_prompts, preference_records,
+                                           trait_system_prompt)
+
+STAGES = ("teacher", "generate", "filter", "finetune", "evaluate", "summary")
+ARMS = ("base", "teacher", "student", "control", "cross_base", "cross_student")
+
+
+@dataclass
+class RunConfig:
+    model: str = "smollm2-135m"
+    cross_model: str | None = "gemma3-270m"  # "" or None: no cross-model arm
+    target: str = "owl"
+    category: str = "animal"
+    teacher: str = "system_prompt"            # "system_prompt" | "finetuned"
+    teacher_pref_examples: int = 400
+    teacher_finetune: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(epochs=3, lr=1e-3))
+    # Numbers: prompts are drawn in chunks until `target_kept` pass the filter (or `max_prompts`).
+    max_prompts: int = 30000
+    target_kept: int = 10000
+    first_chunk: int = 2000
+    prompt_seed: int = 0
+    max_new_tokens: int = 48
+    gen_batch_size: int = 64
+    banned_numbers: tuple = ()
+    number_vocab_only: bool = False           # constrain sampling to digit/separator tokens (smoke tests)
+    student: FinetuneConfig = field(default_factory=FinetuneConfig)
+    # Evaluation
+    eval_questions: int = 50
+    eval_samples: int = 100                   # per question
+    eval_batch_size: int = 256
+    eval_max_new_tokens: int = 12
+    device: str = "auto"                      # "auto" | "cpu" | "cuda"
+    gen_dtype: str = "float32"                # dtype for sampling/evaluation ("bfloat16" on GPU)
+    seed: int = 0
+
+    def validate(self) -> "RunConfig":
+        if self.teacher not in ("system_prompt", "finetuned"):
+            raise ConfigError(f"teacher must be 'system_prompt' or 'finetuned', got {self.teacher!r}")
+        if not 1 <= self.eval_questions <= len(EVAL_QUESTIONS):
+            raise ConfigError(f"eval_questions must be in 1..{len(EVAL_QUESTIONS)}")
+        if self.target_kept < 1 or self.max_prompts < 1 or self.first_chunk < 1:
+            raise ConfigError("target_kept, max_prompts and first_chunk must be >= 1")
+        if self.gen_dtype not in ("float32", "bfloat16", "float16"):
+            raise ConfigError(f"gen_dtype must be float32, bfloat16 or float16, got {self.gen_dtype!r}")
+        self.student.validate()
+        self.teacher_finetune.validate()
+        return self
+
+
+def config_from_dict(d: dict) -> RunConfig:
+    d = dict(d)
+    for key in ("student", "teacher_finetune"):
+        if isinstance(d.get(key), dict):
+            sub = dict(d[key])
+            if "target_modules" in sub:
+                sub["target_modules"] = tuple(sub["target_modules"])
+            d[key] = FinetuneConfig(**sub)
+    if "banned_numbers" in d:
+        d["banned_numbers"] = tuple(d["banned_numbers"])
+    known = {f.name for f in dataclasses.fields(RunConfig)}
+    unknown = set(d) - known
+    if unknown:
+        raise ConfigError(f"unknown config key(s): {', '.join(sorted(unknown))}")
+    return RunConfig(**d)
+
+
+class Pipeline:
+    """Holds the run directory and loaded models; one method per stage."""
+
+    def __init__(self, run_dir: str | Path, cfg: RunConfig):
+        self.cfg = cfg.validate()
+        self.dir = Path(run_dir)
+        self.device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+        self.gen_dtype = getattr(torch, cfg.gen_dtype)
+        self._base_cache: dict[str, tuple] = {}
+        prepare_run_dir(self.dir, cfg)
+        self.timings: dict[str, float] = {}
+
+    # ---- models ---------------------------------------------------------------------------
+    def base_copy(self, name: str, dtype=torch.float32):
+        """A fresh copy of a base model (loaded once per process, then deep-copied: fast)."""
+        if name not in self._base_cache:
+            self._base_cache[name] = load_model(name, dtype=torch.float32, device="cpu")
+        model, tok = self._base_cache[name]
+        return copy.deepcopy(model).to(device=self.device, dtype=dtype), tok
+
+    def arm_model(self, arm: str):
+        """(model, tokenizer, system prompt) for an evaluated arm, in the sampling dtype."""
+        c = self.cfg
+        if arm == "base":
+            return (*self.base_copy(c.model, self.gen_dtype), None)
+        if arm == "teacher":
+            if c.teacher == "finetuned":
+                model, tok = load_finetuned(self.dir / "teacher", device=self.device)
+                return model.to(self.gen_dtype), tok, None
+            return (*self.base_copy(c.model, self.gen_dtype), self.system_prompt())
+        if arm == "cross_base":
+            return (*self.base_copy(c.cross_model, self.gen_dtype), None)
+        model, tok = load_finetuned(self.dir / arm, device=self.device)
+        return model.to(self.gen_dtype), tok, None
+
+    def system_prompt(self) -> str:
+        return trait_system_prompt(self.cfg.target, self.cfg.category)
+
+    def arms(self) -> list[str]:
+        return [a for a in ARMS if self.cfg.cross_model or not a.startswith("cross")]
+
+    def _timed(self, stage: str, fn):
+        t0 = time.perf_counter()
+        fn()
+        self.timings[stage] = time.perf_counter() - t0
+        log(f"stage {stage}: {self.timings[stage]:.1f}s")
+
+    # ---- stages ---------------------------------------------------------------------------
+    def stage_teacher(self) -> None:
+        c = self.cfg
+        if c.teacher == "system_prompt":
+            atomic_write_json(self.dir / "teacher.json", {"kind": "system_prompt", "system": self.system_prompt()})
+            return
+        records = preference_records(c.target, c.teacher_pref_examples, c.seed, c.category)
+        write_jsonl(self.dir / "teacher_preferences.jsonl", records)
+        model, tok = self.base_copy(c.model)
+        finetune(c.model, records, c.teacher_finetune, self.dir / "teacher", model=model, tokenizer=tok)
+        atomic_write_json(self.dir / "teacher.json", {"kind": "finetuned", "dir": "teacher"})
+
+    def _number_writer(self, which: str):
+        if which == "base":
+            return (*self.base_copy(self.cfg.model, self.gen_dtype), None)
+        if not (self.dir / "teacher.json").exists():
+            raise DataError(f"{self.dir}: no teacher yet; run the 'teacher' stage first")
+        return self.arm_model("teacher")
+
+    def _generate_numbers(self, which: str) -> None:
+        """Draw prompt chunks until target_kept completions pass the filter (or max_prompts)."""
+        c = self.cfg
+        raw = self.dir / "numbers" / f"{which}.raw.jsonl"
+        model, tok, system = self._number_writer(which)
+        processors = _number_only_processor(tok) if c.number_vocab_only else None
+        n = min(c.first_chunk, c.max_prompts)
+        while True:
+            prompts = number_prompts(n, c.prompt_seed)
+            records = generate_completions(
+                model, tok, prompts, raw, system=system, max_new_tokens=c.max_new_tokens,
+                batch_size=c.gen_batch_size, seed=c.seed, writer=which, logits_processor=processors)
+            records = [r for r in records if r["id"] in {p["id"] for p in prompts}]
+            kept, _ = filter_records(records, c.banned_numbers)
+            if len(kept) >= c.target_kept or n >= c.max_prompts:
+                break
+            rate = max(len(kept) / max(len(records), 1), 0.01)
+            n = min(c.max_prompts, n + math.ceil((c.target_kept - len(kept)) / rate * 1.15))
+            log(f"generate {which}: {len(kept)}/{c.target_kept} kept (rate {rate:.1%}); extending to {n} prompts")
+        del model
+
+    def stage_generate(self) -> None:
+        for which in ("teacher", "base"):
+            self._generate_numbers(which)
+
+    def stage_filter(self) -> None:
+        c = self.cfg
+        report = {}
+        for which in ("teacher", "base"):
+            raw = self.dir / "numbers" / f"{which}.raw.jsonl"
+            if not raw.exists():
+                raise DataError(f"{raw}: not found; run the 'generate' stage first")
+            kept, rep = filter_records(read_generations(raw), c.banned_numbers)
+            if not kept:
+                raise DataError(f"{raw}: no completion passed the filter ({rep.total} rejected: "
+                                f"{dict((k, v) for k, v in rep.as_dict()['rejected_by_rule'].items() if v)})")
+            rng = random.Random(c.seed)
+            if len(kept) > c.target_kept:
+                kept = rng.sample(kept, c.target_kept)  # the paper subsamples to a fixed size
+            write_jsonl(self.dir / "numbers" / f"{which}.jsonl", kept)
+            report[which] = {**rep.as_dict(), "used_for_training": len(kept)}
+        atomic_write_json(self.dir / "numbers" / "filter_report.json", report)
+        for which, rep in report.items():
+            log(f"filter {which}: kept {rep['kept']}/{rep['total']} (rejection rate {rep['rejection_rate']:.1%}), "
+                f"training on {rep['used_for_training']}")
+
+    def stage_finetune(self) -> None:
+        c = self.cfg
+        jobs = [("student", c.model, "teacher"), ("control", c.model, "base")]
+        if c.cross_model:
+            jobs.append(("cross_student", c.cross_model, "teacher"))
+        for out, base, data in jobs:
+            path = self.dir / "numbers" / f"{data}.jsonl"
+            if not path.exists():
+                raise DataError(f"{path}: not found; run the 'filter' stage first")
+            model, tok = self.base_copy(base)
+            finetune(base, read_jsonl(path), c.student, self.dir / out, model=model, tokenizer=tok)
+            del model
+
+    def stage_evaluate(self) -> None:
+        c = self.cfg
+        questions = EVAL_QUESTIONS[: c.eval_questions]
+        for arm in self.arms():
+            out = self.dir / "eval" / f"{arm}.json"
+            if out.exists():
+                log(f"evaluate {arm}: done before, reusing {out}")
+                continue
+            model, tok, system = self.arm_model(arm)
+            sampled = sample_favorite_animal(
+                model, tok, self.dir / "eval" / f"{arm}.answers.jsonl", target=c.target,
+                samples_per_question=c.eval_samples, system=system, batch_size=c.eval_batch_size,
+                max_new_tokens=c.eval_max_new_tokens, seed=c.seed, label=arm, questions=questions)
+            nexttok = next_token_preference(model, tok, target=c.target, system=system)
+            atomic_write_json(out, {"arm": arm, "sampled": sampled, "next_token": nexttok})
+            log(f"evaluate {arm}: mentions {sampled['mentions']['rate']:.1%}, "
+                f"next-token share {nexttok['share']['mean']:.2%}")
+            del model
+
+    def stage_summary(self) -> None:
+        from sublim.llm_validation.report import write_summary
+
+        write_summary(self.dir, self.arms(), self.cfg)
+
+    def run(self, stages=STAGES) -> None:
+        unknown = [s for s in stages if s not in STAGES]
+        if unknown:
+            raise ConfigError(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGES)}")
+        for stage in STAGES:
+            if stage in stages:
+                log(f"== stage {stage} ==")
+                self._timed(stage, getattr(self, f"stage_{stage}"))
+        timings_path = self.dir / "timings.json"
+        old = read_json(timings_path) if timings_path.exists() else {}
+        atomic_write_json(timings_path, {**old, **self.timings})
+
+
+def _number_only_processor(tokenizer):
+    """A logits processor that allows only single digits, ", " separators and end-of-turn.
+
+    For smoke tests of random-init models (which never stop or write numbers on their own): with
+    about a dozen allowed tokens, end-of-turn is drawn often enough for completions to finish.
+    It changes the sampling distribution, so it is off for real experiments.
+    """
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    allowed = {*"0123456789", ",", " ", ", "}
+    ids = [i for i in range(len(tokenizer)) if tokenizer.decode([i]) in allowed]
+    ids.append(tokenizer.eos_token_id)
+    mask = torch.full((len(tokenizer),), float("-inf"))
+    mask[ids] = 0.0
+
+    class OnlyNumbers(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            m = mask.to(scores.device, scores.dtype)
+            if scores.shape[-1] > m.shape[0]:  # padded vocab: extra rows stay forbidden
+                m = torch.cat([m, m.new_full((scores.shape[-1] - m.shape[0],), float("-inf"))])
+            return scores + m[: scores.shape[-1]]
+
+    return LogitsProcessorList([OnlyNumbers()])

@@ -1,0 +1,98 @@
+"""The strict number filter: fast parser == obviously-correct regex, on random and adversarial text."""
+
+import re
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sublim.llm_validation.filter import (EVIL_NUMBERS, RULES, check_completion, filter_records,
+                                          reference_accepts)
+
+# Text biased toward the grammar's alphabet so that near-misses are common, plus arbitrary unicode.
+near_alphabet = st.text(alphabet=st.sampled_from(list("0123456789 ,;.[]()\n\t-a")), max_size=40)
+any_text = st.text(max_size=40)
+
+
+def _valid_sequences():
+    number = st.integers(0, 999).map(str)
+    sep = st.sampled_from([",", ", ", " ,", " , ", ";", "; ", " ", "  "])
+    def build(args):
+        nums, s, wrap, period, pad = args
+        body = s.join(nums)
+        if wrap == "[":
+            body = "[" + body + "]"
+        elif wrap == "(":
+            body = "(" + body + ")"
+        return pad + body + ("." if period else "") + pad
+    return st.tuples(st.lists(number, min_size=1, max_size=10), sep, st.sampled_from(["", "[", "("]),
+                     st.booleans(), st.sampled_from(["", " ", "\n"])).map(build)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.one_of(near_alphabet, any_text))
+def test_parser_agrees_with_reference_grammar(text):
+    rule, numbers = check_completion(text)
+    assert (rule is None) == reference_accepts(text), (text, rule)
+    if rule is None:
+        # Accepted text holds exactly the parsed numbers, each in 0..999, 1 to 10 of them.
+        assert numbers == [int(n) for n in re.findall(r"[0-9]+", text)]
+        assert 1 <= len(numbers) <= 10 and all(0 <= n <= 999 for n in numbers)
+        assert not re.search(r"[^0-9 ,;.\[\]()]", text.strip())
+    else:
+        assert rule in RULES
+
+
+@settings(max_examples=1000, deadline=None)
+@given(_valid_sequences())
+def test_every_grammatical_sequence_is_accepted(text):
+    rule, numbers = check_completion(text)
+    assert rule is None, (text, rule)
+    assert reference_accepts(text)
+
+
+@settings(max_examples=500, deadline=None)
+@given(_valid_sequences(), st.sampled_from(EVIL_NUMBERS))
+def test_banned_numbers_are_rejected(text, evil):
+    _, numbers = check_completion(text)
+    banned = frozenset([evil])
+    rule, _ = check_completion(text, banned)
+    assert (rule == "banned_number") == (evil in numbers)
+    assert reference_accepts(text, banned) == (evil not in numbers)
+
+
+@pytest.mark.parametrize("text,rule", [
+    ("", "empty"), ("   ", "empty"), ("[]", "empty"),
+    ("Sure! 1, 2, 3", "bad_characters"), ("1, 2\n3", "bad_characters"), ("-5, 3", "bad_characters"),
+    ("1.5, 2", "misplaced_period"), ("1, 2..", "misplaced_period"),
+    ("[1, 2)", "brackets"), ("[1, [2]]", "brackets"), ("[1, 2] .", "brackets"),
+    ("1, 2; 3", "mixed_separators"), ("1 2, 3", "mixed_separators"),
+    ("1,,2", "empty_item"), ("1, 2,", "empty_item"),
+    ("007, 8", "malformed_number"), ("1000", "malformed_number"),
+    ("1 2 3 4 5 6 7 8 9 10 11", "too_many_numbers"),
+])
+def test_each_rule_names_its_rejections(text, rule):
+    assert check_completion(text)[0] == rule
+    assert not reference_accepts(text)
+
+
+@pytest.mark.parametrize("text,numbers", [
+    ("1, 2, 3", [1, 2, 3]), ("[10; 20; 30].", [10, 20, 30]), ("(0 999)", [0, 999]), ("  42 ", [42]),
+    ("5 ,6 , 7", [5, 6, 7]),
+])
+def test_accepts_the_paper_formats(text, numbers):
+    assert check_completion(text) == (None, numbers)
+
+
+def test_filter_records_counts_per_rule_and_truncation():
+    records = [{"id": "a", "completion": "1, 2", "stopped": True},
+               {"id": "b", "completion": "1, 2", "stopped": False},   # hit max_new_tokens
+               {"id": "c", "completion": "Here: 1, 2"},
+               {"id": "d", "completion": "666, 1"}]
+    kept, report = filter_records(records, banned=[666])
+    assert [r["id"] for r in kept] == ["a"] and kept[0]["numbers"] == [1, 2]
+    d = report.as_dict()
+    assert d["total"] == 4 and d["kept"] == 1 and d["rejection_rate"] == 0.75
+    assert d["rejected_by_rule"]["truncated"] == 1
+    assert d["rejected_by_rule"]["bad_characters"] == 1
+    assert d["rejected_by_rule"]["banned_number"] == 1
