@@ -1,0 +1,349 @@
+"""Benchmark: per-example gradient statistics kernels vs PyTorch formulations, and model overhead.
+
+    python benchmarks/bench_kernels.py            # GPU: full shapes; CPU: small shapes, torch only
+    python benchmarks/bench_kernels.py --quick    # fewer shapes (a smoke run)
+
+For every shape (REFERENCE.md section 5, and linear layers of 135M / 1B / 7B models at batch
+32 x 128 tokens) and every method it records: median time, the roofline floor
+max(bytes / bandwidth, matmul FLOPs / matmul rate) with both ceilings measured in this run (a large
+copy and a large bf16 matmul), peak extra memory (max_memory_allocated delta), and the error
+against a float64 reference (norms: |err| / ref; dots: |err| / (||G_i|| ||D_k||)). Then the
+model-level overhead of per-example statistics over all Linear/Embedding weights of a randomly
+initialised SmolLM2-135M (LlamaConfig, no download) at batch 32 x 128 vs a plain forward+backward.
+
+Writes benchmarks/results/kernels_<device>.csv and kernels_<device>.json (config, environment,
+ceilings). All timings on one device in one run; ratios compare numbers from the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import math
+import re
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from sublim.kernels import PerExampleGradStats, linear_grad_stats, supported_param_names
+from sublim.kernels import torch_backend
+from sublim.rundir import atomic_write_json, atomic_write_text, environment_info
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclass
+class Config:
+    warmup: int = 2
+    reps: int = 10
+    k: int = 16  # directions for the dot benchmarks (the contract's maximum)
+    quick: bool = False
+    model: bool = True
+    model_batch: int = 32
+    model_seq: int = 128
+    out: str = ""
+
+
+def gpu_shapes(quick: bool):
+    # name, B, T, d_in, d_out
+    shapes = [
+        ("ref5 1024x1024", 32, 256, 1024, 1024),
+        ("ref5 4096x4096", 64, 64, 4096, 4096),
+        ("135M mlp up 576->1536", 32, 128, 576, 1536),
+        ("135M mlp down 1536->576", 32, 128, 1536, 576),
+        ("135M head 576->49152", 32, 128, 576, 49152),
+        ("1B attn 2048->2048", 32, 128, 2048, 2048),
+        ("1B mlp up 2048->8192", 32, 128, 2048, 8192),
+        ("7B attn 4096->4096", 32, 128, 4096, 4096),
+        ("7B mlp up 4096->11008", 32, 128, 4096, 11008),
+        ("7B mlp down 11008->4096", 32, 128, 11008, 4096),
+    ]
+    return shapes[:3] if quick else shapes
+
+
+def cpu_shapes(quick: bool):
+    shapes = [("cpu small 128x128", 8, 32, 128, 128), ("cpu seq 256x64", 4, 64, 256, 64), ("cpu 2d 256x256", 16, 1, 256, 256)]
+    return shapes[:1] if quick else shapes
+
+
+# ---- timing / memory ---------------------------------------------------------------------------
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_time(fn, device, warmup, reps) -> float:
+    """Median wall time in ms of fn() (device-synchronised)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def peak_extra_mib(fn, device) -> float:
+    if device.type != "cuda":
+        return float("nan")
+    sync(device)
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    out = fn()
+    sync(device)
+    peak = torch.cuda.max_memory_allocated() - base
+    del out
+    return peak / 2**20
+
+
+def measure_ceilings(device, quick):
+    """Bandwidth from a large copy (read + write), matmul rate from a large bf16 (CPU: fp32) matmul."""
+    n = (1 << 28) if device.type == "cuda" else (1 << 23)  # 512 MiB of bf16 / 32 MiB of fp32
+    src = torch.empty(n, dtype=torch.bfloat16 if device.type == "cuda" else torch.float32, device=device).fill_(1)
+    dst = torch.empty_like(src)
+    t = median_time(lambda: dst.copy_(src), device, 2, 5)
+    bandwidth = 2 * src.numel() * src.element_size() / (t * 1e-3)
+    del src, dst
+    m = 8192 if device.type == "cuda" else 512
+    dt = torch.bfloat16 if device.type == "cuda" else torch.float32
+    a = torch.randn(m, m, device=device, dtype=dt)
+    b = torch.randn(m, m, device=device, dtype=dt)
+    t = median_time(lambda: a @ b, device, 2, 5)
+    rate = 2 * m**3 / (t * 1e-3)
+    return bandwidth, rate
+
+
+# ---- PyTorch formulations (native dtype, the way a user would write them) ---------------------
+def pt_ghost_native(x, g):
+    """Gram matrices in the input dtype (bf16 output), reduced in fp32."""
+    return (torch.bmm(x, x.transpose(1, 2)).float() * torch.bmm(g, g.transpose(1, 2)).float()).sum((1, 2))
+
+
+def pt_materialize_native(x, g, D=None):
+    """All B gradients at once in the input dtype: memory B * d_in * d_out."""
+    G = torch.einsum("bto,bti->boi", g, x)
+    sq = G.float().pow(2).sum((1, 2))
+    if D is None:
+        return sq
+    return sq, (G.reshape(G.shape[0], -1) @ D.reshape(D.shape[0], -1).T).float()
+
+
+def pt_vmap_grad(x, g):
+    from torch.func import grad, vmap
+
+    W = torch.zeros(g.shape[2], x.shape[2], dtype=x.dtype, device=x.device)
+    G = vmap(grad(lambda W, xi, gi: (gi * (xi @ W.T)).float().sum()), in_dims=(None, 0, 0))(W, x, g)
+    return G.float().pow(2).sum((1, 2))
+
+
+def pt_gd_native(x, g, D):
+    """<G_i, D_k> = sum_t (g_t^T D_k) . x_t, matmul in the input dtype, one direction at a time."""
+    return torch.stack([((g @ D[j]).float() * x.float()).sum((1, 2)) for j in range(D.shape[0])], 1)
+
+
+# ---- one shape ---------------------------------------------------------------------------------
+def bench_shape(name, B, T, d_in, d_out, cfg, device, bandwidth, rate, use_triton):
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    gen = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(B, T, d_in, device=device, dtype=dtype, generator=gen)
+    g = torch.randn(B, T, d_out, device=device, dtype=dtype, generator=gen)
+    D = torch.randn(cfg.k, d_out, d_in, device=device, dtype=dtype, generator=gen)
+    es = x.element_size()
+
+    # float64 references: ghost form for norms, per-example materialization for dots (chunked).
+    ref_sq = torch_backend.ghost_sq_norm(x.double(), g.double()).double()
+    ref_dot = torch_backend.materialize_stats(x.double(), g.double(), D.double())[1].double()
+    ref_norm = ref_sq.sqrt()
+    d_norm = D.double().reshape(cfg.k, -1).norm(dim=1)
+
+    def err_sq(sq):
+        return ((sq.double() - ref_sq).abs() / ref_sq).max().item()
+
+    def err_dot(dot):
+        return ((dot.double() - ref_dot).abs() / (ref_norm[:, None] * d_norm[None, :])).max().item()
+
+    io_xg = (B * T * (d_in + d_out)) * es
+    ghost_flops = B * T * T * (d_in + d_out)  # symmetric half of the two Gram matrices, 2 flops/MAC
+    mat_flops = 2 * B * T * d_in * d_out
+    floor_norm = max(io_xg / bandwidth, min(ghost_flops, mat_flops) / rate) * 1e3
+    floor_dot = max((io_xg + cfg.k * d_in * d_out * es) / bandwidth, mat_flops / rate) * 1e3
+
+    methods = []  # (stat, method, kind, fn, err_fn)
+    if use_triton:
+        methods += [
+            ("norm", "triton auto", "kernel", lambda: linear_grad_stats(x, g, backend="triton").sq_norm, err_sq),
+            ("norm", "triton ghost", "kernel", lambda: linear_grad_stats(x, g, backend="triton", algorithm="ghost").sq_norm, err_sq),
+            ("norm", "triton materialize", "kernel", lambda: linear_grad_stats(x, g, backend="triton", algorithm="materialize").sq_norm, err_sq),
+            (f"norm+dot k={cfg.k}", "triton auto", "kernel", lambda: linear_grad_stats(x, g, D, backend="triton").dot, err_dot),
+            (f"norm+dot k={cfg.k}", "triton ghost+gd", "kernel", lambda: linear_grad_stats(x, g, D, backend="triton", algorithm="ghost+gd").dot, err_dot),
+        ]
+    methods += [
+        ("norm", "torch backend auto (fp32)", "pytorch", lambda: linear_grad_stats(x, g, backend="torch").sq_norm, err_sq),
+        ("norm", "pytorch ghost native", "pytorch", lambda: pt_ghost_native(x, g), err_sq),
+        ("norm", "pytorch einsum materialize", "pytorch", lambda: pt_materialize_native(x, g), err_sq),
+        ("norm", "pytorch vmap(grad)", "pytorch", lambda: pt_vmap_grad(x, g), err_sq),
+        (f"norm+dot k={cfg.k}", "torch backend auto (fp32)", "pytorch", lambda: linear_grad_stats(x, g, D, backend="torch").dot, err_dot),
+        (f"norm+dot k={cfg.k}", "pytorch einsum materialize", "pytorch", lambda: pt_materialize_native(x, g, D)[1], err_dot),
+        (f"norm+dot k={cfg.k}", "pytorch g-times-D native", "pytorch", lambda: (pt_ghost_native(x, g), pt_gd_native(x, g, D))[1], err_dot),
+    ]
+    rows = []
+    for stat, method, kind, fn, err_fn in methods:
+        try:
+            err = err_fn(fn())
+            ms = median_time(fn, device, cfg.warmup, cfg.reps)
+            mem = peak_extra_mib(fn, device)
+            status = "ok"
+        except torch.cuda.OutOfMemoryError:
+            err, ms, mem, status = float("nan"), float("nan"), float("nan"), "out of memory"
+            torch.cuda.empty_cache()
+        floor = floor_norm if stat == "norm" else floor_dot
+        rows.append(dict(shape=name, B=B, T=T, d_in=d_in, d_out=d_out, dtype=str(dtype).replace("torch.", ""),
+                         stat=stat, method=method, kind=kind, median_ms=ms, floor_ms=floor, x_floor=ms / floor,
+                         peak_extra_mib=mem, max_rel_err=err, correct=bool(err <= 1e-3), status=status))
+        print(f"  {stat:14s} {method:30s} {ms:9.3f} ms  floor {floor:8.3f}  x{ms / floor:6.2f}  "
+              f"mem {mem:9.1f} MiB  err {err:.2e}", flush=True)
+    # speedup of each kernel over the fastest correct PyTorch formulation of the same statistic
+    for stat in {r["stat"] for r in rows}:
+        pt = [r["median_ms"] for r in rows if r["stat"] == stat and r["kind"] == "pytorch" and r["correct"]]
+        best = min(pt) if pt else float("nan")
+        for r in rows:
+            if r["stat"] == stat:
+                r["best_pytorch_ms"] = best
+                r["speedup_vs_best_pytorch"] = best / r["median_ms"]
+    del x, g, D
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return rows
+
+
+# ---- model level -------------------------------------------------------------------------------
+def smollm2_135m(device, dtype):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(
+        hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+        num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True, rope_theta=100000.0,
+        max_position_embeddings=2048, rms_norm_eps=1e-5,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg).to(device=device, dtype=dtype)
+    return model
+
+
+def bench_model(cfg, device, use_triton):
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    B, T = (cfg.model_batch, cfg.model_seq) if device.type == "cuda" else (2, 16)
+    model = smollm2_135m(device, dtype)
+    ids = torch.randint(0, model.config.vocab_size, (B, T), device=device)
+
+    def per_example_loss():
+        logits = model(input_ids=ids).logits.float()
+        lo = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")
+        return lo.mean(1)
+
+    def plain():
+        model.zero_grad(set_to_none=True)
+        per_example_loss().sum().backward()
+
+    names = supported_param_names(model)
+    params = dict(model.named_parameters())
+    dirs = {n: torch.randn(1, *params[n].shape, device=device, dtype=dtype) for n in names}
+    rows = []
+    t_plain = median_time(plain, device, cfg.warmup, cfg.reps)
+    m_plain = peak_extra_mib(plain, device)
+    print(f"  model plain fwd+bwd {t_plain:.2f} ms  peak {m_plain:.0f} MiB", flush=True)
+    rows.append(dict(shape=f"SmolLM2-135M model B={B} T={T}", B=B, T=T, stat="fwd+bwd", method="plain", kind="model",
+                     median_ms=t_plain, peak_extra_mib=m_plain, overhead=0.0, status="ok"))
+    results = {}
+    backends = ["torch"] + (["triton"] if use_triton else [])
+    for backend in backends:
+        for label, d in (("norm", None), ("norm+dot k=1", dirs)):
+            st = PerExampleGradStats(model, d, param_names=names, backend=backend)
+
+            def with_stats():
+                with st:
+                    plain()
+                    return st.result()
+
+            r = with_stats()
+            results[(backend, label)] = r
+            t = median_time(with_stats, device, cfg.warmup, cfg.reps)
+            m = peak_extra_mib(with_stats, device)
+            print(f"  model {backend:6s} {label:12s} {t:.2f} ms  overhead {t / t_plain - 1:+.1%}  peak {m:.0f} MiB", flush=True)
+            rows.append(dict(shape=f"SmolLM2-135M model B={B} T={T}", B=B, T=T, stat=label, method=f"stats {backend}",
+                             kind="model", median_ms=t, peak_extra_mib=m, overhead=t / t_plain - 1, status="ok"))
+    if use_triton:  # the two backends must agree (fp32 accumulation both)
+        for label in ("norm", "norm+dot k=1"):
+            a, b = results[("torch", label)], results[("triton", label)]
+            e = ((a.total_sq_norm - b.total_sq_norm).abs() / a.total_sq_norm).max().item()
+            if label != "norm":  # dots relative to their Cauchy-Schwarz bound ||G_i|| ||D||
+                d_norm = math.sqrt(sum(v.float().pow(2).sum().item() for v in dirs.values()))
+                e = max(e, ((a.total_dot - b.total_dot).abs() / (a.total_sq_norm.sqrt()[:, None] * d_norm)).max().item())
+            for r in rows:
+                if r["method"] == "stats triton" and r["stat"] == label:
+                    r["max_rel_err"] = e
+                    r["correct"] = bool(e <= 1e-3)
+            print(f"  model triton vs torch backend ({label}): max rel diff {e:.2e}")
+    del model
+    return rows
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--warmup", type=int, default=Config.warmup)
+    p.add_argument("--reps", type=int, default=Config.reps)
+    p.add_argument("--k", type=int, default=Config.k)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--no-model", dest="model", action="store_false")
+    p.add_argument("--out", default="", help="CSV path (default benchmarks/results/kernels_<device>.csv)")
+    args = p.parse_args(argv)
+    cfg = Config(warmup=args.warmup, reps=args.reps, k=args.k, quick=args.quick, model=args.model, out=args.out)
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    use_triton = device.type == "cuda"
+    if device.type == "cpu":
+        torch.set_num_threads(2)
+    dev_name = torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu"
+    slug = re.sub(r"[^A-Za-z0-9]+", "_", dev_name).strip("_").lower()
+    out = Path(cfg.out) if cfg.out else RESULTS / f"kernels_{slug}.csv"
+
+    t_start = time.time()
+    bandwidth, rate = measure_ceilings(device, cfg.quick)
+    print(f"device {dev_name}: copy bandwidth {bandwidth / 1e9:.0f} GB/s, matmul {rate / 1e12:.1f} TFLOP/s", flush=True)
+    rows = []
+    shapes = gpu_shapes(cfg.quick) if device.type == "cuda" else cpu_shapes(cfg.quick)
+    for name, B, T, d_in, d_out in shapes:
+        print(f"{name}: B={B} T={T} d_in={d_in} d_out={d_out}", flush=True)
+        rows += bench_shape(name, B, T, d_in, d_out, cfg, device, bandwidth, rate, use_triton)
+    if cfg.model:
+        print("SmolLM2-135M (random weights) model-level overhead", flush=True)
+        rows += bench_model(cfg, device, use_triton)
+
+    fields = ["device", "shape", "B", "T", "d_in", "d_out", "dtype", "stat", "method", "kind", "median_ms",
+              "floor_ms", "x_floor", "best_pytorch_ms", "speedup_vs_best_pytorch", "peak_extra_mib",
+              "max_rel_err", "correct", "overhead", "status"]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({"device": dev_name, **r})
+    atomic_write_text(out, buf.getvalue())
+    atomic_write_json(out.with_suffix(".json"), {
+        "config": asdict(cfg), "environment": environment_info(), "device": dev_name,
+        "copy_bandwidth_GBps": bandwidth / 1e9, "matmul_TFLOPs": rate / 1e12,
+        "wall_s": time.time() - t_start, "command": " ".join([sys.executable] + sys.argv),
+    })
+    print(f"wrote {out} ({len(rows)} rows) in {time.time() - t_start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
