@@ -68,8 +68,10 @@ def student_inits(cfg: ToyConfig, indices: list[int], perm: list[int], teacher_i
                 for layer, (fan_in, fan_out) in enumerate(spec.layer_dims):
                     noise = torch.randn(fan_out, fan_in, generator=g, dtype=torch.float64)
                     own[2 * layer][j] += (cfg.perturb_sigma * init_std(spec, fan_in) * noise).to(own[0].device, own[0].dtype)
-    cross_idx = torch.tensor([perm[i] for i in indices], device=teacher_init[0].device)
-    cross = [p.index_select(0, cross_idx) for p in teacher_init]
+    cross = own  # placeholder when no cross-model arm is requested
+    if any(a.startswith("cross") for a in arms):
+        cross_idx = torch.tensor([perm[i] for i in indices], device=teacher_init[0].device)
+        cross = [p.index_select(0, cross_idx) for p in teacher_init]
     layers = []
     for own_p, cross_p in zip(own, cross):
         per_arm = [own_p if a.startswith("student") else cross_p for a in arms]

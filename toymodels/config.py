@@ -55,6 +55,7 @@ class ToyConfig:
     batch_size: int = 1024
     # Examples per epoch (teacher and distillation); 0 = the full 60,000. Smoke tests use less.
     max_examples_per_epoch: int = 0
+    max_test_examples: int = 0  # test digits scored; 0 = all 10,000 (benchmarks and smoke tests use less)
     distill_input: str = "uniform"  # uniform [-1,1] | gaussian N(0,1) | mnist | shuffled_pixels
     # Student arms' init: the teacher's own (shared), a fresh one (independent), or the
     # teacher's plus Gaussian noise of perturb_sigma x the layer's init std (perturbed).
@@ -71,6 +72,8 @@ class ToyConfig:
     # Models trained at once (teachers + their students); 0 = auto (all on CUDA, <= 25 on CPU
     # so 100 models fit in a few GB). Results depend on it only through the noise streams.
     chunk_models: int = 0
+    # Data: "" = the embedded, checksum-verified copy (toymodels/data/mnist.npz)
+    mnist_path: str = ""
     # Hardware
     device: str = "cpu"
     dtype: str = "float32"
@@ -82,7 +85,7 @@ class ToyConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {v!r}")
-        for name in ("teacher_epochs", "distill_epochs", "max_examples_per_epoch", "chunk_models", "n_aux"):
+        for name in ("teacher_epochs", "distill_epochs", "max_examples_per_epoch", "max_test_examples", "chunk_models", "n_aux"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise ConfigError(f"{name} must be a non-negative integer, got {v!r}")

@@ -61,6 +61,14 @@ def grid_cells(grid: dict[str, list]) -> list[dict]:
     return [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
 
 
+def cached_mnist(cache: dict, cfg: ToyConfig):
+    from .mnist import load_mnist
+
+    if cfg.mnist_path not in cache:
+        cache[cfg.mnist_path] = load_mnist(cfg.mnist_path or None)
+    return cache[cfg.mnist_path]
+
+
 def run_cell(cfg: ToyConfig, desc: str, data) -> dict:
     try:
         result = run_experiment(cfg, data, desc=desc)
@@ -82,6 +90,7 @@ def run_sweep(out: Path, base: ToyConfig, grid: dict[str, list], data=None) -> t
     prepare_run_dir(out, {"base": base.to_dict(), "grid": {k: [format_value(v) for v in vs] for k, vs in grid.items()}})
     computed = []
     records = []
+    mnist_cache = {}  # load (and checksum) MNIST once per path, not once per cell
     for i, (overrides, cfg) in enumerate(zip(cells, configs)):
         name = cell_name(overrides)
         path = out / "cells" / f"{name}.json"
@@ -94,7 +103,7 @@ def run_sweep(out: Path, base: ToyConfig, grid: dict[str, list], data=None) -> t
         else:
             log(f"[{i + 1}/{len(cells)}] {name}: running")
             rec = {"overrides": {k: format_value(v) for k, v in overrides.items()}, "config": cfg.to_dict(),
-                   **run_cell(cfg, f"{i + 1}/{len(cells)}", data)}
+                   **run_cell(cfg, f"{i + 1}/{len(cells)}", data or cached_mnist(mnist_cache, cfg))}
             atomic_write_json(path, rec)
             computed.append(name)
         records.append((overrides, rec))

@@ -101,12 +101,14 @@ def evaluate(params: list[torch.Tensor], data: MNIST, n_classes: int, cfg: ToyCo
     """(models,) test accuracy over the digit logits, as a device tensor (no host sync)."""
     correct = torch.zeros(params[0].shape[0], device=params[0].device)
     dev = params[0].device
-    for s in range(0, data.x_test.shape[0], EVAL_BATCH):
-        x = data.x_test[s:s + EVAL_BATCH].to(params[0].dtype)
+    n_test = min(cfg.max_test_examples or data.x_test.shape[0], data.x_test.shape[0])
+    for s in range(0, n_test, EVAL_BATCH):
+        e = min(s + EVAL_BATCH, n_test)
+        x = data.x_test[s:e].to(params[0].dtype)
         with autocast(cfg, dev):
             logits = forward(params, x)
-        correct += (logits[..., :n_classes].argmax(-1) == data.y_test[s:s + EVAL_BATCH]).sum(-1)
-    return correct / data.x_test.shape[0]
+        correct += (logits[..., :n_classes].argmax(-1) == data.y_test[s:e]).sum(-1)
+    return correct / n_test
 
 
 def train_teachers(cfg: ToyConfig, params: list[torch.Tensor], data: MNIST, chunk_start: int, bar) -> torch.Tensor:
@@ -207,7 +209,7 @@ def run_experiment(cfg: ToyConfig, data: MNIST | None = None, *, desc: str = "to
     t_start = time.perf_counter()
     dev = resolve_device(cfg.device)
     dtype = getattr(torch, cfg.dtype)
-    data = (data or load_mnist()).to(dev)
+    data = (data or load_mnist(cfg.mnist_path or None)).to(dev)
     N, spec = cfg.n_models, cfg.spec
     perm = derangement(N, cfg.seed) if any(a.startswith("cross") for a in cfg.arms) else []
     acc: dict[str, list[torch.Tensor]] = {a: [] for a in cfg.arms}

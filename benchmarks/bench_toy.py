@@ -1,0 +1,213 @@
+"""Benchmark of the toy-model engine: throughput, achieved GFLOP/s vs a plain matmul, peak memory.
+
+For each model count (default 10 and 100) a FRESH subprocess trains one teacher epoch and one
+distillation epoch (all four student arms) on `--examples` examples per epoch, and reports:
+  - model-epochs per second (one model-epoch = one network seeing 60,000 examples once),
+  - achieved GFLOP/s of the useful training arithmetic (forward + weight/input gradients of
+    every model, plus the teachers' forward on the distillation batches),
+  - the same machine's fp32 matmul rate, measured in the same child just before
+    ((1024 x 784) @ (784 x 1024), the shape of one first layer), and the ratio,
+  - peak resident memory (ru_maxrss of that child: includes torch, MNIST and everything),
+    and peak CUDA memory on a GPU.
+With --paper (default on CUDA) it also runs the full paper experiment (100 models, 5 + 5
+epochs, all six arms), records per-arm accuracy with 95% CIs and the wall time, and checks
+each arm against the public script's 100-model CIs (shared/REFERENCE.md).
+
+    python benchmarks/bench_toy.py                              # CPU, writes benchmarks/results/toy_cpu.json
+    python benchmarks/bench_toy.py --device cuda --models 10,100   # the GPU entry (+ paper run)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+# The public script, 100 models on one H200 (mean %, 95% half-width %); REFERENCE.md section 3.
+PUBLIC_100 = {"reference": (10.0, 0.5), "teacher": (94.3, 0.04), "student_aux": (53.8, 2.2),
+              "student_all": (91.3, 0.2), "cross_aux": (10.6, 1.1), "cross_all": (74.2, 1.0)}
+PUBLIC_100_WALL_S = 24.9
+
+
+def matmul_rate(device: torch.device, tf32: bool = False, reps: int = 30) -> float:
+    """GFLOP/s of a plain fp32 (1024x784)@(784x1024) matmul, median of `reps`."""
+    a = torch.randn(1024, 784, device=device)
+    b = torch.randn(784, 1024, device=device)
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    inner = 1 if device.type == "cpu" else 50
+    times = []
+    try:
+        for r in range(reps + 3):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                a @ b
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if r >= 3:
+                times.append((time.perf_counter() - t0) / inner)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+    times.sort()
+    return 2 * 1024 * 784 * 1024 / times[len(times) // 2] / 1e9
+
+
+def train_flops_per_example(spec) -> int:
+    """Forward + backward of one model on one example: forward 2*i*o per layer, weight gradient
+    2*i*o per layer, input gradient 2*i*o for every layer but the first (its input is data)."""
+    dims = spec.layer_dims
+    fwd = sum(2 * i * o for i, o in dims)
+    return fwd + fwd + (fwd - 2 * dims[0][0] * dims[0][1])
+
+
+def child(args) -> dict:
+    """One measurement in this (fresh) process."""
+    from sublim.toymodels.config import ToyConfig
+    from sublim.toymodels.mnist import load_mnist
+    from sublim.toymodels.train import run_experiment
+
+    dev = torch.device(args.device)
+    fast = args.fast_matmul
+    rate = matmul_rate(dev)
+    rate_tf32 = matmul_rate(dev, tf32=True) if dev.type == "cuda" else None
+    data = load_mnist(device=dev)
+    cfg = ToyConfig(n_models=args.n, teacher_epochs=1, distill_epochs=1, max_examples_per_epoch=args.examples,
+                    max_test_examples=1000, device=args.device, fast_matmul=fast, chunk_models=args.chunk)
+    if dev.type == "cuda":  # warm-up: CUDA context, cuBLAS handles, allocator
+        run_experiment(ToyConfig(n_models=2, teacher_epochs=1, distill_epochs=1, max_examples_per_epoch=2048,
+                                 max_test_examples=1000, device=args.device, fast_matmul=fast), data)
+        torch.cuda.reset_peak_memory_stats()
+    res = run_experiment(cfg, data, desc=f"bench {args.n}")
+    t_train = res.phase_s["teacher"] + res.phase_s["student"]
+    spec, n, e = cfg.spec, cfg.n_models, cfg.max_examples_per_epoch
+    k = len(cfg.student_arms)
+    flops = n * e * train_flops_per_example(spec) * (1 + k) + n * e * spec.flops_per_example()
+    model_epochs = n * (1 + k) * e / 60000
+    out = {
+        "n_models": n, "examples_per_epoch": e, "chunk_models": args.chunk or "auto",
+        "fast_matmul": fast, "threads": torch.get_num_threads(),
+        "teacher_s": res.phase_s["teacher"], "student_s": res.phase_s["student"],
+        "model_epochs_per_s": model_epochs / t_train,
+        "achieved_gflops": flops / t_train / 1e9,
+        "matmul_fp32_gflops": rate,
+        "ratio_to_fp32_matmul": flops / t_train / 1e9 / rate,
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+    }
+    if rate_tf32:
+        out["matmul_tf32_gflops"] = rate_tf32
+        out["ratio_to_tf32_matmul"] = out["achieved_gflops"] / rate_tf32
+    if dev.type == "cuda":
+        out["peak_cuda_gb"] = torch.cuda.max_memory_allocated() / 2**30
+    return out
+
+
+def paper_run(args, fast: str) -> dict:
+    """The full paper configuration at 100 models (5 + 5 epochs, all six arms), timed."""
+    from sublim.stats import mean_ci95
+    from sublim.toymodels.config import ToyConfig
+    from sublim.toymodels.mnist import load_mnist
+    from sublim.toymodels.train import run_experiment
+
+    dev = torch.device(args.device)
+    data = load_mnist(device=dev)
+    run_experiment(ToyConfig(n_models=2, teacher_epochs=1, distill_epochs=1, max_examples_per_epoch=2048,
+                             max_test_examples=1000, device=args.device, fast_matmul=fast), data)  # warm-up
+    cfg = ToyConfig(n_models=args.paper_models, device=args.device, fast_matmul=fast)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    res = run_experiment(cfg, data, desc=f"paper {fast}")
+    wall = time.perf_counter() - t0
+    arms = {}
+    for arm, acc in res.accuracy.items():
+        mean, half = mean_ci95(acc)
+        pub_mean, pub_half = PUBLIC_100[arm]
+        arms[arm] = {"mean_pct": 100 * mean, "ci95_pct": 100 * half,
+                     "public_mean_pct": pub_mean, "public_ci95_pct": pub_half,
+                     "mean_inside_public_ci": abs(100 * mean - pub_mean) <= pub_half,
+                     "cis_overlap": abs(100 * mean - pub_mean) <= pub_half + 100 * half}
+    return {"fast_matmul": fast, "n_models": cfg.n_models, "wall_s": wall, "phase_s": res.phase_s,
+            "target_s": 5.0, "public_script_s": PUBLIC_100_WALL_S, "arms": arms}
+
+
+def device_tag(device: str) -> str:
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(0).lower()).strip("-")
+    return "cpu"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--models", default="10,100", help="model counts, comma-separated")
+    p.add_argument("--examples", type=int, default=None,
+                   help="examples per epoch in the throughput runs (default: 8192 on CPU, 60000 on CUDA)")
+    p.add_argument("--fast-matmul", default=None, help="off | tf32 | bf16 (default: off on CPU, tf32 on CUDA)")
+    p.add_argument("--chunk", type=int, default=0, help="chunk_models (0 = auto)")
+    p.add_argument("--paper", action=argparse.BooleanOptionalAction, default=None,
+                   help="also run the full 100-model paper experiment (default: on CUDA only)")
+    p.add_argument("--paper-models", type=int, default=100)
+    p.add_argument("--paper-modes", default=None, help="fast_matmul modes for the paper run (default tf32,off on CUDA)")
+    p.add_argument("--out", default=None, help="default benchmarks/results/toy_<cpu|gpu-name>.json")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--child-paper", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--n", type=int, default=10, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    os.environ.setdefault("SUBLIM_QUIET", "1")
+    cuda = args.device.startswith("cuda")
+    if cuda and not torch.cuda.is_available():
+        print("bench_toy: --device cuda but CUDA is not available", file=sys.stderr)
+        return 2
+    args.fast_matmul = args.fast_matmul or ("tf32" if cuda else "off")
+    args.examples = args.examples or (60000 if cuda else 8192)
+    if args.child:
+        print("RESULT " + json.dumps(child(args)))
+        return 0
+    if args.child_paper:
+        print("RESULT " + json.dumps(paper_run(args, args.child_paper)))
+        return 0
+
+    def spawn(extra: list[str]) -> dict:
+        cmd = [sys.executable, __file__, "--device", args.device, "--fast-matmul", args.fast_matmul,
+               "--examples", str(args.examples), "--chunk", str(args.chunk),
+               "--paper-models", str(args.paper_models), *extra]
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+        lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+        if proc.returncode or not lines:
+            return {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1], "cmd": " ".join(cmd)}
+        return json.loads(lines[-1][len("RESULT "):])
+
+    results = {"device": args.device, "device_name": torch.cuda.get_device_name(0) if cuda else "cpu",
+               "cpu_count": os.cpu_count(), "torch": torch.__version__, "runs": [], "paper": []}
+    for n in [int(v) for v in args.models.split(",") if v.strip()]:
+        r = spawn(["--child", "--n", str(n)])
+        results["runs"].append(r)
+        print(json.dumps(r), flush=True)
+    if args.paper if args.paper is not None else cuda:
+        modes = (args.paper_modes or ("tf32,off" if cuda else "off")).split(",")
+        for mode in modes:
+            r = spawn(["--child-paper", mode])
+            results["paper"].append(r)
+            print(json.dumps(r), flush=True)
+    out = Path(args.out or ROOT / "benchmarks" / "results" / f"toy_{device_tag(args.device)}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=2) + "\n")
+    os.replace(tmp, out)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""The engine's pieces against slow, obviously-correct references, and its determinism."""
+
+import numpy as np
+import pytest
+import torch
+
+from sublim.errors import NumericalError
+from sublim.toymodels import losses
+from sublim.toymodels.arms import derangement, student_inits
+from sublim.toymodels.config import ToyConfig
+from sublim.toymodels.inputs import DistillInputs, make_generator
+from sublim.toymodels.mnist import load_mnist
+from sublim.toymodels.model import MLPSpec, forward, forward_fast, init_params
+from sublim.toymodels.train import run_experiment
+
+TINY = dict(width=16, teacher_epochs=1, distill_epochs=1, max_examples_per_epoch=512, batch_size=256,
+            max_test_examples=1000)
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    return load_mnist()
+
+
+@pytest.mark.parametrize("n", [2, 3, 5, 10, 37])
+def test_derangement_has_no_fixed_point_and_is_a_permutation(n):
+    for seed in range(20):
+        p = derangement(n, seed)
+        assert sorted(p) == list(range(n))
+        assert all(p[i] != i for i in range(n))
+    assert derangement(n, 3) == derangement(n, 3)
+
+
+def test_derangement_varies_with_seed():
+    assert len({tuple(derangement(10, s)) for s in range(10)}) > 5
+
+
+@pytest.mark.parametrize("x_shape, k", [((5, 20), 1), ((6, 5, 20), 1), ((3, 5, 20), 2), ((2, 5, 20), 3)])
+def test_forward_fast_matches_forward_values_and_grads(x_shape, k):
+    spec = MLPSpec(d_in=20, width=8, depth=3, n_aux=2)
+    torch.manual_seed(0)
+    base = [p + 0.1 * torch.randn_like(p) for p in init_params(spec, 6, dtype=torch.float64)]
+    x = torch.randn(*x_shape, dtype=torch.float64)
+    x_ref = x if (x.dim() == 2 or k == 1) else x.repeat_interleave(k, 0)
+    fast = [p.clone().requires_grad_() for p in base]
+    ref = [p.clone().requires_grad_() for p in base]
+    out_f, out_r = forward_fast(fast, x), forward(ref, x_ref)
+    torch.testing.assert_close(out_f, out_r, rtol=1e-12, atol=1e-12)
+    w = torch.randn_like(out_r)
+    (out_f * w).sum().backward()
+    (out_r * w).sum().backward()
+    for a, b in zip(fast, ref):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_kl_is_per_example_and_independent_of_model_count():
+    """A model's gradient must not shrink when more models join the ensemble."""
+    torch.manual_seed(0)
+    s1 = torch.randn(1, 7, 3, dtype=torch.float64, requires_grad=True)
+    t1 = torch.randn(1, 7, 3, dtype=torch.float64)
+    losses.distill_kl(s1, t1).sum().backward()
+    s5 = s1.detach().repeat(5, 1, 1).requires_grad_()
+    loss5 = losses.distill_kl(s5, t1.repeat(5, 1, 1))
+    loss5.sum().backward()
+    torch.testing.assert_close(s5.grad[3], s1.grad[0])
+    # the value is the mean over examples of the per-example KL
+    p, q = torch.softmax(t1[0], -1), torch.softmax(s1[0].detach(), -1)
+    manual = (p * (p.log() - q.log())).sum(-1).mean()
+    torch.testing.assert_close(loss5[0], manual)
+
+
+def test_student_inits_layout_and_relations():
+    cfg = ToyConfig(n_models=4, width=8)
+    perm = derangement(4, 0)
+    inits = init_params(cfg.spec, 4, seed=0, dtype=torch.float64)
+    st = student_inits(cfg, [1, 2], perm, inits, device="cpu", dtype=torch.float64)
+    k = len(cfg.student_arms)  # student_aux, student_all, cross_aux, cross_all
+    assert st[0].shape == (2 * k, 8, 784)
+    for g, i in enumerate([1, 2]):
+        for a, arm in enumerate(cfg.student_arms):
+            want = inits[0][i] if arm.startswith("student") else inits[0][perm[i]]
+            assert torch.equal(st[0][g * k + a], want)
+    ind = student_inits(ToyConfig(n_models=4, width=8, student_init="independent"), [1], perm, inits,
+                        device="cpu", dtype=torch.float64)
+    assert all(not torch.allclose(ind[0][0], inits[0][j]) for j in range(4))
+    pert = student_inits(ToyConfig(n_models=4, width=8, student_init="perturbed", perturb_sigma=0.5), [1], perm,
+                         inits, device="cpu", dtype=torch.float64)
+    diff = pert[0][0] - inits[0][1]
+    assert abs(diff.std().item() - 0.5 / 784 ** 0.5) < 0.05 / 784 ** 0.5  # sigma x the layer's init std
+    assert torch.equal(pert[0][2], inits[0][perm[1]])  # cross arms are never perturbed
+
+
+@pytest.mark.parametrize("kind", ["uniform", "gaussian", "mnist", "shuffled_pixels"])
+def test_distill_inputs_shapes_ranges_and_seeding(kind, mnist):
+    def batch(independent=True):
+        g = make_generator(torch.device("cpu"), "t", 0)
+        return DistillInputs(kind, mnist.x_train, 3, 600, 256, g, independent, torch.float32).batch(2)
+
+    x = batch()
+    assert x.shape == (3, 600 - 512, 784)
+    assert torch.equal(x, batch())
+    assert batch(independent=False).shape == (88, 784)
+    assert not torch.equal(x[0], x[1])  # every model its own data
+    if kind == "uniform":
+        assert x.min() >= -1 and x.max() <= 1 and abs(x.mean()) < 0.01
+    if kind == "shuffled_pixels":  # same multiset of pixel values as some MNIST image, shuffled
+        assert x.min() >= -1 and x.max() <= 1
+
+
+def test_same_seed_same_numbers_and_shapes(mnist):
+    cfg = ToyConfig(n_models=3, **TINY)
+    a, b = run_experiment(cfg, mnist), run_experiment(cfg, mnist)
+    assert list(a.accuracy) == list(cfg.arms)
+    for arm in cfg.arms:
+        assert a.accuracy[arm].shape == (3,)
+        np.testing.assert_array_equal(a.accuracy[arm], b.accuracy[arm])
+    for arm in a.final_loss:
+        np.testing.assert_array_equal(a.final_loss[arm], b.final_loss[arm])
+    c = run_experiment(ToyConfig(n_models=3, seed=1, **TINY), mnist)
+    assert not np.array_equal(c.final_loss["student_aux"], a.final_loss["student_aux"])
+
+
+def test_arms_train_independently_in_the_joint_ensemble(mnist):
+    """Training all student arms as one ensemble = training one arm alone (shared teacher logits)."""
+    joint = run_experiment(ToyConfig(n_models=3, **TINY), mnist)
+    alone = run_experiment(ToyConfig(n_models=3, arms=("cross_aux",), **TINY), mnist)
+    np.testing.assert_allclose(alone.final_loss["cross_aux"], joint.final_loss["cross_aux"], rtol=1e-5)
+    np.testing.assert_allclose(alone.final_loss["teacher"], joint.final_loss["teacher"], rtol=1e-6)
+
+
+def test_chunking_changes_nothing_but_the_noise_streams(mnist):
+    """Chunks of models train like the whole ensemble: teachers of chunk 1 == models 0-1 overall
+    when the data order is the same (the first chunk's generator is the whole run's)."""
+    whole = run_experiment(ToyConfig(n_models=4, **TINY), mnist)
+    chunked = run_experiment(ToyConfig(n_models=4, chunk_models=2, **TINY), mnist)
+    assert whole.derangement == chunked.derangement
+    np.testing.assert_array_equal(whole.accuracy["reference"], chunked.accuracy["reference"])
+    for arm in whole.accuracy:
+        assert chunked.accuracy[arm].shape == (4,)
+
+
+def test_shared_batches_and_other_knobs_run(mnist):
+    for extra in (dict(independent_batches=False), dict(optimizer="sgd", lr=0.05, distill_input="gaussian"),
+                  dict(student_init="perturbed", perturb_sigma=0.1, distill_input="shuffled_pixels", depth=1),
+                  dict(init="kaiming_normal", dtype="float64", arms=("reference", "student_all"))):
+        r = run_experiment(ToyConfig(n_models=2, **{**TINY, **extra}), mnist)
+        assert all(np.isfinite(v).all() and v.shape == (2,) for v in r.accuracy.values())
+
+
+def test_nan_loss_raises_numerical_error(mnist):
+    with pytest.raises(NumericalError, match="non-finite teacher loss in epoch 1"):
+        run_experiment(ToyConfig(n_models=2, optimizer="sgd", lr=1e30, **TINY), mnist)
+
+
+def test_teacher_learns_and_aux_student_beats_cross_model_on_a_short_run(mnist):
+    """A small but real run: the effect must already show (few models, reduced size)."""
+    cfg = ToyConfig(n_models=4, width=64, teacher_epochs=1, distill_epochs=2, max_examples_per_epoch=16384,
+                    batch_size=256, lr=1e-3, max_test_examples=2000, arms=("teacher", "student_aux", "cross_aux"))
+    r = run_experiment(cfg, mnist)
+    assert r.accuracy["teacher"].mean() > 0.8  # one short epoch of a small teacher
+    print(r.accuracy)
+    assert r.accuracy["student_aux"].mean() > r.accuracy["cross_aux"].mean() + 0.05
