@@ -3,11 +3,14 @@
 Three kernels, each one pass over x and g, fp32 accumulation, nothing of size d_in * d_out * B
 written to memory (outputs are (B,) and (B, k) fp32, accumulated with atomics):
 
-  _ghost_kernel        program = (example i, pair of token tiles (t, s) with s >= t). Builds the
-                       Gram tiles X_t X_s^T and G_t G_s^T with tl.dot over d_in / d_out, multiplies
-                       them elementwise and reduces: ||G_i||^2 = sum_{t,s} (x_t.x_s)(g_t.g_s).
-                       Off-diagonal pairs count twice (symmetry). The bias norm ||sum_t g_t||^2 is
-                       the sum of the G G^T entries, so it comes free. T x T never reaches memory.
+  ghost (2 kernels)    program = (example i, pair of token tiles (t, s) with s >= t, split of the
+                       features). Builds the Gram tiles X_t X_s^T and G_t G_s^T with tl.dot over
+                       its slice of d_in / d_out; the split partials (B x T x T fp32 per split,
+                       small next to x and g) are summed, multiplied elementwise and reduced by a
+                       second kernel: ||G_i||^2 = sum_{t,s} (x_t.x_s)(g_t.g_s). Off-diagonal pairs
+                       count twice (symmetry). The bias norm ||sum_t g_t||^2 is the sum of the
+                       G G^T entries, so it comes free. With one split and small tiles a single
+                       fused kernel does everything.
   _materialize_kernel  program = (tile of d_out x d_in, group of examples). For each example in the
                        group, forms the gradient tile G_i[rows, cols] = g_i[:, rows]^T x_i[:, cols]
                        with tl.dot over tokens, then reduces sum(G^2) and sum(G * D_k) on chip. The
@@ -82,17 +85,24 @@ def _mask_arg(mask: Tensor | None, x: Tensor):
 # ------------------------------------------------------------------------------------------------
 # ghost norm
 # ------------------------------------------------------------------------------------------------
+# Phase 1: program (example i, token-tile pair p, feature split s) forms the Gram tiles
+# X_t X_s^T over its slice of d_in and G_t G_s^T over its slice of d_out. With one split and small
+# tiles (FUSED) it reduces sum(XX * GG) at once; otherwise it stores both partial tiles and phase 2
+# sums the splits, multiplies and reduces. Splitting d gives enough programs to saturate memory
+# bandwidth when B is small, and still reads each element of x and g once (with a single token
+# tile, DIAG_ONLY, the second operand is the transpose of the first: one load).
 @triton.jit
-def _ghost_kernel(
-    x_ptr, g_ptr, mask_ptr, pair_t_ptr, pair_s_ptr, out_w_ptr, out_b_ptr,
-    T, D_IN, D_OUT,
+def _ghost_partial_kernel(
+    x_ptr, g_ptr, mask_ptr, pair_t_ptr, pair_s_ptr, px_ptr, pg_ptr, out_w_ptr, out_b_ptr,
+    B, T, D_IN, D_OUT, CH_IN, CH_OUT, N_PAIRS,
     sxb, sxt, sxd, sgb, sgt, sgd, smb, smt,
-    HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr,
+    FUSED: tl.constexpr, DIAG_ONLY: tl.constexpr, HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, PREC_X: tl.constexpr, PREC_G: tl.constexpr,
     CDT_X: tl.constexpr, CDT_G: tl.constexpr,
 ):
     i = tl.program_id(0).to(tl.int64)
     p = tl.program_id(1)
+    sp = tl.program_id(2)
     ti = tl.load(pair_t_ptr + p)
     si = tl.load(pair_s_ptr + p)
     rt = ti * BT + tl.arange(0, BT)
@@ -103,59 +113,129 @@ def _ghost_kernel(
 
     xx = tl.zeros((BT, BT), dtype=tl.float32)
     x_base = x_ptr + i * sxb
-    for k0 in range(0, D_IN, BK):
-        vk = (k0 + kk) < D_IN
+    lo = sp * CH_IN
+    hi = tl.minimum(lo + CH_IN, D_IN)
+    for k0 in range(lo, hi, BK):
+        vk = (k0 + kk) < hi
         a = tl.load(x_base + rt[:, None] * sxt + (k0 + kk)[None, :] * sxd, mask=vt[:, None] & vk[None, :], other=0.0)
-        b = tl.load(x_base + rs[None, :] * sxt + (k0 + kk)[:, None] * sxd, mask=vk[:, None] & vs[None, :], other=0.0)
-        xx += tl.dot(a.to(CDT_X), b.to(CDT_X), input_precision=PREC_X)
+        a = a.to(CDT_X)
+        if DIAG_ONLY:
+            b = tl.trans(a)
+        else:
+            b = tl.load(x_base + rs[None, :] * sxt + (k0 + kk)[:, None] * sxd, mask=vk[:, None] & vs[None, :], other=0.0)
+            b = b.to(CDT_X)
+        xx += tl.dot(a, b, input_precision=PREC_X)
+
+    tile = tl.arange(0, BT)[:, None] * BT + tl.arange(0, BT)[None, :]
+    part = ((sp * B + i) * N_PAIRS + p) * (BT * BT)
+    if not FUSED:
+        tl.store(px_ptr + part + tile, xx)
 
     gg = tl.zeros((BT, BT), dtype=tl.float32)
     g_base = g_ptr + i * sgb
-    for k0 in range(0, D_OUT, BK):
-        vk = (k0 + kk) < D_OUT
+    lo = sp * CH_OUT
+    hi = tl.minimum(lo + CH_OUT, D_OUT)
+    for k0 in range(lo, hi, BK):
+        vk = (k0 + kk) < hi
         a = tl.load(g_base + rt[:, None] * sgt + (k0 + kk)[None, :] * sgd, mask=vt[:, None] & vk[None, :], other=0.0)
-        b = tl.load(g_base + rs[None, :] * sgt + (k0 + kk)[:, None] * sgd, mask=vk[:, None] & vs[None, :], other=0.0)
-        gg += tl.dot(a.to(CDT_G), b.to(CDT_G), input_precision=PREC_G)
+        a = a.to(CDT_G)
+        if DIAG_ONLY:
+            b = tl.trans(a)
+        else:
+            b = tl.load(g_base + rs[None, :] * sgt + (k0 + kk)[:, None] * sgd, mask=vk[:, None] & vs[None, :], other=0.0)
+            b = b.to(CDT_G)
+        gg += tl.dot(a, b, input_precision=PREC_G)
 
+    if FUSED:
+        _ghost_reduce(xx, gg, mask_ptr, out_w_ptr, out_b_ptr, i, ti, si, rt, rs, vt, vs, smb, smt, HAS_MASK, HAS_BIAS)
+    else:
+        tl.store(pg_ptr + part + tile, gg)
+
+
+@triton.jit
+def _ghost_reduce(xx, gg, mask_ptr, out_w_ptr, out_b_ptr, i, ti, si, rt, rs, vt, vs, smb, smt,
+                  HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """sum(XX * GG) of one token-tile pair (masked tokens have g = 0), doubled off the diagonal."""
     if HAS_MASK:
         mt = tl.load(mask_ptr + i * smb + rt * smt, mask=vt, other=0) != 0
         ms = tl.load(mask_ptr + i * smb + rs * smt, mask=vs, other=0) != 0
         gg = tl.where(mt[:, None] & ms[None, :], gg, 0.0)
-
     factor = tl.where(ti == si, 1.0, 2.0)
     tl.atomic_add(out_w_ptr + i, tl.sum(tl.sum(xx * gg, axis=1), axis=0) * factor)
     if HAS_BIAS:
         tl.atomic_add(out_b_ptr + i, tl.sum(tl.sum(gg, axis=1), axis=0) * factor)
 
 
+@triton.jit
+def _ghost_combine_kernel(
+    px_ptr, pg_ptr, mask_ptr, pair_t_ptr, pair_s_ptr, out_w_ptr, out_b_ptr,
+    B, T, N_SPLITS, N_PAIRS, smb, smt,
+    HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr, BT: tl.constexpr,
+):
+    i = tl.program_id(0).to(tl.int64)
+    p = tl.program_id(1)
+    ti = tl.load(pair_t_ptr + p)
+    si = tl.load(pair_s_ptr + p)
+    rt = ti * BT + tl.arange(0, BT)
+    rs = si * BT + tl.arange(0, BT)
+    tile = tl.arange(0, BT)[:, None] * BT + tl.arange(0, BT)[None, :]
+    xx = tl.zeros((BT, BT), dtype=tl.float32)
+    gg = tl.zeros((BT, BT), dtype=tl.float32)
+    for sp in range(0, N_SPLITS):
+        part = ((sp * B + i) * N_PAIRS + p) * (BT * BT)
+        xx += tl.load(px_ptr + part + tile)
+        gg += tl.load(pg_ptr + part + tile)
+    _ghost_reduce(xx, gg, mask_ptr, out_w_ptr, out_b_ptr, i, ti, si, rt, rs, rt < T, rs < T, smb, smt,
+                  HAS_MASK, HAS_BIAS)
+
+
+def ghost_plan(B: int, T: int, d_in: int, d_out: int, sms: int) -> tuple[int, int, int]:
+    """(token tile BT, number of tile pairs, feature splits S) for the ghost kernels.
+
+    BT covers the whole sequence up to 128 tokens (one tile: each x/g element loaded once), else
+    128-token tiles. Splits of d raise the program count to about one wave of the SMs, keeping at
+    least 1024 features per split so the partial Gram tiles stay small next to x and g."""
+    BT = min(128, max(16, triton.next_power_of_2(T)))
+    n = triton.cdiv(T, BT)
+    pairs = n * (n + 1) // 2
+    S = max(1, min(triton.cdiv(sms, B * pairs), (d_in + d_out) // 1024))
+    return BT, pairs, S
+
+
 def ghost_sq_norm(x: Tensor, g: Tensor, mask: Tensor | None, with_bias: bool = False):
     """x (B,T,d_in), g (B,T,d_out) -> (||G_i||^2 (B,), ||b_i||^2 (B,) or None)."""
     B, T, d_in = x.shape
     d_out = g.shape[2]
-    out_w = torch.zeros(B, dtype=torch.float32, device=x.device)
-    out_b = torch.zeros(B, dtype=torch.float32, device=x.device) if with_bias else out_w
+    out = torch.zeros(2 if with_bias else 1, B, dtype=torch.float32, device=x.device)
+    out_w, out_b = out[0], out[-1]
     if B == 0 or T == 0:
         return out_w, (out_b if with_bias else None)
-    # Token tile: the largest of 64/32/16 that still gives about two waves of programs.
-    target = 2 * _device_sms(x)
-    BT = 16
-    for cand in (64, 32):
-        n = triton.cdiv(T, cand)
-        if cand <= max(16, triton.next_power_of_2(T)) and B * n * (n + 1) // 2 >= target:
-            BT = cand
-            break
-    n = triton.cdiv(T, BT)
-    pt, ps = _pair_table(n, str(x.device))
+    BT, n_pairs, S = ghost_plan(B, T, d_in, d_out, _device_sms(x))
+    BK = 64 if x.is_cuda else 16
+    fused = S == 1 and BT <= 64
+    ch_in = triton.cdiv(triton.cdiv(d_in, S), BK) * BK
+    ch_out = triton.cdiv(triton.cdiv(d_out, S), BK) * BK
+    pt, ps = _pair_table(triton.cdiv(T, BT), str(x.device))
     m, smb, smt = _mask_arg(mask, x)
     cx, cg = _compute_dtype(x), _compute_dtype(g)
-    _ghost_kernel[(B, pt.numel())](
-        x, g, m, pt, ps, out_w, out_b,
-        T, d_in, d_out,
+    if fused:
+        px = pg = out
+    else:  # every element is written by phase 1, so no zero-fill
+        part = torch.empty(2, S * B * n_pairs * BT * BT, dtype=torch.float32, device=x.device)
+        px, pg = part[0], part[1]
+    _ghost_partial_kernel[(B, n_pairs, S)](
+        x, g, m, pt, ps, px, pg, out_w, out_b,
+        B, T, d_in, d_out, ch_in, ch_out, n_pairs,
         x.stride(0), x.stride(1), x.stride(2), g.stride(0), g.stride(1), g.stride(2), smb, smt,
-        HAS_MASK=mask is not None, HAS_BIAS=with_bias, BT=BT, BK=64 if x.is_cuda else 16, PREC_X=_precision(cx), PREC_G=_precision(cg),
-        CDT_X=_TL_DTYPE[cx], CDT_G=_TL_DTYPE[cg],
-        num_warps=4,
+        FUSED=fused, DIAG_ONLY=n_pairs == 1, HAS_MASK=mask is not None, HAS_BIAS=with_bias,
+        BT=BT, BK=BK, PREC_X=_precision(cx), PREC_G=_precision(cg), CDT_X=_TL_DTYPE[cx], CDT_G=_TL_DTYPE[cg],
+        num_warps=8 if BT >= 128 else 4,
     )
+    if not fused:
+        _ghost_combine_kernel[(B, n_pairs)](
+            px, pg, m, pt, ps, out_w, out_b, B, T, S, n_pairs, smb, smt,
+            HAS_MASK=mask is not None, HAS_BIAS=with_bias, BT=BT, num_warps=8 if BT >= 128 else 4,
+        )
     return out_w, (out_b if with_bias else None)
 
 
@@ -199,7 +279,7 @@ def _materialize_kernel(
             dots = tl.zeros((KP,), dtype=tl.float32)
             for j in tl.static_range(K):
                 d = tl.load(dir_ptr + j * sdk + rm[:, None] * sdo + rn[None, :] * sdi,
-                            mask=vm[:, None] & vn[None, :], other=0.0).to(tl.float32)
+                            mask=vm[:, None] & vn[None, :], other=0.0, eviction_policy="evict_last").to(tl.float32)
                 val = tl.sum(tl.sum(acc * d, axis=1), axis=0)
                 dots = tl.where(kk == j, val, dots)
             tl.atomic_add(out_dot_ptr + i * K + kk, dots, mask=kk < K)
@@ -214,14 +294,18 @@ def materialize_stats(x: Tensor, g: Tensor, directions: Tensor | None, mask: Ten
     dots = torch.zeros(B, k, dtype=torch.float32, device=x.device) if k else None
     if B == 0 or T == 0:
         return sq, dots
-    big = min(d_in, d_out) >= 512 and x.is_cuda
+    # Norm only: 128 x 128 gradient tiles (fewer re-reads of x and g). With directions, 64 x 64 so
+    # that the k direction tiles a program revisits for every example (k * 8 KiB in bf16) can stay
+    # in L1/L2 instead of being re-read from memory per example.
+    big = min(d_in, d_out) >= 512 and x.is_cuda and k == 0
     BM = BN = 128 if big else (64 if x.is_cuda else 16)
     BT = 64 if x.is_cuda else 16
     if x.is_cuda:
         BT = min(BT, max(16, triton.next_power_of_2(T)))
     n_tiles = triton.cdiv(d_out, BM) * triton.cdiv(d_in, BN)
-    # Enough example groups for ~2 waves; fewer groups reuse each direction tile more.
-    groups = max(1, min(B, triton.cdiv(2 * _device_sms(x), n_tiles)))
+    # Split the examples into groups only when the tiles alone fill less than one wave of the SMs:
+    # each group re-reads the direction tiles.
+    groups = max(1, min(B, triton.cdiv(_device_sms(x), n_tiles)))
     ex_per_prog = triton.cdiv(B, groups)
     groups = triton.cdiv(B, ex_per_prog)
     m, smb, smt = _mask_arg(mask, x)

@@ -195,6 +195,21 @@ def test_triton_mixed_dtypes():
         assert_close_stats(s, x, g, D, None, None, bias=False)
 
 
+@pytest.mark.interpreter
+@needs_triton
+def test_triton_ghost_split_and_tiles(monkeypatch):
+    """The ghost kernel's other plans: features split across programs (partials + combine kernel),
+    several 128-token tiles (off-diagonal pairs), and a single tile larger than 64 tokens."""
+    from sublim.kernels import triton_kernels as tk
+
+    monkeypatch.setattr(tk, "_device_sms", lambda t: 64)  # pretend a big GPU: more splits
+    for B, T, d_in, d_out, plan in [(2, 5, 1100, 1000, (16, 1, 2)), (1, 140, 30, 40, (128, 3, 1)), (2, 70, 9, 11, (128, 1, 1))]:
+        assert tk.ghost_plan(B, T, d_in, d_out, 64) == plan
+        x, g, _, _, mask = make_inputs(B, T, d_in, d_out, 0, torch.bfloat16, device=DEVICE)
+        s = linear_grad_stats(x, g, bias=True, mask=mask, backend="triton", algorithm="ghost")
+        assert_close_stats(s, x, g, None, None, mask)
+
+
 # ---- GPU (native bf16 tensor-core path, bigger odd shapes) --------------------------------------
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
