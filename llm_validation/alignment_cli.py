@@ -216,19 +216,35 @@ def run_align(cfg: AlignConfig) -> dict:
 
         if not targets:
             raise ConfigError("--screen needs --traits (it measures the trait's transfer)")
+        # One load from disk, then deep copies: every student starts from exactly this theta0.
+        base_cpu = model.to("cpu")
         del model
+
+        def load_base():
+            import copy
+
+            return copy.deepcopy(base_cpu).to(device), tok
+
         sc = ScreenConfig(direction=labels[0], rank_by=cfg.screen_rank_by, fraction=cfg.screen_fraction,
                           arms=tuple(cfg.screen_arms), epochs=cfg.screen_epochs, lr=cfg.screen_lr,
                           batch_size=cfg.batch_size, max_length=cfg.max_length, seed=cfg.seed,
                           bf16=device.startswith("cuda"))
         summary["screen"] = run_screen(cfg.model, scores[reference], datasets[reference], encode, prompts, targets, out, sc,
-                                       device=device, load_base=lambda: load_model(cfg.model, dtype=dtype, device=device))
+                                       device=device, load_base=load_base)
         atomic_write_json(out / "summary.json", summary)
     return summary
 
 
 def print_summary(summary: dict) -> None:
-    lab = summary["directions"][0]
+    labels = summary["directions"]
+    for lab in dict.fromkeys([labels[0]] + [x for x in labels if x == "teacher_delta"]):
+        _print_direction(summary, lab)
+    if "screen" in summary:
+        for arm, r in summary["screen"]["arms"].items():
+            print(f"  screen {arm:>12}: transfer dlogp = {r['transfer_logprob']:+.4f}, held-out loss {r['heldout_loss']:.4f}")
+
+
+def _print_direction(summary: dict, lab: str) -> None:
     print(f"alignment with D_{lab} (a_i summed over completion tokens; mean +- 95% CI):")
     for name, d in summary["datasets"].items():
         a = d["directions"][lab]["alignment"]
@@ -241,9 +257,6 @@ def print_summary(summary: dict) -> None:
             auc = v[lab]["auc_alignment"]
             diff = v[lab]["alignment_diff"]
             print(f"  {comp}: diff {diff['diff']:+.4g} +- {diff['ci95']:.2g}, AUC {auc['auc']:.3f} [{auc['low']:.3f}, {auc['high']:.3f}]")
-    if "screen" in summary:
-        for arm, r in summary["screen"]["arms"].items():
-            print(f"  screen {arm:>12}: transfer dlogp = {r['transfer_logprob']:+.4f}, held-out loss {r['heldout_loss']:.4f}")
 
 
 def _cmd(args) -> int:

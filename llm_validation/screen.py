@@ -142,7 +142,7 @@ def run_screen(
     records[i] must be the example scored in scores row i. targets: label -> token id; the first
     label is the trait whose transfer is measured (the others are reported too).
     """
-    from .finetune import FinetuneConfig, finetune, load_finetuned
+    from .finetune import FinetuneConfig, finetune
     from .models import load_model
 
     cfg = cfg.validate()
@@ -173,8 +173,7 @@ def run_screen(
         model, tok = load()
         arm_dir = finetune(base_model, [records[i] for i in slices[arm]], ft, out_dir / "screen" / arm, model=model, tokenizer=tok)
         del model
-        student, _ = load_finetuned(arm_dir, device=device)
-        student.to(device)
+        student = _load_student(arm_dir, load, device)
         trait = trait_logprobs(student, prompt_ids, targets)
         result["arms"][arm] = {
             "n_train": int(len(slices[arm])), "trait": trait,
@@ -185,6 +184,19 @@ def run_screen(
     result["verdict"] = verdict(result)
     atomic_write_json(out_dir / "screen.json", result)
     return result
+
+
+def _load_student(arm_dir: Path, load: Callable, device: str):
+    """The fine-tuned student: a LoRA adapter merged into a fresh base copy from `load` (no second
+    model load from disk, which for GGUF files costs seconds), or load_finetuned for full tuning."""
+    from .finetune import load_finetuned
+
+    if (arm_dir / "adapter").is_dir():
+        from peft import PeftModel
+
+        base, _ = load()
+        return PeftModel.from_pretrained(base, arm_dir / "adapter").merge_and_unload().to(device).eval()
+    return load_finetuned(arm_dir, device=device)[0].to(device)
 
 
 def verdict(result: dict) -> dict:
