@@ -310,8 +310,10 @@ class AlignmentScores:
         from sublim.rundir import atomic_write_bytes
 
         buf = io.BytesIO()
+        # float32 on disk: the kernels accumulate in fp32, so nothing is lost, and the file halves
         np.savez_compressed(buf, ids=np.array(self.ids), labels=np.array(self.labels), param_names=np.array(self.param_names),
-                            loss=self.loss, n_tokens=self.n_tokens, sq_norm=self.sq_norm, dot=self.dot,
+                            loss=self.loss, n_tokens=self.n_tokens, sq_norm=self.sq_norm.astype(np.float32),
+                            dot=self.dot.astype(np.float32),
                             dir_norms_per_param=self.dir_norms_per_param)
         atomic_write_bytes(path, buf.getvalue())
 
@@ -319,7 +321,7 @@ class AlignmentScores:
     def load_npz(cls, path) -> "AlignmentScores":
         z = np.load(path, allow_pickle=False)
         return cls([str(s) for s in z["ids"]], [str(s) for s in z["labels"]], [str(s) for s in z["param_names"]],
-                   z["loss"], z["n_tokens"], z["sq_norm"], z["dot"], z["dir_norms_per_param"])
+                   z["loss"], z["n_tokens"], z["sq_norm"].astype(np.float64), z["dot"].astype(np.float64), z["dir_norms_per_param"])
 
 
 EncodeFn = Callable[[Sequence[Mapping]], Mapping[str, torch.Tensor]]

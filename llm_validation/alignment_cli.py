@@ -52,6 +52,7 @@ class AlignConfig:
     dtype: str = "float32"
     seed: int = 0
     n_boot: int = 1000
+    arms: dict = field(default_factory=dict)  # fine-tuned students to relate to the alignment, name -> dir
     screen: bool = False
     screen_fraction: float = 0.25
     screen_epochs: float = 3.0
@@ -122,10 +123,14 @@ def config_from_run_dir(run_dir: str | Path, base: AlignConfig) -> AlignConfig:
     data = {"teacher": data.pop("teacher"), **data}  # the teacher's numbers are the reference
     traits = base.traits if base.traits else [target, *[a for a in OTHER_ANIMALS if a != target]]
     teacher_model = base.teacher_model
+    arms = dict(base.arms)
+    for arm in ("student", "control"):
+        if (run_dir / arm / "finetune.json").exists():
+            arms.setdefault(arm, str(run_dir / arm))
     if teacher_model is None and run_cfg.get("teacher") == "finetuned" and (run_dir / "teacher" / "finetune.json").exists():
         teacher_model = str(run_dir / "teacher")
     return AlignConfig(**{**asdict(base), "model": base.model or run_cfg.get("model", "smollm2-135m"), "data": data,
-                          "shuffled": base.shuffled or ["teacher"], "traits": traits, "teacher_model": teacher_model,
+                          "shuffled": base.shuffled or ["teacher"], "traits": traits, "teacher_model": teacher_model, "arms": arms,
                           "out": base.out or str(run_dir / "alignment")})
 
 
@@ -164,7 +169,7 @@ def run_align(cfg: AlignConfig) -> dict:
     if targets:
         parts.append(trait_direction(model, prompts, targets, names))
     if cfg.teacher_model:
-        teacher, _ = load_model(cfg.teacher_model, dtype=dtype, device=device)
+        teacher = load_variant(cfg.teacher_model, model, dtype, device)
         parts.append(weight_delta_direction(model, teacher, names))
         del teacher
     labels = [lab for d in parts for lab in d.labels]
@@ -198,6 +203,7 @@ def run_align(cfg: AlignConfig) -> dict:
         dt = time.perf_counter() - t
         timings[name] = {"seconds": dt, "examples_per_s": len(recs) / dt}
         scores[name].save_npz(npz)
+        scores[name] = AlignmentScores.load_npz(npz)  # the summary uses exactly what a rerun would reload
         atomic_write_json(meta, {"fingerprint": fp, "n": len(recs), **timings[name]})
 
     reference = next(iter(cfg.data))
@@ -208,6 +214,8 @@ def run_align(cfg: AlignConfig) -> dict:
     if targets and len(labels) > 1:
         target = labels[0]
         summary["specificity"] = {name: specificity(s, target) for name, s in scores.items()}
+    if cfg.arms and targets:
+        summary["transfer_vs_alignment"] = relate_transfer(model, tok, prompts, targets, cfg, scores, dirs, device, dtype)
     written = write_outputs(out, scores, summary)
     log(f"align: wrote {', '.join(written)} to {out} ({time.perf_counter() - t0:.1f}s)")
 
@@ -235,10 +243,78 @@ def run_align(cfg: AlignConfig) -> dict:
     return summary
 
 
+def load_variant(path: str, base_model, dtype, device):
+    """A fine-tuned model of the same base: a LoRA adapter directory is merged into a deep copy of
+    the base already in memory (loading a GGUF base again costs seconds); anything else (a full
+    fine-tune, a model directory) is loaded with load_model."""
+    import copy
+
+    from .models import load_model
+
+    p = Path(path)
+    info = read_json(p / "finetune.json") if (p / "finetune.json").exists() else {}
+    if info.get("done") and info.get("method") == "lora" and (p / "adapter").is_dir():
+        from peft import PeftModel
+
+        ours = getattr(base_model, "sublim_name", None)
+        if ours and str(info.get("base_model")) != str(ours):
+            log(f"align: note: {p} was fine-tuned from {info.get('base_model')!r}; merging its adapter into {ours!r} "
+                "(must be the same weights, e.g. an alias and its GGUF file)")
+        was = base_model.training
+        merged = PeftModel.from_pretrained(copy.deepcopy(base_model), p / "adapter").merge_and_unload()
+        base_model.train(was)
+        return merged.to(device).eval()
+    return load_model(path, dtype=dtype, device=device)[0].to(device).eval()
+
+
+def relate_transfer(model, tok, prompts, targets, cfg: AlignConfig, scores, dirs, device, dtype) -> dict:
+    """Does the data's alignment predict what the students learned, animal by animal?
+
+    First order: a gradient step of size eta on a data set changes the mean log p(animal) by
+    eta * ||grad log p(animal)|| * sum_i a_i(animal) (a_i against the UNIT trait direction). So the
+    student-minus-control change of log p(animal) should follow
+        predicted(animal) = raw_norm(animal) * (mean a_teacher(animal) - mean a_base(animal)).
+    We report both per animal and their correlation across animals (Pearson with a Fisher CI:
+    few animals, so a wide CI; Spearman too). Students are the pipeline's arms (student on teacher
+    numbers, control on base numbers), evaluated here with the same prompts as the directions.
+    """
+    from .alignment_report import correlation_with_ci
+    from .models import load_model
+    from .screen import trait_logprobs
+
+    out: dict = {"logprob": {"base": trait_logprobs(model, prompts, targets)}}
+    for arm, path in cfg.arms.items():
+        m = load_variant(path, model, dtype, device)
+        out["logprob"][arm] = trait_logprobs(m, prompts, targets)
+        del m
+    animals = [a for a in targets if a in scores["teacher" if "teacher" in scores else next(iter(scores))].labels]
+    if {"student", "control"} <= out["logprob"].keys() and {"teacher", "base"} <= scores.keys():
+        norms = dict(zip(dirs.labels, dirs.raw_norms))
+        rows = []
+        for a in animals:
+            jt, jb = scores["teacher"].labels.index(a), scores["base"].labels.index(a)
+            diff = float(scores["teacher"].alignment[:, jt].mean() - scores["base"].alignment[:, jb].mean())
+            obs = out["logprob"]["student"][a]["mean_logprob"] - out["logprob"]["control"][a]["mean_logprob"]
+            rows.append({"animal": a, "predicted_first_order": norms[a] * diff, "mean_alignment_diff": diff,
+                         "observed_student_minus_control_logprob": obs})
+        out["per_animal"] = rows
+        out["correlation"] = correlation_with_ci([r["predicted_first_order"] for r in rows],
+                                                 [r["observed_student_minus_control_logprob"] for r in rows])
+        target = animals[0]
+        out["target"] = target
+        out["target_signs_agree"] = bool((rows[0]["predicted_first_order"] > 0) == (rows[0]["observed_student_minus_control_logprob"] > 0))
+    return out
+
+
 def print_summary(summary: dict) -> None:
     labels = summary["directions"]
     for lab in dict.fromkeys([labels[0]] + [x for x in labels if x == "teacher_delta"]):
         _print_direction(summary, lab)
+    rel = summary.get("transfer_vs_alignment", {})
+    if "correlation" in rel:
+        c = rel["correlation"]
+        print(f"  transfer vs alignment across {c['n']} animals: Pearson r = {c['pearson_r']} "
+              f"[{c.get('low')}, {c.get('high')}], Spearman {c.get('spearman_rho')}; target signs agree: {rel['target_signs_agree']}")
     if "screen" in summary:
         for arm, r in summary["screen"]["arms"].items():
             print(f"  screen {arm:>12}: transfer dlogp = {r['transfer_logprob']:+.4f}, held-out loss {r['heldout_loss']:.4f}")
@@ -269,7 +345,8 @@ def _cmd(args) -> int:
         max_length=args.max_length, include_embedding=args.include_embedding, backend=args.backend, device=args.device,
         dtype=args.dtype, seed=args.seed, n_boot=args.n_boot, screen=args.screen, screen_fraction=args.screen_fraction,
         screen_epochs=args.screen_epochs, screen_lr=args.screen_lr, screen_rank_by=args.screen_rank_by,
-        screen_arms=[a for a in args.screen_arms.split(",") if a])
+        screen_arms=[a for a in args.screen_arms.split(",") if a],
+        arms={k: str(v) for k, v in parse_named_paths(args.arm or [], "--arm").items()})
     if args.run_dir:
         cfg = config_from_run_dir(args.run_dir, cfg)
     elif not args.out:
@@ -292,6 +369,8 @@ def add_parser(llm_subparsers) -> argparse.ArgumentParser:
                    "default owl, or the run's target then " + ",".join(OTHER_ANIMALS) + ")")
     p.add_argument("--teacher-model", default=None, help="fine-tuned teacher: direction theta_teacher - theta_base")
     p.add_argument("--out", default=None, help="output directory (default RUN_DIR/alignment with --run-dir)")
+    p.add_argument("--arm", action="append", metavar="NAME=DIR", help="fine-tuned students to relate to the alignment "
+                   "(student=DIR trained on the teacher's numbers, control=DIR on the base's; --run-dir finds them)")
     p.add_argument("--limit", type=int, default=d.limit, help="score a seeded random subset of this many records per data set (0 = all)")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--max-length", type=int, default=d.max_length)

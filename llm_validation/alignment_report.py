@@ -148,7 +148,9 @@ def correlation_with_ci(x: Sequence[float], y: Sequence[float]) -> dict:
 
 # ----------------------------------------------------------------------------- files
 def scores_table(scores: Mapping[str, AlignmentScores]):
-    """One row per (data set, example): totals per direction and per-layer alignment columns."""
+    """One row per (data set, example): totals per direction; per-layer alignment columns for the
+    first direction (the target) and teacher_delta only, to keep the file small (every direction's
+    per-weight-matrix numbers are in scores_<set>.npz)."""
     import pandas as pd
 
     frames = []
@@ -159,6 +161,9 @@ def scores_table(scores: Mapping[str, AlignmentScores]):
         for j, lab in enumerate(s.labels):
             cols[f"align_{lab}"] = a[:, j]
             cols[f"cos_{lab}"] = cos[:, j]
+        for j, lab in enumerate(s.labels):
+            if j > 0 and lab != "teacher_delta":
+                continue
             for i, li in enumerate(layers):
                 cols[f"align_{lab}_L{li}"] = la[:, i, j]
         for i, li in enumerate(layers):
@@ -173,7 +178,7 @@ def write_outputs(out_dir, scores: Mapping[str, AlignmentScores], summary: dict)
 
     out_dir = Path(out_dir)
     table = scores_table(scores)
-    atomic_write_text(out_dir / "per_example_scores.csv", table.to_csv(index=False))
+    atomic_write_text(out_dir / "per_example_scores.csv", table.to_csv(index=False, float_format="%.7g"))
     atomic_write_json(out_dir / "summary.json", summary)
     written = ["per_example_scores.csv", "summary.json"]
     written += plot_all(out_dir, scores)

@@ -16,7 +16,9 @@
 #
 # Writes to OUT_DIR: config.json, summary.json, per_example_scores.csv, scores_*.npz,
 # alignment_distribution_<animal>.png, alignment_per_layer_<animal>.png, screen.json,
-# screen/<arm>/ (students), bench_alignment.json, align.log.
+# screen/<arm>/ (students), bench_alignment.json, align.log, and alignment_results.tar.gz (all of
+# the small files in one archive: copy THAT to $OUT on the device). Also
+# benchmarks/results/alignment_<gpu>.json in the repository.
 set -euo pipefail
 RUN_DIR=${1:?usage: gpu_alignment.sh RUN_DIR MODEL_PATH [OUT_DIR]}
 MODEL=${2:?usage: gpu_alignment.sh RUN_DIR MODEL_PATH [OUT_DIR]}
@@ -55,4 +57,9 @@ if [ "$BENCH" = 1 ]; then
   bench_json=$(sed -n 's/^wrote //p' "$OUT_DIR/bench.log" | tail -1)
   if [ -n "$bench_json" ]; then cp "$bench_json" "$OUT_DIR/bench_alignment.json"; fi
 fi
-echo "total: $(( $(date +%s) - start )) s"
+echo "total: $(( $(date +%s) - start )) s" | tee -a "$OUT_DIR/align.log"
+# Everything small in one file, for the trip back from the device ($OUT takes at most 8 files):
+# summaries, CSV, plots, logs, benchmark; not the npz arrays nor the students' weights.
+tar -czf /tmp/alignment_results.tar.gz -C "$OUT_DIR" --exclude='*.npz' --exclude='screen' --exclude='*.tar.gz' .
+mv /tmp/alignment_results.tar.gz "$OUT_DIR/alignment_results.tar.gz"
+ls -la "$OUT_DIR/alignment_results.tar.gz"

@@ -80,12 +80,24 @@ def test_align_cli_end_to_end_with_screen(run_dir, capsys):
         assert (out / "screen" / arm / "finetune.json").is_file()
     assert "transfer_follows_score" in screen["verdict"]
 
-    # A rerun reuses the scored data sets (resume) and gives the same numbers.
+    # A rerun reuses the scored data sets (resume) and gives the same numbers. It also relates the
+    # alignment to two fine-tuned students (here the screen's top and bottom students stand in for
+    # the pipeline's student and control): the observed log-prob change must equal the screen's.
     before = (out / "scores_teacher.npz").stat().st_mtime_ns
-    assert main(["llm", "align", "--run-dir", str(run_dir), "--traits", "owl,cat", "--limit", "0", "--n-boot", "200"]) == 0
+    assert main(["llm", "align", "--run-dir", str(run_dir), "--traits", "owl,cat", "--limit", "0", "--n-boot", "200",
+                 "--arm", f"student={out / 'screen' / 'top'}", "--arm", f"control={out / 'screen' / 'bottom'}"]) == 0
     assert (out / "scores_teacher.npz").stat().st_mtime_ns == before
     again = json.loads((out / "summary.json").read_text())
     assert again["datasets"]["teacher"]["directions"]["owl"] == summary["datasets"]["teacher"]["directions"]["owl"]
+    rel = again["transfer_vs_alignment"]
+    assert [r["animal"] for r in rel["per_animal"]] == ["owl", "cat"]
+    owl = rel["per_animal"][0]
+    want = screen["arms"]["top"]["trait"]["owl"]["mean_logprob"] - screen["arms"]["bottom"]["trait"]["owl"]["mean_logprob"]
+    assert owl["observed_student_minus_control_logprob"] == pytest.approx(want, abs=1e-5)
+    diff = summary["vs_reference"]["teacher_vs_base"]["owl"]["alignment_diff"]["diff"]
+    assert owl["mean_alignment_diff"] == pytest.approx(diff, rel=1e-9)
+    assert owl["predicted_first_order"] == pytest.approx(summary["direction_raw_norms"]["owl"] * diff, rel=1e-9)
+    assert rel["correlation"]["n"] == 2  # fewer than 3 animals: no correlation claimed
 
 
 def test_align_cli_bad_input_is_one_line_error(tmp_path, capsys):
