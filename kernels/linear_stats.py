@@ -19,6 +19,7 @@ G_i needs, the fair comparison is T (d_in + d_out) > d_in d_out.)
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
@@ -43,6 +44,7 @@ class LinearGradStats:
     backend: str  # "torch" or "triton"
 
 
+@functools.lru_cache(maxsize=4096)
 def choose_algorithm(T: int, d_in: int, d_out: int, k: int) -> str:
     """The plan with the fewest weighted multiply-adds per example (k = 0: no directions)."""
     ghost = T * T * (d_in + d_out)
@@ -138,17 +140,32 @@ def linear_grad_stats(
     backend: "auto" (Triton on CUDA, else PyTorch), "triton", "torch".
     algorithm: "auto", "ghost", "materialize" or "ghost+gd" (the last two also give dots).
     """
+    if algorithm not in ("auto", "ghost", "materialize", "ghost+gd"):
+        raise ConfigError(f"unknown algorithm {algorithm!r} (auto, ghost, materialize, ghost+gd)")
     x3, g3, mask = validate(x, g, directions, bias_directions, mask)
+    backend = resolve_backend(backend, x3, g3, directions)
+    return compute_checked(x3, g3, directions, mask, backend, algorithm, bias, bias_directions)
+
+
+def compute_checked(
+    x3: Tensor,
+    g3: Tensor,
+    directions: Tensor | None,
+    mask: Tensor | None,
+    backend: str,
+    algorithm: str = "auto",
+    bias: bool = False,
+    bias_directions: Tensor | None = None,
+) -> LinearGradStats:
+    """linear_grad_stats after validation: x3/g3 (B, T, d), mask bool (B, T) or None, backend
+    resolved. The model-level hooks call this directly (their shapes come from the module)."""
     B, T, d_in = x3.shape
     d_out = g3.shape[2]
     k = 0 if directions is None else directions.shape[0]
     if algorithm == "auto":
         algorithm = choose_algorithm(T, d_in, d_out, k)
-    if algorithm not in ("ghost", "materialize", "ghost+gd"):
-        raise ConfigError(f"unknown algorithm {algorithm!r} (auto, ghost, materialize, ghost+gd)")
     if algorithm == "ghost" and k:
         algorithm = "ghost+gd"  # ghost alone gives no dots
-    backend = resolve_backend(backend, x3, g3, directions)
 
     if backend == "triton":
         from sublim.kernels import triton_kernels as impl

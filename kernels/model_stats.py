@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from sublim.errors import ConfigError, SublimError
 from sublim.kernels import torch_backend
-from sublim.kernels.linear_stats import linear_grad_stats, resolve_backend
+from sublim.kernels.linear_stats import compute_checked, resolve_backend
 
 
 @dataclass
@@ -167,6 +167,7 @@ class PerExampleGradStats:
                 raise ConfigError(f"all directions must share one k >= 1, got k values {sorted(ks)}")
             self.k = ks.pop()
         self._handles: list = []
+        self._backends: dict = {}
         self._reset()
 
     # -- context management -------------------------------------------------------------------
@@ -252,6 +253,18 @@ class PerExampleGradStats:
         lin = [u for u in uses if u.kind == "linear"]
         emb = [u for u in uses if u.kind == "embedding"]
         D = t.directions
+        if t.role == "weight" and len(lin) == 1 and not emb:
+            # the common case (one nn.Linear call per step): no accumulation buffers, no re-checks
+            x, g = lin[0].inp, lin[0].g
+            x = x.reshape(B, -1, x.shape[-1])
+            g = g.reshape(B, -1, g.shape[-1])
+            if x.shape[1] != g.shape[1]:
+                raise SublimError(f"module {lin[0].module_name!r}: input and output token counts differ")
+            s = compute_checked(x, g, D, None, self._backend_for(t, x, g))
+            self._sq[t.name] = s.sq_norm
+            if D is not None:
+                self._dot[t.name] = s.dot
+            return
         sq = torch.zeros(B, dtype=torch.float32, device=self._device)
         dot = torch.zeros(B, self.k, dtype=torch.float32, device=self._device) if D is not None else None
 
@@ -266,7 +279,7 @@ class PerExampleGradStats:
             if lin:
                 x = _cat_tokens([u.inp for u in lin], B)
                 g = _cat_tokens([u.g for u in lin], B)
-                s = linear_grad_stats(x, g, D, backend=self.backend)
+                s = compute_checked(x, g, D, None, self._backend_for(t, x, g))
                 sq += s.sq_norm
                 if dot is not None:
                     dot += s.dot
@@ -282,6 +295,16 @@ class PerExampleGradStats:
         self._sq[t.name] = sq
         if dot is not None:
             self._dot[t.name] = dot
+
+    def _backend_for(self, t: _Tracked, x: Tensor, g: Tensor) -> str:
+        """Resolve "auto"/"triton" once per (parameter, dtypes, device): checks are not free."""
+        key = (t.name, x.dtype, g.dtype, x.device)
+        backend = self._backends.get(key)
+        if backend is None:
+            if not x.is_floating_point() or not g.is_floating_point():
+                raise SublimError(f"parameter {t.name!r}: module input/grad must be floating point, got {x.dtype}")
+            backend = self._backends[key] = resolve_backend(self.backend, x, g, t.directions)
+        return backend
 
     def result(self) -> GradStatsResult:
         """Statistics of the last backward (call after ONE backward of loss_per_example.sum())."""

@@ -202,6 +202,19 @@ def ghost_plan(B: int, T: int, d_in: int, d_out: int, sms: int) -> tuple[int, in
     return BT, pairs, S
 
 
+@functools.lru_cache(maxsize=1024)
+def _ghost_launch_plan(B: int, T: int, d_in: int, d_out: int, device: torch.device, sms: int):
+    """Everything about a ghost launch that depends only on the shape (cached: the model-level hooks
+    call this once per layer per step, and host time per call matters there)."""
+    BT, n_pairs, S = ghost_plan(B, T, d_in, d_out, sms)
+    BK = 64 if device.type == "cuda" else 16
+    fused = S == 1 and BT <= 64
+    ch_in = triton.cdiv(triton.cdiv(d_in, S), BK) * BK
+    ch_out = triton.cdiv(triton.cdiv(d_out, S), BK) * BK
+    pt, ps = _pair_table(triton.cdiv(T, BT), str(device))
+    return BT, n_pairs, S, BK, fused, ch_in, ch_out, pt, ps
+
+
 def ghost_sq_norm(x: Tensor, g: Tensor, mask: Tensor | None, with_bias: bool = False):
     """x (B,T,d_in), g (B,T,d_out) -> (||G_i||^2 (B,), ||b_i||^2 (B,) or None)."""
     B, T, d_in = x.shape
@@ -210,12 +223,7 @@ def ghost_sq_norm(x: Tensor, g: Tensor, mask: Tensor | None, with_bias: bool = F
     out_w, out_b = out[0], out[-1]
     if B == 0 or T == 0:
         return out_w, (out_b if with_bias else None)
-    BT, n_pairs, S = ghost_plan(B, T, d_in, d_out, _device_sms(x))
-    BK = 64 if x.is_cuda else 16
-    fused = S == 1 and BT <= 64
-    ch_in = triton.cdiv(triton.cdiv(d_in, S), BK) * BK
-    ch_out = triton.cdiv(triton.cdiv(d_out, S), BK) * BK
-    pt, ps = _pair_table(triton.cdiv(T, BT), str(x.device))
+    BT, n_pairs, S, BK, fused, ch_in, ch_out, pt, ps = _ghost_launch_plan(B, T, d_in, d_out, x.device, _device_sms(x))
     m, smb, smt = _mask_arg(mask, x)
     cx, cg = _compute_dtype(x), _compute_dtype(g)
     if fused:
@@ -277,11 +285,13 @@ def _materialize_kernel(
         tl.atomic_add(out_sq_ptr + i, tl.sum(tl.sum(acc * acc, axis=1), axis=0))
         if HAS_DIR:
             dots = tl.zeros((KP,), dtype=tl.float32)
+            d_ptrs = dir_ptr + rm[:, None] * sdo + rn[None, :] * sdi
             for j in tl.static_range(K):
-                d = tl.load(dir_ptr + j * sdk + rm[:, None] * sdo + rn[None, :] * sdi,
-                            mask=vm[:, None] & vn[None, :], other=0.0, eviction_policy="evict_last").to(tl.float32)
-                val = tl.sum(tl.sum(acc * d, axis=1), axis=0)
+                # advance the pointers one direction at a time: j * sdk could overflow int32
+                d = tl.load(d_ptrs, mask=vm[:, None] & vn[None, :], other=0.0, eviction_policy="evict_last")
+                val = tl.sum(tl.sum(acc * d.to(tl.float32), axis=1), axis=0)
                 dots = tl.where(kk == j, val, dots)
+                d_ptrs += sdk
             tl.atomic_add(out_dot_ptr + i * K + kk, dots, mask=kk < K)
 
 
@@ -345,7 +355,7 @@ def _gd_kernel(
 ):
     rr = tl.program_id(0) * BR + tl.arange(0, BR)  # flattened token rows b * T + t
     rn = tl.program_id(1) * BN + tl.arange(0, BN)
-    j = tl.program_id(2)
+    j = tl.program_id(2).to(tl.int64)  # j * sdk can exceed int32 for large layers
     vr = rr < N
     vn = rn < D_IN
     b = (rr // T).to(tl.int64)
