@@ -114,6 +114,7 @@ def cmd_finetune(args) -> int:
     from sublim.llm_validation.finetune import FinetuneConfig, finetune
 
     cfg = FinetuneConfig(method=args.method, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                         grad_accum=args.grad_accum,
                          max_length=args.max_length, checkpoint_every=args.checkpoint_every, seed=args.seed,
                          bf16=args.bf16)
     out = finetune(args.base, read_jsonl(args.data), cfg, args.out)
@@ -166,7 +167,8 @@ def add_parser(subparsers) -> None:
     ft.add_argument("--method", choices=["lora", "full"], default="lora")
     ft.add_argument("--epochs", type=float, default=3.0)
     ft.add_argument("--lr", type=float, default=2e-4)
-    ft.add_argument("--batch-size", type=int, default=16)
+    ft.add_argument("--batch-size", type=int, default=16, help="per process")
+    ft.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
     ft.add_argument("--max-length", type=int, default=128)
     ft.add_argument("--checkpoint-every", type=int, default=100)
     ft.add_argument("--seed", type=int, default=0)
