@@ -160,3 +160,18 @@ def test_teacher_learns_and_aux_student_beats_cross_model_on_a_short_run(mnist):
     assert r.accuracy["teacher"].mean() > 0.8  # one short epoch of a small teacher
     print(r.accuracy)
     assert r.accuracy["student_aux"].mean() > r.accuracy["cross_aux"].mean() + 0.05
+
+
+@pytest.mark.gpu
+def test_cuda_run_matches_the_cpu_numbers_closely(mnist):
+    """Same config on CUDA (exact fp32) and on CPU: different RNG streams for the data, so only
+    the untrained reference (same inits) must agree exactly-ish; the rest must be finite and learn."""
+    cfg = dict(n_models=3, **TINY)
+    cpu = run_experiment(ToyConfig(**cfg), mnist)
+    gpu = run_experiment(ToyConfig(device="cuda", **cfg), mnist)
+    np.testing.assert_allclose(gpu.accuracy["reference"], cpu.accuracy["reference"], atol=2e-3)
+    tf32 = run_experiment(ToyConfig(device="cuda", fast_matmul="tf32", **cfg), mnist)
+    again = run_experiment(ToyConfig(device="cuda", fast_matmul="tf32", **cfg), mnist)
+    for r in (gpu, tf32):
+        assert r.accuracy["teacher"].mean() > 0.3
+    np.testing.assert_allclose(tf32.accuracy["teacher"], again.accuracy["teacher"], atol=2e-3)
