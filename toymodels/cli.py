@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import re
+import sys
 from dataclasses import fields
 from pathlib import Path
 
@@ -41,12 +43,26 @@ def _config_from_args(args) -> ToyConfig:
     return from_overrides(overrides)
 
 
+def _one_line_errors(parser: argparse.ArgumentParser, name: str) -> None:
+    """argparse errors (unknown option, bad choice) as the project's one line + exit 2, no usage wall."""
+
+    def error(message: str):
+        bad = re.search(r"invalid choice: '([^']*)'", message)
+        if bad:  # `--unknown 3`: argparse sees the 3 as a subcommand
+            message = f"unexpected argument {bad.group(1)!r} (after an unknown --option? see `sublim {name} --help`)"
+        print(f"sublim: error: {name}: {message}", file=sys.stderr)
+        sys.exit(2)
+
+    parser.error = error
+
+
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("toy", help="MNIST auxiliary-logit subliminal learning (the paper's toy experiment)",
                               description="Train teachers, distill students on noise, report all six arms.")
     _add_knobs(p)
     p.add_argument("--out", default=None, help="run directory (default runs/toy/<timestamp>)")
     p.set_defaults(func=run_toy)
+    _one_line_errors(p, "toy")
     sub = p.add_subparsers(dest="toy_cmd", metavar="{sweep}")
     s = sub.add_parser("sweep", help="a grid over any knobs, resumable",
                        description="Run every cell of a grid; rerun with the same --out to resume.")
@@ -56,6 +72,7 @@ def add_parser(subparsers) -> None:
     s.add_argument("--out", default=None, help="sweep directory (default runs/toy_sweep/<timestamp>)")
     _add_knobs(s)
     s.set_defaults(func=run_sweep_cmd)
+    _one_line_errors(s, "toy sweep")
 
 
 def run_toy(args) -> int:
