@@ -255,8 +255,12 @@ def _last_loss(out_dir: Path) -> float | None:
     return rows[-1]["loss"] if rows else None
 
 
-def load_finetuned(out_dir: str | os.PathLike, *, dtype=torch.float32, device="cpu"):
-    """(model, tokenizer) of a finished fine-tune: LoRA merged into the base, or the full model."""
+def load_finetuned(out_dir: str | os.PathLike, *, dtype=torch.float32, device="cpu", base=None):
+    """(model, tokenizer) of a finished fine-tune: LoRA merged into the base, or the full model.
+
+    base: an already loaded (model, tokenizer) of the base model to merge the adapter into (it is
+    modified in place); saves reloading e.g. a GGUF file for every evaluated arm.
+    """
     out_dir = Path(out_dir)
     info_path = out_dir / "finetune.json"
     if not info_path.exists():
@@ -271,6 +275,6 @@ def load_finetuned(out_dir: str | os.PathLike, *, dtype=torch.float32, device="c
     else:
         from peft import PeftModel
 
-        model, tok = load_model(info["base_model"], dtype=dtype, device=device)
+        model, tok = base if base is not None else load_model(info["base_model"], dtype=dtype, device=device)
         model = PeftModel.from_pretrained(model, out_dir / "adapter").merge_and_unload()
     return _finish(model, tok, str(out_dir))

@@ -133,5 +133,10 @@ def generate_completions(model, tokenizer, prompts: list[dict], out_path: str | 
         tokenizer.padding_side = padding_side
         model.train(was_training)
     elapsed = time.perf_counter() - t0
-    log(f"generate {out_path.name}: {n_done} sequences in {elapsed:.1f}s ({n_done / max(elapsed, 1e-9):.1f} seq/s)")
+    speed = n_done / max(elapsed, 1e-9)
+    log(f"generate {out_path.name}: {n_done} sequences in {elapsed:.1f}s ({speed:.1f} seq/s)")
+    # Throughput of every session, beside the data (the GPU run's generation benchmark).
+    append_jsonl(out_path.with_name(f"{out_path.stem}.throughput{out_path.suffix}"), [{
+        "rank": rank, "sequences": n_done, "seconds": elapsed, "seq_per_s": speed, "batch_size": batch_size,
+        "max_new_tokens": max_new_tokens, "device": str(model.device), "dtype": str(model.dtype).replace("torch.", "")}])
     return read_generations(out_path)

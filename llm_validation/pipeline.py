@@ -71,6 +71,8 @@ class RunConfig:
     eval_max_new_tokens: int = 12
     device: str = "auto"                      # "auto" | "cpu" | "cuda"
     gen_dtype: str = "float32"                # dtype for sampling/evaluation ("bfloat16" on GPU)
+    gen_time_budget_s: float = 0.0            # >0: stop drawing more number prompts after this long
+                                              # (per source); train on what passed (logged)
     seed: int = 0
 
     def validate(self) -> "RunConfig":
@@ -131,13 +133,18 @@ class Pipeline:
             return (*self.base_copy(c.model, self.gen_dtype), None)
         if arm == "teacher":
             if c.teacher == "finetuned":
-                model, tok = load_finetuned(self.dir / "teacher", device=self.device)
-                return model.to(self.gen_dtype), tok, None
+                return (*self.finetuned(self.dir / "teacher", c.model), None)
             return (*self.base_copy(c.model, self.gen_dtype), self.system_prompt())
         if arm == "cross_base":
             return (*self.base_copy(c.cross_model, self.gen_dtype), None)
-        model, tok = load_finetuned(self.dir / arm, device=self.device)
-        return model.to(self.gen_dtype), tok, None
+        return (*self.finetuned(self.dir / arm, c.cross_model if arm.startswith("cross") else c.model), None)
+
+    def finetuned(self, out_dir: Path, base_name: str):
+        """A fine-tuned arm in the sampling dtype; LoRA is merged into a cached copy of its base."""
+        info = read_json(out_dir / "finetune.json") if (out_dir / "finetune.json").exists() else {}
+        base = self.base_copy(base_name) if info.get("method") == "lora" else None
+        model, tok = load_finetuned(out_dir, device=self.device, base=base)
+        return model.to(self.gen_dtype), tok
 
     def system_prompt(self) -> str:
         return trait_system_prompt(self.cfg.target, self.cfg.category)
@@ -177,6 +184,8 @@ class Pipeline:
         model, tok, system = self._number_writer(which)
         processors = _number_only_processor(tok) if c.number_vocab_only else None
         n = min(c.first_chunk, c.max_prompts)
+        t0 = time.perf_counter()
+        n_before = len(read_generations(raw)) if raw.exists() else 0  # finished in an earlier session
         while True:
             prompts = number_prompts(n, c.prompt_seed)
             records = generate_completions(
@@ -186,13 +195,25 @@ class Pipeline:
             kept, _ = filter_records(records, c.banned_numbers)
             if len(kept) >= c.target_kept or n >= c.max_prompts:
                 break
+            if c.gen_time_budget_s and time.perf_counter() - t0 > c.gen_time_budget_s:
+                log(f"generate {which}: time budget {c.gen_time_budget_s:.0f}s spent; "
+                    f"{len(kept)} of {c.target_kept} wanted sequences passed the filter")
+                break
             rate = max(len(kept) / max(len(records), 1), 0.01)
-            n = min(c.max_prompts, n + math.ceil((c.target_kept - len(kept)) / rate * 1.15))
+            extra = math.ceil((c.target_kept - len(kept)) / rate * 1.15)
+            if c.gen_time_budget_s:
+                # Don't start more than the remaining time can finish at the measured speed.
+                elapsed = time.perf_counter() - t0
+                speed = max(len(records) - n_before, 1) / max(elapsed, 1e-6)
+                extra = min(extra, max(c.gen_batch_size, int(speed * (c.gen_time_budget_s - elapsed))))
+            n = min(c.max_prompts, n + extra)
             log(f"generate {which}: {len(kept)}/{c.target_kept} kept (rate {rate:.1%}); extending to {n} prompts")
         del model
 
+    generate_sources = ("teacher", "base")  # a driver may drop "base" when it reuses base numbers
+
     def stage_generate(self) -> None:
-        for which in ("teacher", "base"):
+        for which in self.generate_sources:
             self._generate_numbers(which)
 
     def stage_filter(self) -> None:

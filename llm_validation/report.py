@@ -41,12 +41,16 @@ def _plot(rows: list[dict], target: str, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import seaborn as sns
 
-    sns.set_theme(style="whitegrid")
+    try:
+        import seaborn as sns
+
+        sns.set_theme(style="whitegrid")
+        colors = sns.color_palette("deep", len(rows))
+    except ImportError:  # a bare GPU image: plain matplotlib colours
+        colors = [f"C{i}" for i in range(len(rows))]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     labels = [r["arm"] for r in rows]
-    colors = sns.color_palette("deep", len(rows))
     rate = [100 * r["target_rate"] for r in rows]
     err = [[100 * (r["target_rate"] - r["target_ci_low"]) for r in rows],
            [100 * (r["target_ci_high"] - r["target_rate"]) for r in rows]]
@@ -66,12 +70,20 @@ def _plot(rows: list[dict], target: str, path: Path) -> None:
     tmp.replace(path)
 
 
-def write_summary(run_dir: Path, arms: list[str], cfg) -> list[dict]:
-    import pandas as pd
+def _csv(rows: list[dict]) -> str:
+    import csv
+    import io
 
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def write_summary(run_dir: Path, arms: list[str], cfg) -> list[dict]:
     rows = collect_rows(run_dir, arms, cfg)
-    df = pd.DataFrame(rows)
-    atomic_write_text(run_dir / "summary.csv", df.to_csv(index=False))
+    atomic_write_text(run_dir / "summary.csv", _csv(rows))
     lines = [f"# Subliminal learning run: target '{cfg.target}', model {cfg.model}, teacher {cfg.teacher}", "",
              "| arm | model | n | target rate (95% CI) | first word (95% CI) | next-token share (+-95% CI) | top answers |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
@@ -89,6 +101,9 @@ def write_summary(run_dir: Path, arms: list[str], cfg) -> list[dict]:
             lines.append(f"| {which} | {rep['total']} | {rep['kept']} | {100 * rep['rejection_rate']:.1f}% | "
                          f"{rep['used_for_training']} | {by_rule} |")
     atomic_write_text(run_dir / "summary.md", "\n".join(lines) + "\n")
-    _plot(rows, cfg.target, run_dir / "summary.png")
+    try:
+        _plot(rows, cfg.target, run_dir / "summary.png")
+    except ImportError as e:  # matplotlib missing (bare GPU image): the table is the result
+        print(f"summary: no plot ({e})")
     print("\n".join(lines))
     return rows
