@@ -164,9 +164,9 @@ def forward_fast(params: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         if k == 1:
             h = torch.baddbmm(b0[:, None, :], x, w0.transpose(1, 2))
         else:
-            h = torch.bmm(x, w0.reshape(groups, k * d_hidden, d_in).transpose(1, 2))  # (g, b, k*o)
+            # (g, b, k*o), bias fused, then regrouped to one (b, o) block per model
+            h = torch.baddbmm(b0.reshape(groups, 1, k * d_hidden), x, w0.reshape(groups, k * d_hidden, d_in).transpose(1, 2))
             h = h.view(groups, batch, k, d_hidden).transpose(1, 2).reshape(models, batch, d_hidden)
-            h = h + b0[:, None, :]
     for l in range(1, n_layers):
         h = torch.relu_(h) if h.is_contiguous() else torch.relu(h)
         w, b = params[2 * l], params[2 * l + 1]
@@ -205,9 +205,9 @@ def forward_fast(params: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         if k == 1:
             h = torch.baddbmm(b0[:, None, :], x, w0.transpose(1, 2))
         else:
-            h = torch.bmm(x, w0.reshape(groups, k * d_hidden, d_in).transpose(1, 2))  # (g, b, k*o)
+            # (g, b, k*o), bias fused, then regrouped to one (b, o) block per model
+            h = torch.baddbmm(b0.reshape(groups, 1, k * d_hidden), x, w0.reshape(groups, k * d_hidden, d_in).transpose(1, 2))
             h = h.view(groups, batch, k, d_hidden).transpose(1, 2).reshape(models, batch, d_hidden)
-            h = h + b0[:, None, :]
     for l in range(1, n_layers):
         h = torch.relu_(h) if h.is_contiguous() else torch.relu(h)
         w, b = params[2 * l], params[2 * l + 1]
