@@ -11,10 +11,12 @@ written to memory (outputs are (B,) and (B, k) fp32, accumulated with atomics):
                        count twice (symmetry). The bias norm ||sum_t g_t||^2 is the sum of the
                        G G^T entries, so it comes free. With one split and small tiles a single
                        fused kernel does everything.
-  _materialize_kernel  program = (tile of d_out x d_in, group of examples). For each example in the
-                       group, forms the gradient tile G_i[rows, cols] = g_i[:, rows]^T x_i[:, cols]
-                       with tl.dot over tokens, then reduces sum(G^2) and sum(G * D_k) on chip. The
-                       direction tiles are reused across the examples of the group (L1/L2).
+  _materialize_kernel  program = (tiles of d_out x d_in, persistent: one program per SM walks
+                       over tiles; group of examples). For each example, forms the gradient tile
+                       G_i[rows, cols] = g_i[:, rows]^T x_i[:, cols] with tl.dot over tokens, then
+                       reduces sum(G^2) and sum(G * D_k) on chip. Two examples share each load of a
+                       direction tile, and the program's direction tiles stay in L1/L2 across the
+                       example loop.
   _gd_kernel           program = (block of tokens, block of d_in, direction k). acc = g D_k (tl.dot
                        over d_out), then rows of acc . x give per-token <g_t, D_k x_t>, scattered
                        into their example with atomics. Best for short sequences (T ~ 1).
@@ -251,48 +253,69 @@ def ghost_sq_norm(x: Tensor, g: Tensor, mask: Tensor | None, with_bias: bool = F
 # materialize on chip
 # ------------------------------------------------------------------------------------------------
 @triton.jit
+def _grad_tile(x_ptr, g_ptr, mask_ptr, i, rm, rn, vm, vn, T, sxb, sxt, sxd, sgb, sgt, sgd, smb, smt,
+               HAS_MASK: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BT: tl.constexpr,
+               PREC: tl.constexpr, CDT: tl.constexpr):
+    """G_i[rows, cols] = sum_t g_i[t, rows] x_i[t, cols] in fp32."""
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for t0 in range(0, T, BT):
+        rt = t0 + tl.arange(0, BT)
+        vt = rt < T
+        gt = tl.load(g_ptr + i * sgb + rt[None, :] * sgt + rm[:, None] * sgd,
+                     mask=vm[:, None] & vt[None, :], other=0.0)  # (BM, BT) = g^T
+        if HAS_MASK:
+            mt = tl.load(mask_ptr + i * smb + rt * smt, mask=vt, other=0) != 0
+            gt = tl.where(mt[None, :], gt, 0.0)
+        xt = tl.load(x_ptr + i * sxb + rt[:, None] * sxt + rn[None, :] * sxd,
+                     mask=vt[:, None] & vn[None, :], other=0.0)  # (BT, BN)
+        acc += tl.dot(gt.to(CDT), xt.to(CDT), input_precision=PREC)
+    return acc
+
+
+@triton.jit
 def _materialize_kernel(
     x_ptr, g_ptr, mask_ptr, dir_ptr, out_sq_ptr, out_dot_ptr,
-    B, T, D_IN, D_OUT, EX_PER_PROG,
+    B, T, D_IN, D_OUT, EX_PER_PROG, N_TILES,
     sxb, sxt, sxd, sgb, sgt, sgd, smb, smt, sdk, sdo, sdi,
     K: tl.constexpr, KP: tl.constexpr, HAS_MASK: tl.constexpr, HAS_DIR: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BT: tl.constexpr, PREC: tl.constexpr, CDT: tl.constexpr,
 ):
-    pid_tile = tl.program_id(0)
+    # Persistent over tiles (grid dim 0 <= number of SMs): one program per SM keeps its direction
+    # tiles in L1 while it walks through the examples. Two examples share every direction-tile load.
     pid_grp = tl.program_id(1)
     n_col_tiles = tl.cdiv(D_IN, BN)
-    rm = (pid_tile // n_col_tiles) * BM + tl.arange(0, BM)  # rows of W (d_out)
-    rn = (pid_tile % n_col_tiles) * BN + tl.arange(0, BN)  # columns of W (d_in)
-    vm = rm < D_OUT
-    vn = rn < D_IN
     kk = tl.arange(0, KP)
     first = pid_grp * EX_PER_PROG
     n_ex = tl.minimum(EX_PER_PROG, B - first)
-    for e in range(0, n_ex):
-        i = (first + e).to(tl.int64)
-        acc = tl.zeros((BM, BN), dtype=tl.float32)
-        for t0 in range(0, T, BT):
-            rt = t0 + tl.arange(0, BT)
-            vt = rt < T
-            gt = tl.load(g_ptr + i * sgb + rt[None, :] * sgt + rm[:, None] * sgd,
-                         mask=vm[:, None] & vt[None, :], other=0.0)  # (BM, BT) = g^T
-            if HAS_MASK:
-                mt = tl.load(mask_ptr + i * smb + rt * smt, mask=vt, other=0) != 0
-                gt = tl.where(mt[None, :], gt, 0.0)
-            xt = tl.load(x_ptr + i * sxb + rt[:, None] * sxt + rn[None, :] * sxd,
-                         mask=vt[:, None] & vn[None, :], other=0.0)  # (BT, BN)
-            acc += tl.dot(gt.to(CDT), xt.to(CDT), input_precision=PREC)
-        tl.atomic_add(out_sq_ptr + i, tl.sum(tl.sum(acc * acc, axis=1), axis=0))
-        if HAS_DIR:
-            dots = tl.zeros((KP,), dtype=tl.float32)
-            d_ptrs = dir_ptr + rm[:, None] * sdo + rn[None, :] * sdi
-            for j in tl.static_range(K):
-                # advance the pointers one direction at a time: j * sdk could overflow int32
-                d = tl.load(d_ptrs, mask=vm[:, None] & vn[None, :], other=0.0, eviction_policy="evict_last")
-                val = tl.sum(tl.sum(acc * d.to(tl.float32), axis=1), axis=0)
-                dots = tl.where(kk == j, val, dots)
-                d_ptrs += sdk
-            tl.atomic_add(out_dot_ptr + i * K + kk, dots, mask=kk < K)
+    for tile in range(tl.program_id(0), N_TILES, tl.num_programs(0)):
+        rm = (tile // n_col_tiles) * BM + tl.arange(0, BM)  # rows of W (d_out)
+        rn = (tile % n_col_tiles) * BN + tl.arange(0, BN)  # columns of W (d_in)
+        vm = rm < D_OUT
+        vn = rn < D_IN
+        for e in range(0, n_ex, 2):
+            i0 = (first + e).to(tl.int64)
+            has1 = (e + 1) < n_ex
+            i1 = tl.where(has1, i0 + 1, i0)  # an odd last example pairs with itself, output masked
+            acc0 = _grad_tile(x_ptr, g_ptr, mask_ptr, i0, rm, rn, vm, vn, T, sxb, sxt, sxd,
+                              sgb, sgt, sgd, smb, smt, HAS_MASK, BM, BN, BT, PREC, CDT)
+            acc1 = _grad_tile(x_ptr, g_ptr, mask_ptr, i1, rm, rn, vm, vn, T, sxb, sxt, sxd,
+                              sgb, sgt, sgd, smb, smt, HAS_MASK, BM, BN, BT, PREC, CDT)
+            tl.atomic_add(out_sq_ptr + i0, tl.sum(tl.sum(acc0 * acc0, axis=1), axis=0))
+            tl.atomic_add(out_sq_ptr + i1, tl.sum(tl.sum(acc1 * acc1, axis=1), axis=0), mask=has1)
+            if HAS_DIR:
+                dots0 = tl.zeros((KP,), dtype=tl.float32)
+                dots1 = tl.zeros((KP,), dtype=tl.float32)
+                d_ptrs = dir_ptr + rm[:, None] * sdo + rn[None, :] * sdi
+                for j in tl.static_range(K):
+                    # advance one direction at a time: j * sdk could overflow int32
+                    d = tl.load(d_ptrs, mask=vm[:, None] & vn[None, :], other=0.0,
+                                eviction_policy="evict_last").to(tl.float32)
+                    dots0 = tl.where(kk == j, tl.sum(tl.sum(acc0 * d, axis=1), axis=0), dots0)
+                    dots1 = tl.where(kk == j, tl.sum(tl.sum(acc1 * d, axis=1), axis=0), dots1)
+                    d_ptrs += sdk
+                tl.atomic_add(out_dot_ptr + i0 * K + kk, dots0, mask=kk < K)
+                has1_k = (kk * 0 + e + 1) < n_ex  # has1 as a vector (the interpreter wants a block mask)
+                tl.atomic_add(out_dot_ptr + i1 * K + kk, dots1, mask=(kk < K) & has1_k)
 
 
 def materialize_stats(x: Tensor, g: Tensor, directions: Tensor | None, mask: Tensor | None):
@@ -313,11 +336,13 @@ def materialize_stats(x: Tensor, g: Tensor, directions: Tensor | None, mask: Ten
     if x.is_cuda:
         BT = min(BT, max(16, triton.next_power_of_2(T)))
     n_tiles = triton.cdiv(d_out, BM) * triton.cdiv(d_in, BN)
-    # Split the examples into groups only when the tiles alone fill less than one wave of the SMs:
-    # each group re-reads the direction tiles.
-    groups = max(1, min(B, triton.cdiv(_device_sms(x), n_tiles)))
+    # Split the examples into groups only when the tiles alone fill less than one wave of the SMs
+    # (each group re-reads the direction tiles); otherwise one persistent program per SM.
+    sms = _device_sms(x)
+    groups = max(1, min(B, triton.cdiv(sms, n_tiles)))
     ex_per_prog = triton.cdiv(B, groups)
     groups = triton.cdiv(B, ex_per_prog)
+    grid0 = min(n_tiles, sms) if groups == 1 else n_tiles
     m, smb, smt = _mask_arg(mask, x)
     cdt = _compute_dtype(x, g)
     for k0 in range(0, max(k, 1), 16):  # at most 16 directions per launch (unrolled on chip)
@@ -328,9 +353,9 @@ def materialize_stats(x: Tensor, g: Tensor, directions: Tensor | None, mask: Ten
             sq_target = sq
         Dc = directions[k0:k0 + kc] if kc else x
         dot_target = torch.zeros(B, kc, dtype=torch.float32, device=x.device) if kc else sq
-        _materialize_kernel[(n_tiles, groups)](
+        _materialize_kernel[(grid0, groups)](
             x, g, m, Dc, sq_target, dot_target,
-            B, T, d_in, d_out, ex_per_prog,
+            B, T, d_in, d_out, ex_per_prog, n_tiles,
             x.stride(0), x.stride(1), x.stride(2), g.stride(0), g.stride(1), g.stride(2), smb, smt,
             Dc.stride(0) if kc else 0, Dc.stride(1) if kc else 0, Dc.stride(2) if kc else 0,
             K=max(kc, 1), KP=max(2, triton.next_power_of_2(max(kc, 1))), HAS_MASK=mask is not None,
