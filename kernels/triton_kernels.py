@@ -126,7 +126,7 @@ def _ghost_partial_kernel(
         else:
             b = tl.load(x_base + rs[None, :] * sxt + (k0 + kk)[:, None] * sxd, mask=vk[:, None] & vs[None, :], other=0.0)
             b = b.to(CDT_X)
-        xx += tl.dot(a, b, input_precision=PREC_X)
+        xx = tl.dot(a, b, xx, input_precision=PREC_X)
 
     tile = tl.arange(0, BT)[:, None] * BT + tl.arange(0, BT)[None, :]
     part = ((sp * B + i) * N_PAIRS + p) * (BT * BT)
@@ -146,7 +146,7 @@ def _ghost_partial_kernel(
         else:
             b = tl.load(g_base + rs[None, :] * sgt + (k0 + kk)[:, None] * sgd, mask=vk[:, None] & vs[None, :], other=0.0)
             b = b.to(CDT_G)
-        gg += tl.dot(a, b, input_precision=PREC_G)
+        gg = tl.dot(a, b, gg, input_precision=PREC_G)
 
     if FUSED:
         _ghost_reduce(xx, gg, mask_ptr, out_w_ptr, out_b_ptr, i, ti, si, rt, rs, vt, vs, smb, smt, HAS_MASK, HAS_BIAS)
@@ -194,13 +194,19 @@ def _ghost_combine_kernel(
 def ghost_plan(B: int, T: int, d_in: int, d_out: int, sms: int) -> tuple[int, int, int]:
     """(token tile BT, number of tile pairs, feature splits S) for the ghost kernels.
 
-    BT covers the whole sequence up to 128 tokens (one tile: each x/g element loaded once), else
-    128-token tiles. Splits of d raise the program count to about one wave of the SMs, keeping at
-    least 1024 features per split so the partial Gram tiles stay small next to x and g."""
+    Large layers: BT covers the whole sequence up to 128 tokens (one tile: each x/g element is
+    loaded once), else 128-token tiles; the features are split so that there are about one wave of
+    programs, keeping at least 2048 features per split so the partial Gram tiles stay small next to
+    x and g. Small layers (one split): one fused kernel with tiles of at most 64 tokens (both Gram
+    tiles must fit in registers); its re-reads of x and g hit L2."""
     BT = min(128, max(16, triton.next_power_of_2(T)))
     n = triton.cdiv(T, BT)
     pairs = n * (n + 1) // 2
-    S = max(1, min(triton.cdiv(sms, B * pairs), (d_in + d_out) // 1024))
+    S = max(1, min(triton.cdiv(sms, B * pairs), (d_in + d_out) // 2048))
+    if S == 1 and BT > 64:
+        BT = 64
+        n = triton.cdiv(T, BT)
+        pairs = n * (n + 1) // 2
     return BT, pairs, S
 
 
@@ -268,7 +274,7 @@ def _grad_tile(x_ptr, g_ptr, mask_ptr, i, rm, rn, vm, vn, T, sxb, sxt, sxd, sgb,
             gt = tl.where(mt[None, :], gt, 0.0)
         xt = tl.load(x_ptr + i * sxb + rt[:, None] * sxt + rn[None, :] * sxd,
                      mask=vt[:, None] & vn[None, :], other=0.0)  # (BT, BN)
-        acc += tl.dot(gt.to(CDT), xt.to(CDT), input_precision=PREC)
+        acc = tl.dot(gt.to(CDT), xt.to(CDT), acc, input_precision=PREC)
     return acc
 
 
@@ -393,7 +399,7 @@ def _gd_kernel(
                      mask=vr[:, None] & vo[None, :], other=0.0)
         d = tl.load(dir_ptr + j * sdk + (o0 + ro)[:, None] * sdo + rn[None, :] * sdi,
                     mask=vo[:, None] & vn[None, :], other=0.0)
-        acc += tl.dot(gt.to(CDT), d.to(CDT), input_precision=PREC)
+        acc = tl.dot(gt.to(CDT), d.to(CDT), acc, input_precision=PREC)
     xt = tl.load(x_ptr + b[:, None] * sxb + t[:, None] * sxt + rn[None, :] * sxd,
                  mask=vr[:, None] & vn[None, :], other=0.0).to(tl.float32)
     row = tl.sum(acc * xt, axis=1)

@@ -199,7 +199,14 @@ def test_triton_ghost_split_and_tiles(monkeypatch):
     from sublim.kernels import triton_kernels as tk
 
     monkeypatch.setattr(tk, "_device_sms", lambda t: 64)  # pretend a big GPU: more splits
-    for B, T, d_in, d_out, plan in [(2, 5, 1100, 1000, (16, 1, 2)), (1, 140, 30, 40, (128, 3, 1)), (2, 70, 9, 11, (128, 1, 1))]:
+    cases = [
+        (2, 5, 2100, 2000, (16, 1, 2)),  # split features, one tile (transposed-operand path)
+        (2, 100, 2100, 2000, (128, 1, 2)),  # split, a 128-token tile
+        (1, 140, 2100, 2000, (128, 3, 2)),  # split, two 128-token tiles: off-diagonal pairs
+        (1, 140, 30, 40, (64, 6, 1)),  # fused, three 64-token tiles
+        (2, 70, 9, 11, (64, 3, 1)),  # fused, two tiles, the last one partial
+    ]
+    for B, T, d_in, d_out, plan in cases:
         assert tk.ghost_plan(B, T, d_in, d_out, 64) == plan
         x, g, _, _, mask = make_inputs(B, T, d_in, d_out, 0, torch.bfloat16, device=DEVICE)
         s = linear_grad_stats(x, g, bias=True, mask=mask, backend="triton", algorithm="ghost")
