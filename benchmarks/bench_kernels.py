@@ -178,6 +178,17 @@ def pt_gd_native(x, g, D):
     return torch.stack([((g @ D[j]).float() * x.float()).sum((1, 2)) for j in range(D.shape[0])], 1)
 
 
+def _with_examples_per_load(ex, fn):
+    from sublim.kernels import triton_kernels
+
+    old = triton_kernels.MATERIALIZE_EXAMPLES_PER_LOAD
+    triton_kernels.MATERIALIZE_EXAMPLES_PER_LOAD = ex
+    try:
+        return fn()
+    finally:
+        triton_kernels.MATERIALIZE_EXAMPLES_PER_LOAD = old
+
+
 # ---- one shape ---------------------------------------------------------------------------------
 def bench_shape(name, B, T, d_in, d_out, cfg, device, bandwidth, rate, use_triton):
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -224,6 +235,13 @@ def bench_shape(name, B, T, d_in, d_out, cfg, device, bandwidth, rate, use_trito
                 (stat, "triton auto", "kernel", lambda D=D: linear_grad_stats(x, g, D, backend="triton").dot, err_dot),
                 (stat, "triton ghost+gd", "kernel", lambda D=D: linear_grad_stats(x, g, D, backend="triton", algorithm="ghost+gd").dot, err_dot),
             ]
+            if k > 1:  # tuning data: examples per direction-tile load in the materialize kernel
+                methods += [
+                    (stat, f"triton materialize ex={ex}", "kernel",
+                     lambda D=D, ex=ex: _with_examples_per_load(ex, lambda: linear_grad_stats(x, g, D, backend="triton", algorithm="materialize").dot),
+                     err_dot)
+                    for ex in (2, 4)
+                ]
         methods += [
             (stat, "torch backend auto (fp32)", "pytorch", lambda D=D: linear_grad_stats(x, g, D, backend="torch").dot, err_dot),
             (stat, "pytorch einsum materialize", "pytorch", lambda D=D: pt_materialize_native(x, g, D)[1], err_dot),

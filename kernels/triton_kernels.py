@@ -285,9 +285,10 @@ def _materialize_kernel(
     sxb, sxt, sxd, sgb, sgt, sgd, smb, smt, sdk, sdo, sdi,
     K: tl.constexpr, KP: tl.constexpr, HAS_MASK: tl.constexpr, HAS_DIR: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BT: tl.constexpr, PREC: tl.constexpr, CDT: tl.constexpr,
+    EX: tl.constexpr,
 ):
     # Persistent over tiles (grid dim 0 <= number of SMs): one program per SM keeps its direction
-    # tiles in L1 while it walks through the examples. Two examples share every direction-tile load.
+    # tiles in L1 while it walks through the examples, EX examples per direction-tile load.
     pid_grp = tl.program_id(1)
     n_col_tiles = tl.cdiv(D_IN, BN)
     kk = tl.arange(0, KP)
@@ -298,19 +299,31 @@ def _materialize_kernel(
         rn = (tile % n_col_tiles) * BN + tl.arange(0, BN)  # columns of W (d_in)
         vm = rm < D_OUT
         vn = rn < D_IN
-        for e in range(0, n_ex, 2):
+        for e in range(0, n_ex, EX):
+            # EX (2 or 4) examples share every load of a direction tile; missing ones at the end of
+            # the group repeat example e and their outputs are masked off.
             i0 = (first + e).to(tl.int64)
-            has1 = (e + 1) < n_ex
-            i1 = tl.where(has1, i0 + 1, i0)  # an odd last example pairs with itself, output masked
+            i1 = tl.where(e + 1 < n_ex, i0 + 1, i0)
             acc0 = _grad_tile(x_ptr, g_ptr, mask_ptr, i0, rm, rn, vm, vn, T, sxb, sxt, sxd,
                               sgb, sgt, sgd, smb, smt, HAS_MASK, BM, BN, BT, PREC, CDT)
             acc1 = _grad_tile(x_ptr, g_ptr, mask_ptr, i1, rm, rn, vm, vn, T, sxb, sxt, sxd,
                               sgb, sgt, sgd, smb, smt, HAS_MASK, BM, BN, BT, PREC, CDT)
             tl.atomic_add(out_sq_ptr + i0, tl.sum(tl.sum(acc0 * acc0, axis=1), axis=0))
-            tl.atomic_add(out_sq_ptr + i1, tl.sum(tl.sum(acc1 * acc1, axis=1), axis=0), mask=has1)
+            tl.atomic_add(out_sq_ptr + i1, tl.sum(tl.sum(acc1 * acc1, axis=1), axis=0), mask=e + 1 < n_ex)
+            if EX == 4:
+                i2 = tl.where(e + 2 < n_ex, i0 + 2, i0)
+                i3 = tl.where(e + 3 < n_ex, i0 + 3, i0)
+                acc2 = _grad_tile(x_ptr, g_ptr, mask_ptr, i2, rm, rn, vm, vn, T, sxb, sxt, sxd,
+                                  sgb, sgt, sgd, smb, smt, HAS_MASK, BM, BN, BT, PREC, CDT)
+                acc3 = _grad_tile(x_ptr, g_ptr, mask_ptr, i3, rm, rn, vm, vn, T, sxb, sxt, sxd,
+                                  sgb, sgt, sgd, smb, smt, HAS_MASK, BM, BN, BT, PREC, CDT)
+                tl.atomic_add(out_sq_ptr + i2, tl.sum(tl.sum(acc2 * acc2, axis=1), axis=0), mask=e + 2 < n_ex)
+                tl.atomic_add(out_sq_ptr + i3, tl.sum(tl.sum(acc3 * acc3, axis=1), axis=0), mask=e + 3 < n_ex)
             if HAS_DIR:
                 dots0 = tl.zeros((KP,), dtype=tl.float32)
                 dots1 = tl.zeros((KP,), dtype=tl.float32)
+                dots2 = tl.zeros((KP,), dtype=tl.float32)
+                dots3 = tl.zeros((KP,), dtype=tl.float32)
                 d_ptrs = dir_ptr + rm[:, None] * sdo + rn[None, :] * sdi
                 for j in tl.static_range(K):
                     # advance one direction at a time: j * sdk could overflow int32
@@ -318,10 +331,20 @@ def _materialize_kernel(
                                 eviction_policy="evict_last").to(tl.float32)
                     dots0 = tl.where(kk == j, tl.sum(tl.sum(acc0 * d, axis=1), axis=0), dots0)
                     dots1 = tl.where(kk == j, tl.sum(tl.sum(acc1 * d, axis=1), axis=0), dots1)
+                    if EX == 4:
+                        dots2 = tl.where(kk == j, tl.sum(tl.sum(acc2 * d, axis=1), axis=0), dots2)
+                        dots3 = tl.where(kk == j, tl.sum(tl.sum(acc3 * d, axis=1), axis=0), dots3)
                     d_ptrs += sdk
+                # (the validity masks are built as vectors: the interpreter wants block masks)
                 tl.atomic_add(out_dot_ptr + i0 * K + kk, dots0, mask=kk < K)
-                has1_k = (kk * 0 + e + 1) < n_ex  # has1 as a vector (the interpreter wants a block mask)
-                tl.atomic_add(out_dot_ptr + i1 * K + kk, dots1, mask=(kk < K) & has1_k)
+                tl.atomic_add(out_dot_ptr + i1 * K + kk, dots1, mask=(kk < K) & ((kk * 0 + e + 1) < n_ex))
+                if EX == 4:
+                    tl.atomic_add(out_dot_ptr + i2 * K + kk, dots2, mask=(kk < K) & ((kk * 0 + e + 2) < n_ex))
+                    tl.atomic_add(out_dot_ptr + i3 * K + kk, dots3, mask=(kk < K) & ((kk * 0 + e + 3) < n_ex))
+
+
+# None: choose by k (benchmarks set 2 or 4 to compare).
+MATERIALIZE_EXAMPLES_PER_LOAD: int | None = None
 
 
 def materialize_stats(x: Tensor, g: Tensor, directions: Tensor | None, mask: Tensor | None):
@@ -351,6 +374,8 @@ def materialize_stats(x: Tensor, g: Tensor, directions: Tensor | None, mask: Ten
     grid0 = min(n_tiles, sms) if groups == 1 else n_tiles
     m, smb, smt = _mask_arg(mask, x)
     cdt = _compute_dtype(x, g)
+    # examples per direction-tile load: 4 when many directions make the reduction the bottleneck
+    ex = MATERIALIZE_EXAMPLES_PER_LOAD or (4 if k >= 8 and not big else 2)
     for k0 in range(0, max(k, 1), 16):  # at most 16 directions per launch (unrolled on chip)
         kc = min(16, k - k0) if k else 0
         if k0 > 0:  # later chunks only need the dots; the norm was accumulated by the first launch
@@ -365,8 +390,8 @@ def materialize_stats(x: Tensor, g: Tensor, directions: Tensor | None, mask: Ten
             x.stride(0), x.stride(1), x.stride(2), g.stride(0), g.stride(1), g.stride(2), smb, smt,
             Dc.stride(0) if kc else 0, Dc.stride(1) if kc else 0, Dc.stride(2) if kc else 0,
             K=max(kc, 1), KP=max(2, triton.next_power_of_2(max(kc, 1))), HAS_MASK=mask is not None,
-            HAS_DIR=kc > 0, BM=BM, BN=BN, BT=BT, PREC=_precision(cdt), CDT=_TL_DTYPE[cdt],
-            num_warps=8 if big else 4,
+            HAS_DIR=kc > 0, BM=BM, BN=BN, BT=BT, PREC=_precision(cdt), CDT=_TL_DTYPE[cdt], EX=ex,
+            num_warps=8 if big or ex == 4 else 4,
         )
         if kc:
             dots[:, k0:k0 + kc] = dot_target

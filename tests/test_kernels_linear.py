@@ -182,6 +182,21 @@ def test_triton_many_directions_and_strides():
 
 @pytest.mark.interpreter
 @needs_triton
+@pytest.mark.parametrize("examples_per_load", [2, 4])
+def test_triton_materialize_example_blocking(monkeypatch, examples_per_load):
+    """7 examples in blocks of 2 or 4 (the last block partial), with and without example groups."""
+    from sublim.kernels import triton_kernels as tk
+
+    monkeypatch.setattr(tk, "MATERIALIZE_EXAMPLES_PER_LOAD", examples_per_load)
+    x, g, D, _, mask = make_inputs(7, 5, 9, 6, 3, torch.float32, device=DEVICE)
+    for sms in (1, 16):  # one group of 7 examples; or groups of 1 example (more SMs than tiles)
+        monkeypatch.setattr(tk, "_device_sms", lambda t, sms=sms: sms)
+        s = linear_grad_stats(x, g, D, mask=mask, backend="triton", algorithm="materialize")
+        assert_close_stats(s, x, g, D, None, mask, bias=False)
+
+
+@pytest.mark.interpreter
+@needs_triton
 def test_triton_mixed_dtypes():
     """x in fp32 and g in bf16 (autocast-style) still matches the reference."""
     x, g, D, _, _ = make_inputs(2, 5, 6, 7, 2, torch.float32, device=DEVICE)
