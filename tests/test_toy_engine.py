@@ -175,3 +175,27 @@ def test_cuda_run_matches_the_cpu_numbers_closely(mnist):
     for r in (gpu, tf32):
         assert r.accuracy["teacher"].mean() > 0.3
     np.testing.assert_allclose(tf32.accuracy["teacher"], again.accuracy["teacher"], atol=2e-3)
+
+
+def test_fixed_distillation_set_replays_the_same_noise_every_epoch(mnist):
+    """distill_resample=False (paper): epoch 2 sees exactly epoch 1's noise; True: new noise."""
+    seen = []
+    orig = DistillInputs.batch
+
+    def spy(self, step):
+        x = orig(self, step)
+        seen.append(x.clone())
+        return x
+
+    DistillInputs.batch = spy
+    try:
+        for resample in (False, True):
+            seen.clear()
+            run_experiment(ToyConfig(n_models=2, arms=("student_aux",), **{**TINY, "distill_epochs": 2,
+                                                                          "teacher_epochs": 0},
+                                     distill_resample=resample), mnist)
+            half = len(seen) // 2
+            same = all(torch.equal(a, b) for a, b in zip(seen[:half], seen[half:]))
+            assert same == (not resample)
+    finally:
+        DistillInputs.batch = orig

@@ -57,6 +57,10 @@ class ToyConfig:
     max_examples_per_epoch: int = 0
     max_test_examples: int = 0  # test digits scored; 0 = all 10,000 (benchmarks and smoke tests use less)
     distill_input: str = "uniform"  # uniform [-1,1] | gaussian N(0,1) | mnist | shuffled_pixels
+    # False (paper): each model distills on ONE fixed set of noise images, revisited every epoch
+    # (the public script drew 60k noise images per model once). True: fresh noise every epoch.
+    # The fixed set is regenerated from its seed each epoch, never stored.
+    distill_resample: bool = False
     # Student arms' init: the teacher's own (shared), a fresh one (independent), or the
     # teacher's plus Gaussian noise of perturb_sigma x the layer's init std (perturbed).
     student_init: str = "shared"

@@ -165,6 +165,8 @@ def train_students(cfg: ToyConfig, students: list[torch.Tensor], teachers: list[
     opt = make_optimizer(cfg, students)
     epoch_loss = torch.zeros(n_students, device=dev)
     for epoch in range(cfg.distill_epochs):
+        if not cfg.distill_resample:  # the same fixed set every epoch: replay the same stream
+            g = make_generator(dev, "distill-data", cfg.seed, chunk_start)
         inputs = DistillInputs(cfg.distill_input, data.x_train, n_groups, n_ex, cfg.batch_size, g,
                                cfg.independent_batches, students[0].dtype)
         epoch_loss = torch.zeros(n_students, device=dev)
