@@ -12,4 +12,4 @@ else
   echo "pytest not installed: skipping the GPU tests (the benchmark still checks correctness)"
 fi
 python benchmarks/bench_kernels.py "$@"
-if [ -n "${OUT:-}" ]; then cp benchmarks/results/kernels_*.csv benchmarks/results/kernels_*.json "$OUT"/ 2>/dev/null || true; fi
+if [ -n "${OUT:-}" ]; then mkdir -p "$OUT"; cp benchmarks/results/kernels_*.csv benchmarks/results/kernels_*.json "$OUT"/ 2>/dev/null || true; fi
