@@ -34,15 +34,15 @@ def run_dir(tmp_path_factory) -> Path:
     """A minimal `sublim llm run` directory: config, filtered teacher and base numbers."""
     d = tmp_path_factory.mktemp("run")
     (d / "config.json").write_text(json.dumps({"config": {"model": "tiny-llama", "target": "owl", "teacher": "system_prompt"}}))
-    write_jsonl(d / "numbers" / "teacher.jsonl", _numbers(24, 1, "teacher", 0, 300))
-    write_jsonl(d / "numbers" / "base.jsonl", _numbers(20, 2, "base", 500, 999))
+    write_jsonl(d / "numbers" / "teacher.jsonl", _numbers(20, 1, "teacher", 0, 300))
+    write_jsonl(d / "numbers" / "base.jsonl", _numbers(16, 2, "base", 500, 999))
     return d
 
 
 def test_align_cli_end_to_end_with_screen(run_dir, capsys):
     out = run_dir / "alignment"
     argv = ["llm", "align", "--run-dir", str(run_dir), "--traits", "owl,cat", "--limit", "0", "--batch-size", "8",
-            "--n-boot", "200", "--screen", "--screen-epochs", "1", "--screen-fraction", "0.25", "--screen-arms", "top,bottom,random,drop_top"]
+            "--n-boot", "100", "--screen", "--screen-epochs", "1", "--screen-fraction", "0.25", "--screen-arms", "top,bottom,random,drop_top"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "teacher_vs_base" in printed and "screen" in printed
@@ -55,14 +55,16 @@ def test_align_cli_end_to_end_with_screen(run_dir, capsys):
     assert set(summary["datasets"]) == {"teacher", "base", "teacher_shuffled"}
     comp = summary["vs_reference"]["teacher_vs_base"]["owl"]
     assert 0.0 <= comp["auc_alignment"]["low"] <= comp["auc_alignment"]["auc"] <= comp["auc_alignment"]["high"] <= 1.0
-    assert summary["datasets"]["teacher"]["n_examples"] == 24
+    assert summary["datasets"]["teacher"]["n_examples"] == 20
 
     table = pd.read_csv(out / "per_example_scores.csv")
-    assert len(table) == 24 + 20 + 24
+    assert len(table) == 20 + 16 + 20
     # per-layer columns add up to the total, for every row
     layer_cols = [c for c in table.columns if c.startswith("align_owl_L")]
     assert len(layer_cols) == 2  # tiny-llama has 2 decoder blocks
-    np.testing.assert_allclose(table[layer_cols].sum(axis=1), table["align_owl"], rtol=1e-9, atol=1e-12)
+    # the CSV holds 7 significant digits; a missing or doubled block would be off by O(1)
+    np.testing.assert_allclose(table[layer_cols].sum(axis=1), table["align_owl"], rtol=0,
+                               atol=3e-6 * table["align_owl"].abs().max())
     assert (table["cos_owl"].abs() <= 1).all()
     # the shuffled control holds the same numbers in the same layouts
     t = table[table.dataset == "teacher"]
@@ -72,7 +74,7 @@ def test_align_cli_end_to_end_with_screen(run_dir, capsys):
     screen = json.loads((out / "screen.json").read_text())
     sizes = screen["slice_sizes"]
     assert sizes["top"] == sizes["bottom"] == sizes["random"] >= 1
-    assert sizes["drop_top"] == sizes["drop_random"] == 24 - sizes["heldout"] - sizes["top"]
+    assert sizes["drop_top"] == sizes["drop_random"] == 20 - sizes["heldout"] - sizes["top"]
     assert set(screen["arms"]) == {"top", "bottom", "random", "drop_top"}  # the arms asked for, no more
     assert screen["slice_mean_score"]["top"] > screen["slice_mean_score"]["bottom"]
     for arm in ("top", "bottom", "random", "drop_top"):
@@ -84,7 +86,7 @@ def test_align_cli_end_to_end_with_screen(run_dir, capsys):
     # alignment to two fine-tuned students (here the screen's top and bottom students stand in for
     # the pipeline's student and control): the observed log-prob change must equal the screen's.
     before = (out / "scores_teacher.npz").stat().st_mtime_ns
-    assert main(["llm", "align", "--run-dir", str(run_dir), "--traits", "owl,cat", "--limit", "0", "--n-boot", "200",
+    assert main(["llm", "align", "--run-dir", str(run_dir), "--traits", "owl,cat", "--limit", "0", "--n-boot", "100",
                  "--arm", f"student={out / 'screen' / 'top'}", "--arm", f"control={out / 'screen' / 'bottom'}"]) == 0
     assert (out / "scores_teacher.npz").stat().st_mtime_ns == before
     again = json.loads((out / "summary.json").read_text())
