@@ -1,0 +1,33 @@
+"""Smoke test of benchmarks/bench_kernels.py: one small CPU shape, every PyTorch method, the CSV."""
+
+import csv
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_kernels.py"
+
+
+def test_bench_kernels_smoke(tmp_path):
+    spec = importlib.util.spec_from_file_location("bench_kernels", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench  # dataclasses look their module up
+    spec.loader.exec_module(bench)
+    out = tmp_path / "kernels.csv"
+    threads = torch.get_num_threads()
+    try:
+        assert bench.main(["--quick", "--no-model", "--reps", "1", "--warmup", "0", "--k", "2", "--out", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    rows = list(csv.DictReader(out.open()))
+    stats = {r["stat"] for r in rows}
+    assert stats == {"norm", "norm+dot k=1", "norm+dot k=2"}
+    for r in rows:
+        assert r["status"] == "ok" and float(r["median_ms"]) > 0 and float(r["floor_ms"]) > 0
+        assert r["correct"] == "True", r  # every PyTorch formulation agrees with float64 here
+        assert float(r["speedup_vs_best_pytorch"]) > 0
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["copy_bandwidth_GBps"] > 0 and meta["matmul_TFLOPs"] > 0 and meta["config"]["k"] == 2
