@@ -56,7 +56,7 @@ def main(argv=None) -> int:
     ap.add_argument("--naive-n", type=int, default=16, help="examples scored by the naive per-example path")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--k", type=int, default=1, help="number of directions")
-    ap.add_argument("--max-length", type=int, default=128)
+    ap.add_argument("--max-length", type=int, default=192)
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--backends", default="auto,torch", help="kernel backends to time (auto = triton on GPU)")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")

@@ -45,7 +45,7 @@ class AlignConfig:
     out: str = "runs/alignment"
     limit: int | None = 1000
     batch_size: int = 16
-    max_length: int = 128
+    max_length: int = 192            # prompt (chat template ~100 tokens) + completion
     include_embedding: bool = False
     backend: str = "auto"
     device: str = "auto"
