@@ -32,6 +32,22 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def _ensure_importable() -> None:
+    """Let `sublim.toymodels` import from a bare checkout too (e.g. a GPU box without `pip install -e .`):
+    the areas live in top-level folders that pyproject maps under the `sublim` namespace."""
+    try:
+        import sublim.toymodels  # noqa: F401
+    except ImportError:
+        sys.path.insert(0, str(ROOT))
+        import sublim
+
+        if str(ROOT) not in sublim.__path__:
+            sublim.__path__.append(str(ROOT))
+
+
+_ensure_importable()
 # The public script, 100 models on one H200 (mean %, 95% half-width %); REFERENCE.md section 3.
 PUBLIC_100 = {"reference": (10.0, 0.5), "teacher": (94.3, 0.04), "student_aux": (53.8, 2.2),
               "student_all": (91.3, 0.2), "cross_aux": (10.6, 1.1), "cross_all": (74.2, 1.0)}
@@ -115,8 +131,13 @@ def child(args) -> dict:
     return out
 
 
-def paper_run(args, fast: str) -> dict:
-    """The full paper configuration at 100 models (5 + 5 epochs, all six arms), timed."""
+def paper_run(args, mode: str) -> dict:
+    """The full paper configuration at 100 models (5 + 5 epochs, all six arms), timed.
+
+    mode: a fast_matmul value, optionally "+resample" (fresh noise every distillation epoch
+    instead of the paper's fixed set; an ablation, not the paper configuration)."""
+    fast, _, extra = mode.partition("+")
+    resample = extra == "resample"
     from sublim.stats import mean_ci95
     from sublim.toymodels.config import ToyConfig
     from sublim.toymodels.mnist import load_mnist
@@ -126,7 +147,8 @@ def paper_run(args, fast: str) -> dict:
     data = load_mnist(device=dev)
     run_experiment(ToyConfig(n_models=2, teacher_epochs=1, distill_epochs=1, max_examples_per_epoch=2048,
                              max_test_examples=1000, device=args.device, fast_matmul=fast), data)  # warm-up
-    cfg = ToyConfig(n_models=args.paper_models, device=args.device, fast_matmul=fast)
+    cfg = ToyConfig(n_models=args.paper_models, device=args.device, fast_matmul=fast, distill_resample=resample,
+                    max_examples_per_epoch=args.paper_examples)  # paper_examples=0: the full 60,000
     if dev.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
@@ -140,7 +162,7 @@ def paper_run(args, fast: str) -> dict:
                      "public_mean_pct": pub_mean, "public_ci95_pct": pub_half,
                      "mean_inside_public_ci": abs(100 * mean - pub_mean) <= pub_half,
                      "cis_overlap": abs(100 * mean - pub_mean) <= pub_half + 100 * half}
-    return {"fast_matmul": fast, "n_models": cfg.n_models, "wall_s": wall, "phase_s": res.phase_s,
+    return {"mode": mode, "fast_matmul": fast, "distill_resample": resample, "n_models": cfg.n_models, "wall_s": wall, "phase_s": res.phase_s,
             "target_s": 5.0, "public_script_s": PUBLIC_100_WALL_S, "arms": arms}
 
 
@@ -161,7 +183,9 @@ def main() -> int:
     p.add_argument("--paper", action=argparse.BooleanOptionalAction, default=None,
                    help="also run the full 100-model paper experiment (default: on CUDA only)")
     p.add_argument("--paper-models", type=int, default=100)
-    p.add_argument("--paper-modes", default=None, help="fast_matmul modes for the paper run (default tf32,off on CUDA)")
+    p.add_argument("--paper-examples", type=int, default=0, help="examples per epoch of the paper run (0 = all; smoke tests)")
+    p.add_argument("--paper-modes", default=None, help="fast_matmul modes for the paper run, '+resample' for the fresh-noise ablation "
+                        "(default on CUDA: tf32,off,tf32+resample)")
     p.add_argument("--out", default=None, help="default benchmarks/results/toy_<cpu|gpu-name>.json")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--child-paper", default=None, help=argparse.SUPPRESS)
@@ -184,7 +208,7 @@ def main() -> int:
     def spawn(extra: list[str]) -> dict:
         cmd = [sys.executable, __file__, "--device", args.device, "--fast-matmul", args.fast_matmul,
                "--examples", str(args.examples), "--chunk", str(args.chunk),
-               "--paper-models", str(args.paper_models), *extra]
+               "--paper-models", str(args.paper_models), "--paper-examples", str(args.paper_examples), *extra]
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
         lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
         if proc.returncode or not lines:
@@ -198,7 +222,7 @@ def main() -> int:
         results["runs"].append(r)
         print(json.dumps(r), flush=True)
     if args.paper if args.paper is not None else cuda:
-        modes = (args.paper_modes or ("tf32,off" if cuda else "off")).split(",")
+        modes = (args.paper_modes or ("tf32,off,tf32+resample" if cuda else "off")).split(",")
         for mode in modes:
             r = spawn(["--child-paper", mode])
             results["paper"].append(r)
