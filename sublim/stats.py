@@ -38,7 +38,9 @@ def proportion_ci95(k: int, n: int) -> tuple[float, float, float]:
     denom = 1 + z2 / n
     centre = (p + z2 / (2 * n)) / denom
     half = Z95 * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denom
-    return p, max(0.0, centre - half), min(1.0, centre + half)
+    # Clamp to [0, p] and [p, 1]: at k = 0 or k = n, rounding can put the bound a hair past p
+    # (e.g. low = 5.6e-17 > 0 = p), which makes plotted error bars negative.
+    return p, min(p, max(0.0, centre - half)), max(p, min(1.0, centre + half))
 
 
 def bootstrap_ci95(
