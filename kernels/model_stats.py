@@ -25,6 +25,7 @@ forward never ran; gradient checkpointing (recomputed forwards) is not supported
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
@@ -185,6 +186,9 @@ class PerExampleGradStats:
         self._handles.clear()
 
     def _reset(self) -> None:
+        # host (Python) time spent in this object's hooks since the step began: tells whether the
+        # statistics' overhead is launch/Python-bound or device-bound
+        self.hook_host_seconds = 0.0
         self._sq: dict[str, Tensor] = {}
         self._dot: dict[str, Tensor] = {}
         self._batch: int | None = None
@@ -199,6 +203,7 @@ class PerExampleGradStats:
         def hook(mod, inputs, output):
             if not torch.is_grad_enabled() or not isinstance(output, Tensor) or not output.requires_grad:
                 return
+            t0 = time.perf_counter()
             if self._backward_seen:  # a new step began: forget the previous one
                 self._reset()
             inp = inputs[0]
@@ -221,11 +226,13 @@ class PerExampleGradStats:
                 use.g = grad.detach()
 
             output.register_hook(grad_hook)
+            self.hook_host_seconds += time.perf_counter() - t0
 
         return hook
 
     def _make_param_hook(self, t: _Tracked):
         def hook(_grad):
+            t0 = time.perf_counter()
             self._backward_seen = True
             try:
                 with torch.no_grad():
@@ -234,6 +241,7 @@ class PerExampleGradStats:
                 if self._error is None:
                     self._error = str(e)
             t.uses = []  # drop captured inputs/grads as soon as this parameter is done
+            self.hook_host_seconds += time.perf_counter() - t0
 
         return hook
 
