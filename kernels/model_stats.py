@@ -206,6 +206,13 @@ class PerExampleGradStats:
             t0 = time.perf_counter()
             if self._backward_seen:  # a new step began: forget the previous one
                 self._reset()
+            if not inputs or (not isinstance(mod, nn.Embedding) and inputs[0].dim() < 2):
+                if self._error is None:
+                    self._error = (
+                        f"module {mname!r} must be called with a positional input of shape (B, ..., d); "
+                        "the first dimension is the batch"
+                    )
+                return
             inp = inputs[0]
             if isinstance(mod, nn.Embedding):
                 use = _Use("embedding", mname, inp.detach(), mod.padding_idx)

@@ -184,6 +184,14 @@ def test_functional_use_is_caught():
         st.result()
 
 
+def test_unbatched_input_is_an_error():
+    lin = nn.Linear(3, 2)
+    with PerExampleGradStats(lin) as st:
+        lin(torch.randn(3)).sum().backward()
+    with pytest.raises(SublimError, match="batch"):
+        st.result()
+
+
 def test_bad_inputs():
     model = TinyLM()
     with pytest.raises(ConfigError, match="shape"):
