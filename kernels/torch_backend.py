@@ -36,9 +36,9 @@ def _chunks(batch: int, bytes_per_example: int):
 
 def ghost_sq_norm(x: Tensor, g: Tensor) -> Tensor:
     """||G_i||_F^2 from per-example Gram matrices (B, T, T); x (B,T,d_in), g (B,T,d_out) -> (B,)."""
-    B, T, _ = x.shape
+    B, T, d_in = x.shape
     out = torch.empty(B, dtype=torch.float32, device=x.device)
-    for sl in _chunks(B, 2 * T * T * 4):
+    for sl in _chunks(B, (2 * T * T + T * (d_in + g.shape[2])) * 4):  # Grams + fp32 copies
         xs, gs = _acc(x[sl]), _acc(g[sl])
         out[sl] = (torch.bmm(xs, xs.transpose(1, 2)) * torch.bmm(gs, gs.transpose(1, 2))).sum((1, 2))
     return out
@@ -54,7 +54,7 @@ def materialize_stats(x: Tensor, g: Tensor, directions: Tensor | None) -> tuple[
         k = directions.shape[0]
         dots = torch.empty(B, k, dtype=torch.float32, device=x.device)
         d_flat = _acc(directions.reshape(k, d_out * d_in))
-    for sl in _chunks(B, d_in * d_out * 4):
+    for sl in _chunks(B, (d_in * d_out + T * (d_in + d_out)) * 4):
         gs, xs = _acc(g[sl]), _acc(x[sl])
         dt = torch.promote_types(gs.dtype, xs.dtype)
         grads = torch.bmm(gs.to(dt).transpose(1, 2), xs.to(dt))  # (b, d_out, d_in)
@@ -70,7 +70,7 @@ def gd_dots(x: Tensor, g: Tensor, directions: Tensor) -> Tensor:
     B, T, d_in = x.shape
     k = directions.shape[0]
     out = torch.empty(B, k, dtype=torch.float32, device=x.device)
-    for sl in _chunks(B, T * d_in * 4 * 2):
+    for sl in _chunks(B, T * (3 * d_in + g.shape[2]) * 4):
         xs, gs = _acc(x[sl]), _acc(g[sl])
         for j in range(k):
             out[sl, j] = ((gs @ directions[j].to(gs.dtype)) * xs).sum((1, 2))
