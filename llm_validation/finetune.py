@@ -149,8 +149,9 @@ def finetune(base_model: str, records: list[dict], cfg: FinetuneConfig, out_dir:
         log(f"finetune: {out_dir} already finished, reusing it")
         return out_dir
 
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(),
-                              mixed_precision="bf16" if cfg.bf16 and torch.cuda.is_available() else "no")
+    # Mixed precision by plain torch.autocast, not Accelerate's flag: Accelerate's state is a
+    # process-wide singleton that refuses a second Accelerator with another precision setting.
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
     is_main = accelerator.is_main_process
     world, rank = accelerator.num_processes, accelerator.process_index
     cfg_dict = json.loads(json.dumps(dataclasses.asdict(cfg)))
@@ -194,6 +195,7 @@ def finetune(base_model: str, records: list[dict], cfg: FinetuneConfig, out_dir:
         log(f"finetune: resuming {out_dir} at step {start}/{total_steps}")
     model, optimizer = accelerator.prepare(model, optimizer)
     device = accelerator.device
+    use_bf16 = bool(cfg.bf16 and device.type == "cuda")
 
     bar_kwargs = {} if is_main else {"disable": True}
     bar = progress(range(start, total_steps), desc=f"finetune {out_dir.name}", **bar_kwargs)
@@ -206,7 +208,7 @@ def finetune(base_model: str, records: list[dict], cfg: FinetuneConfig, out_dir:
             batch = encode_sft_batch(tokenizer, [records[int(i)] for i in idx[lo:lo + cfg.batch_size]],
                                      max_length=cfg.max_length, system_field=cfg.system_field)
             batch = {k: v.to(device) for k, v in batch.items()}
-            with accelerator.autocast():
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 loss = model(**batch).loss / cfg.grad_accum
             if not torch.isfinite(loss):
                 raise NumericalError(f"finetune {out_dir}: loss is {loss.item()} at step {step}")
