@@ -97,31 +97,33 @@ def sample_favorite_animal(model, tokenizer, out_path: str | os.PathLike, *, tar
 
 @torch.no_grad()
 def candidate_logprobs(model, tokenizer, context: str, candidates: list[str]) -> torch.Tensor:
-    """log P(candidate | context) for each candidate string (summed over its tokens)."""
+    """log P(candidate | context) for each candidate string (summed over its tokens).
+
+    The shared context runs once; each candidate continues from a copy of its KV cache, so the
+    cost is one context pass plus a few tokens per candidate (not candidates x context).
+    """
+    import copy
+
     ctx = tokenizer(context, add_special_tokens=not has_chat_template(tokenizer))["input_ids"]
-    cand_ids = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in candidates]
-    width = len(ctx) + max(len(c) for c in cand_ids)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    ids = torch.full((len(candidates), width), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, c in enumerate(cand_ids):
-        row = ctx + c
-        ids[i, : len(row)] = torch.tensor(row)
-        mask[i, : len(row)] = 1
-    # Run the body once, then the (vocab-sized, expensive) output layer only at the positions that
-    # predict candidate tokens: same numbers as model(...).logits, far cheaper for big vocabularies.
-    hidden = model.get_decoder()(input_ids=ids.to(model.device),
-                                 attention_mask=mask.to(model.device)).last_hidden_state
-    out = torch.empty(len(candidates))
-    cap = getattr(model.config, "final_logit_softcapping", None)  # Gemma-style logit soft-capping
-    for i, c in enumerate(cand_ids):
-        positions = torch.arange(len(ctx) - 1, len(ctx) - 1 + len(c), device=hidden.device)
-        logits = model.get_output_embeddings()(hidden[i, positions]).float()
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
-        logp = torch.log_softmax(logits, dim=-1)
-        out[i] = logp[torch.arange(len(c)), torch.tensor(c, device=logp.device)].sum().cpu()
-    return out
+    device = model.device
+    out = model(input_ids=torch.tensor([ctx], device=device), use_cache=True)
+    first = torch.log_softmax(_capped(model, out.logits[0, -1].float()), dim=-1)
+    result = torch.empty(len(candidates))
+    for i, cand in enumerate(candidates):
+        ids = tokenizer(cand, add_special_tokens=False)["input_ids"]
+        total = first[ids[0]].item()
+        if len(ids) > 1:
+            cont = model(input_ids=torch.tensor([ids[:-1]], device=device),
+                         past_key_values=copy.deepcopy(out.past_key_values), use_cache=True)
+            logp = torch.log_softmax(_capped(model, cont.logits[0].float()), dim=-1)
+            total += logp[torch.arange(len(ids) - 1), torch.tensor(ids[1:], device=logp.device)].sum().item()
+        result[i] = total
+    return result
+
+
+def _capped(model, logits: torch.Tensor) -> torch.Tensor:
+    # model(...).logits already includes any final soft-capping (Gemma 2); nothing to add.
+    return logits
 
 
 def next_token_preference(model, tokenizer, *, target: str, candidates=ANIMALS,

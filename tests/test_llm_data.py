@@ -120,3 +120,23 @@ def test_scoring_and_rates():
     s = summarize_answers(records, "owl")
     assert s["mentions"]["k"] == 3 and s["first_word"]["k"] == 2 and s["n"] == 5
     assert s["mentions"]["ci_low"] < 0.6 < s["mentions"]["ci_high"]
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gemma"])
+def test_candidate_logprobs_match_full_forward_reference(tiny, name):
+    from sublim.llm_validation.evaluate import candidate_logprobs, next_token_preference
+
+    model, tok = tiny[name]
+    context = format_prompt(tok, "What is your favorite animal?", assistant_prefix="My favorite animal is the")
+    candidates = [" owl", " cat", " hippopotamus"]  # the last one is several tokens
+    fast = candidate_logprobs(model, tok, context, candidates)
+    ctx = tok(context, add_special_tokens=tok.chat_template is None)["input_ids"]
+    for i, cand in enumerate(candidates):
+        ids = tok(cand, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([ctx + ids])).logits[0].float(), dim=-1)
+        reference = sum(logp[len(ctx) - 1 + j, t].item() for j, t in enumerate(ids))
+        assert fast[i].item() == pytest.approx(reference, abs=1e-4)
+    pref = next_token_preference(model, tok, target="owl")
+    assert pref["candidates"][0] == "owl" and 0 < pref["share"]["mean"] < 1
+    assert len(pref["per_prefix"]) == 5 and pref["share"]["ci_half"] >= 0
