@@ -270,7 +270,7 @@ class PerExampleGradStats:
         D = t.directions
         if t.role == "weight" and len(lin) == 1 and not emb:
             # the common case (one nn.Linear call per step): no accumulation buffers, no re-checks
-            x, g = lin[0].inp, lin[0].g
+            x, g = _autocast_input(lin[0].inp, lin[0].g), lin[0].g
             x = x.reshape(B, -1, x.shape[-1])
             g = g.reshape(B, -1, g.shape[-1])
             if x.shape[1] != g.shape[1]:
@@ -292,7 +292,7 @@ class PerExampleGradStats:
         else:
             x = g = None
             if lin:
-                x = _cat_tokens([u.inp for u in lin], B)
+                x = _cat_tokens([_autocast_input(u.inp, u.g) for u in lin], B)
                 g = _cat_tokens([u.g for u in lin], B)
                 s = compute_checked(x, g, D, None, self._backend_for(t, x, g))
                 sq += s.sq_norm
@@ -340,6 +340,15 @@ class PerExampleGradStats:
             else torch.zeros(B, self.k, dtype=torch.float32, device=dev)
         )
         return GradStatsResult(sq, dot, total_sq, total_dot)
+
+
+def _autocast_input(x: Tensor, g: Tensor) -> Tensor:
+    """Under autocast a Linear receives an fp32 input but computes (and backpropagates) with its
+    bf16/fp16 copy, and its output gradient is bf16/fp16: the weight gradient autograd forms is
+    g^T x_low. Using the same rounded x reproduces it (and keeps the kernels on the fast path)."""
+    if x.dtype == torch.float32 and g.dtype in (torch.bfloat16, torch.float16):
+        return x.to(g.dtype)
+    return x
 
 
 def _cat_tokens(tensors: list[Tensor], B: int) -> Tensor:
