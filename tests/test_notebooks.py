@@ -30,7 +30,7 @@ TINY = {
     "llm": {"LLM_TINY_EVAL_QUESTIONS": "3"},
     "theory": {
         "TH_N_MODELS": "2", "TH_WIDTH": "16", "TH_N_EPS": "4", "TH_STEPS": "5", "TH_TEACHER_EXAMPLES": "512",
-        "TH_PROBE_EXAMPLES": "64",
+        "TH_PROBE_EXAMPLES": "64", "TH_TEACHER_STEPS": "3", "TH_ALL_SYMBOLIC": "0",
     },
 }
 

@@ -1,0 +1,256 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Subliminal learning in real language models: reading a run directory
+#
+# A teacher LM with a trait (it "loves owls", by system prompt or fine-tuning) continues number
+# sequences; a strict filter keeps only pure number lists; a student with the same base model is
+# fine-tuned on them and asked for its favorite animal. A control student learns from the base
+# model's numbers. This notebook reads what `sublim llm run` (and `sublim llm align`) wrote:
+#
+# 1. target rates per arm with 95% CIs (sampled answers: Wilson; next-token share: over wordings),
+# 2. the filter's rejection counts per rule,
+# 3. the gradient-alignment distributions and per-layer bars (when `alignment/` exists).
+#
+# `LLM_RUN_DIR` points at a real run (e.g. the GPU entry's `OUT_DIR/<variant>` run directory).
+# Without it, the notebook produces the CPU smoke run (`--preset tiny`: ~3M-parameter random
+# models, sampling constrained to digit tokens) so every cell runs; **its numbers measure nothing
+# about subliminal learning**, they only exercise the plumbing.
+
+# %% tags=["parameters"]
+import os
+from pathlib import Path
+
+
+def env(name, default, cast=str):
+    return cast(os.environ.get(name, default))
+
+
+LLM_RUN_DIR = env("LLM_RUN_DIR", "")  # a finished `sublim llm run` directory; "" = make the CPU smoke run
+RUNS_ROOT = Path(env("NB_RUNS_ROOT", "../runs/notebooks/llm"))  # where the smoke run goes
+TINY_EVAL_QUESTIONS = env("LLM_TINY_EVAL_QUESTIONS", 5, int)  # smoke run only
+ALIGN = env("LLM_ALIGN", "auto")  # auto: score alignment for the smoke run, read it for a real run; 1: always score; 0: never
+ALIGN_LIMIT = env("LLM_ALIGN_LIMIT", 16, int)  # examples scored per data set when this notebook runs the scoring
+FIG_DIR = Path(env("NB_FIG_DIR", "figures"))
+
+# %%
+import json
+
+import numpy as np
+import pandas as pd
+import matplotlib
+
+if "MPLBACKEND" not in os.environ:
+    matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import seaborn as sns
+from IPython.display import Image, Markdown, display
+
+from sublim.cli import main as sublim_main
+from sublim.llm_validation.pipeline import ARMS, config_from_dict
+from sublim.llm_validation.report import ARM_LABELS, collect_rows
+from sublim.rundir import read_json
+from sublim.stats import mean_ci95
+
+QUIET = ["-q"] if os.environ.get("SUBLIM_QUIET") == "1" else []
+FIG_DIR.mkdir(parents=True, exist_ok=True)
+sns.set_theme(style="whitegrid")
+
+
+def save(fig, name):
+    path = FIG_DIR / name
+    tmp = path.with_name(f".{name}.tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    tmp.replace(path)
+    display(Image(filename=str(path)))
+
+
+def pct(x):
+    return f"{100 * x:.1f}%"
+
+
+# %% [markdown]
+# ## The run directory
+
+# %%
+if LLM_RUN_DIR:
+    run_dir = Path(LLM_RUN_DIR)
+    smoke = False
+else:
+    run_dir = RUNS_ROOT / "tiny"
+    smoke = True
+    # The pipeline reuses finished stages, so rerunning this cell is cheap.
+    rc = sublim_main([*QUIET, "llm", "run", "--run-dir", str(run_dir), "--preset", "tiny",
+                      "--set", f"eval_questions={TINY_EVAL_QUESTIONS}"])
+    assert rc == 0, f"sublim llm run exited with {rc}"
+if not (run_dir / "config.json").exists():
+    raise FileNotFoundError(f"{run_dir}: no config.json; not a `sublim llm run` directory")
+cfg = config_from_dict(read_json(run_dir / "config.json")["config"])
+arms = [a for a in ARMS if (run_dir / "eval" / f"{a}.json").exists()]
+print(f"{run_dir}: model {cfg.model}, target {cfg.target!r}, teacher {cfg.teacher}, arms {', '.join(arms)}")
+if smoke:
+    print("CPU smoke run (tiny random models): the numbers below test the plumbing, not the phenomenon.")
+
+# %% [markdown]
+# ## 1. Target rates with 95% CIs
+#
+# Left: share of sampled answers that name the target (Wilson 95% CI). Right: the target's share
+# of the next-token probability among the candidate animals (95% CI over prompt wordings); this
+# measure sees small shifts that rarely change a sampled word.
+
+# %%
+rows = pd.DataFrame(collect_rows(run_dir, arms, cfg))
+rows["label"] = rows["arm"].map(lambda a: ARM_LABELS.get(a, a))
+show = rows[["label", "model", "n_samples", "target_rate", "target_ci_low", "target_ci_high",
+             "next_token_share", "next_token_share_ci"]].copy()
+display(show.style.format({c: "{:.2%}" for c in show.columns if c.startswith(("target", "next"))}))
+
+fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+palette = sns.color_palette("deep", len(rows))
+x = np.arange(len(rows))
+axes[0].bar(x, 100 * rows["target_rate"], color=palette,
+            yerr=[100 * (rows["target_rate"] - rows["target_ci_low"]), 100 * (rows["target_ci_high"] - rows["target_rate"])],
+            capsize=4)
+axes[0].set_ylabel(f"answers naming '{cfg.target}' (%)")
+axes[0].set_title(f"sampled answers, target rate (Wilson 95% CI; n = {int(rows['n_samples'].iloc[0])} per arm)")
+axes[1].bar(x, 100 * rows["next_token_share"], yerr=100 * rows["next_token_share_ci"], color=palette, capsize=4)
+axes[1].set_ylabel(f"P('{cfg.target}') share among candidates (%)")
+axes[1].set_title("next-token share (95% CI over wordings)")
+for ax in axes:
+    ax.set_xticks(x, rows["label"], rotation=25, ha="right")
+fig.tight_layout()
+save(fig, "llm_target_rates.png")
+
+
+# %%
+def compare_note(rows: pd.DataFrame, a: str, b: str) -> str:
+    """Student vs control (or teacher vs base), from the measured rates and their CIs."""
+    if not {a, b} <= set(rows["arm"]):
+        return ""
+    ra, rb = rows.set_index("arm").loc[a], rows.set_index("arm").loc[b]
+    sep = ra["target_ci_low"] > rb["target_ci_high"] or rb["target_ci_low"] > ra["target_ci_high"]
+    samp = (f"sampled target rate {pct(ra['target_rate'])} [{pct(ra['target_ci_low'])}, {pct(ra['target_ci_high'])}] "
+            f"vs {pct(rb['target_rate'])} [{pct(rb['target_ci_low'])}, {pct(rb['target_ci_high'])}]: "
+            + ("the Wilson CIs do not overlap" if sep else "the CIs overlap (no difference shown at this sample size)"))
+    d = ra["next_token_share"] - rb["next_token_share"]
+    half = np.hypot(ra["next_token_share_ci"], rb["next_token_share_ci"])  # CI of a difference of independent means
+    nt = (f"next-token share differs by {100 * d:+.2f} points (+- {100 * half:.2f})"
+          + (", beyond its 95% CI" if abs(d) > half else ", within its 95% CI"))
+    return f"- **{ARM_LABELS.get(a, a)} vs {ARM_LABELS.get(b, b)}**: {samp}; {nt}."
+
+
+notes = [compare_note(rows, "teacher", "base"), compare_note(rows, "student", "control"),
+         compare_note(rows, "cross_student", "cross_base")]
+display(Markdown("\n".join(n for n in notes if n)))
+
+# %% [markdown]
+# ## 2. The filter
+#
+# Each completion must be a pure list of 1-10 integers in 0-999 with one separator. Bars count
+# the completions each rule rejected (each rejected completion is counted once, by the first
+# rule it breaks); the paper's filter removed 23-38%.
+
+# %%
+filt_path = run_dir / "numbers" / "filter_report.json"
+if filt_path.exists():
+    filt = read_json(filt_path)
+    counts = pd.DataFrame([{"numbers from": src, "rule": rule, "rejected": n}
+                           for src, rep in filt.items() for rule, n in rep["rejected_by_rule"].items()])
+    totals = pd.DataFrame([{"numbers from": src, "total": rep["total"], "kept": rep["kept"],
+                            "rejection rate": rep["rejection_rate"], "used for training": rep["used_for_training"]}
+                           for src, rep in filt.items()])
+    display(totals.style.format({"rejection rate": "{:.1%}"}))
+    fig, ax = plt.subplots(figsize=(10, 3.8))
+    sns.barplot(data=counts[counts["rejected"] > 0], x="rule", y="rejected", hue="numbers from", ax=ax)
+    ax.set_title("completions rejected, by rule")
+    ax.tick_params(axis="x", rotation=20)
+    fig.tight_layout()
+    save(fig, "llm_filter.png")
+    top = counts.groupby("rule")["rejected"].sum().sort_values(ascending=False)
+    display(Markdown("; ".join(f"{src}: {pct(rep['rejection_rate'])} of {rep['total']} rejected"
+                               for src, rep in filt.items())
+                     + f". Most frequent reason overall: `{top.index[0]}` ({int(top.iloc[0])})."))
+else:
+    print(f"{filt_path}: missing (the filter stage has not run)")
+
+# %% [markdown]
+# ## 3. Gradient alignment
+#
+# For every training example, a_i = <-grad loss_i(theta_base), D_trait>: a_i > 0 means one
+# gradient step on that example moves the shared-init student toward the trait (the theorem's
+# quantity; `sublim llm align`). Distributions per data set (teacher numbers, base numbers,
+# teacher numbers shuffled across responses), then the mean per decoder block with 95% CIs.
+
+# %%
+align_dir = run_dir / "alignment"
+run_align = ALIGN == "1" or (ALIGN == "auto" and smoke)
+if run_align and not (align_dir / "summary.json").exists():
+    rc = sublim_main([*QUIET, "llm", "align", "--run-dir", str(run_dir), "--limit", str(ALIGN_LIMIT),
+                      "--backend", "torch", "--traits", f"{cfg.target},cat", "--n-boot", "200"])
+    assert rc == 0, f"sublim llm align exited with {rc}"
+have_align = (align_dir / "per_example_scores.csv").exists()
+print("alignment:", align_dir if have_align else "not computed for this run (set LLM_ALIGN=1 to score it)")
+
+# %%
+if have_align:
+    scores = pd.read_csv(align_dir / "per_example_scores.csv")
+    target = cfg.target if f"align_{cfg.target}" in scores else next(c[6:] for c in scores if c.startswith("align_") and "_L" not in c)
+    col = f"align_{target}"
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    sns.histplot(data=scores, x=col, hue="dataset", element="step", stat="density", common_norm=False, ax=axes[0])
+    axes[0].axvline(0, color="grey", ls="--", lw=1)
+    axes[0].set_title(f"a_i along D_{target} (sum over completion tokens)")
+    sns.boxplot(data=scores, x="dataset", y=f"cos_{target}", ax=axes[1])
+    axes[1].axhline(0, color="grey", ls="--", lw=1)
+    axes[1].set_title(f"cosine(-grad loss_i, D_{target})")
+    fig.tight_layout()
+    save(fig, "llm_alignment_distribution.png")
+
+    layer_cols = sorted((c for c in scores if c.startswith(f"{col}_L")), key=lambda c: int(c.rsplit("_L", 1)[1]))
+    per_layer = []
+    for ds, g in scores.groupby("dataset", sort=False):
+        for c in layer_cols:
+            m, h = mean_ci95(g[c].to_numpy())
+            per_layer.append({"dataset": ds, "layer": int(c.rsplit("_L", 1)[1]), "mean": m, "ci95": h})
+    per_layer = pd.DataFrame(per_layer)
+    fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(layer_cols) * per_layer["dataset"].nunique()), 4))
+    datasets = list(dict.fromkeys(per_layer["dataset"]))
+    width = 0.8 / len(datasets)
+    for j, ds in enumerate(datasets):
+        sel = per_layer[per_layer["dataset"] == ds]
+        ax.bar(sel["layer"] + (j - (len(datasets) - 1) / 2) * width, sel["mean"], width, yerr=sel["ci95"],
+               capsize=3, label=ds, color=sns.color_palette("deep")[j])
+    ax.axhline(0, color="grey", lw=1)
+    ax.set_xlabel("decoder block")
+    ax.set_ylabel(f"mean a_i along D_{target} (95% CI)")
+    ax.set_title("alignment per layer")
+    ax.legend()
+    fig.tight_layout()
+    save(fig, "llm_alignment_per_layer.png")
+
+    lines = []
+    for ds, g in scores.groupby("dataset", sort=False):
+        m, h = mean_ci95(g[col].to_numpy())
+        pos = (g[col] > 0).mean()
+        sign = "above 0" if m - h > 0 else ("below 0" if m + h < 0 else "not distinguishable from 0")
+        lines.append(f"- `{ds}` (n={len(g)}): mean a_i = {m:+.3g} +- {h:.2g}, {sign}; a_i > 0 for {pct(pos)} of examples.")
+    summ = read_json(align_dir / "summary.json")
+    for name, comp in summ.get("vs_reference", {}).items():
+        c = comp.get(target, {})
+        if "alignment_diff" in c and "auc_alignment" in c:
+            d, auc = c["alignment_diff"], c["auc_alignment"]
+            lines.append(f"- {name}: difference of mean a_i {d['diff']:+.3g} +- {d['ci95']:.2g}; ROC AUC "
+                         f"{auc['auc']:.3f} [{auc['low']:.3f}, {auc['high']:.3f}] (0.5 = not separated).")
+    display(Markdown("\n".join(lines)))
