@@ -23,7 +23,7 @@
 # 2. the filter's rejection counts per rule,
 # 3. the gradient-alignment distributions and per-layer bars (when `alignment/` exists).
 #
-# `LLM_RUN_DIR` points at a real run (e.g. the GPU entry's `OUT_DIR/<variant>` run directory).
+# `LLM_RUN_DIR` points at a real run (e.g. the GPU entry's `OUT_DIR/A_system_prompt`).
 # Without it, the notebook produces the CPU smoke run (`--preset tiny`: ~3M-parameter random
 # models, sampling constrained to digit tokens) so every cell runs; **its numbers measure nothing
 # about subliminal learning**, they only exercise the plumbing.
