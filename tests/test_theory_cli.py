@@ -57,8 +57,8 @@ def test_adam_first_step_is_sign_step():
 
 
 def test_multistep_gd_linearized_matches_at_tiny_teacher_step():
-    """With a tiny teacher move and a full-batch... the linearized GD prediction tracks the real
-    GD student's first step closely when both use the same inputs."""
+    """With a tiny teacher move, the linearized GD prediction (alpha eps K dT on the same inputs)
+    points the same way as the real GD student's first step."""
     setup = N.ToySetup(width=8, n_models=2, n_student=64)
     params0, dT, x, _ = N.build(setup, "uniform")
     eps, alpha = 1e-4, 1.0

@@ -8,7 +8,9 @@ its first step is lr * sign(gradient), so the prediction becomes lr * sign(K dT)
 
 multistep: the teacher trains T steps; the student distills for n steps. Per step: alignment
 cos(theta_S - theta0, theta_T - theta0), the teacher's loss on held-out digits for the student,
-and (GD) the linearized prediction theta_n - theta0 = [I - (I - alpha K)^n](theta_T - theta0).
+and (GD) the linearized prediction theta_n - theta0 = [I - (I - alpha K)^n](theta_T - theta0)
+(run on the same minibatches as the real student, so the gap between the two is the nonlinearity
+of the model and of the loss, not sampling noise).
 It reports where the one-step guarantee stops describing what happens.
 """
 
@@ -131,7 +133,6 @@ def multistep(setup: ToySetup, cfg: MultistepConfig = MultistepConfig()) -> list
                 theta_T = adam_steps(params0, tgrad, cfg.lr_adam, T)
             delta = [a - b for a, b in zip(theta_T, params0)]
             xs = [sample_inputs(cfg.dist, cfg.batch, g) for _ in range(cfg.student_steps)]
-            x_lin = sample_inputs(cfg.dist, 1024, g)
             curve = {"cos": [], "dLT": [], "acc": [], "cos_linearized": []}
             lin = [torch.zeros_like(p) for p in params0]
 
@@ -141,8 +142,8 @@ def multistep(setup: ToySetup, cfg: MultistepConfig = MultistepConfig()) -> list
                 curve["cos"].append(_ci(pcos(ds, delta)))
                 curve["dLT"].append(_ci(teacher_loss(ps, x_eval, y_eval) - lt0))
                 curve["acc"].append(_ci((forward(ps, x_eval)[..., :10].argmax(-1) == y_eval).double().mean(1)))
-                if opt == "gd":  # c_{n+1} = c_n + alpha K (Delta - c_n), K frozen at theta0
-                    lin = padd(lin, k_times(params0, [d - c for d, c in zip(delta, lin)], x_lin, cfg.loss, cfg.outputs), cfg.lr_gd_student)
+                if opt == "gd":  # c_{n+1} = c_n + alpha K_n (Delta - c_n), K_n frozen at theta0, same minibatch as the real step
+                    lin = padd(lin, k_times(params0, [d - c for d, c in zip(delta, lin)], xs[n - 1], cfg.loss, cfg.outputs), cfg.lr_gd_student)
                     curve["cos_linearized"].append(_ci(pcos(lin, delta)))
                 curve.setdefault("min_cos", []).append(float(pcos(ds, delta).min()))
 

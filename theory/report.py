@@ -108,7 +108,7 @@ def format_report(results: list[CheckResult], extra: dict) -> str:
             d = r.details
             lines.append(f"       {d['model']}; theta0={d['theta0']}, theta0'={d['theta0_cross']}, eps={d['eps']}, alpha={d['alpha']}: "
                          f"dS.dT shared = {d['dS_dot_dT_shared']}, cross = {d['dS_dot_dT_cross']}; L_T cross {d['teacher_loss_cross_before']} -> {d['teacher_loss_cross_after']}")
-        if "eps2_coefficient_of_dS_dot_dT_over_alpha" in r.details and r.name.endswith("eps^2 = general formula at 1 random rational points"):
+        if "eps2_coefficient_of_dS_dot_dT_over_alpha" in r.details and "eps^2 = general formula" in r.name:
             lines.append(f"       eps^2 coefficient of dS.dT / alpha at the point: {r.details['eps2_coefficient_of_dS_dot_dT_over_alpha']}")
         if r.section == "numerical: cross-init" and r.details.get("counterexample"):
             lines.append(f"       counterexample: {r.details['counterexample']}")

@@ -152,7 +152,7 @@ def is_zero(expr, *, seed: int = 0, exact: bool = True) -> tuple[bool, str, floa
             vals = [mpmath.mpf(rng.randint(-40, 40)) / rng.randint(7, 23) for _ in syms]
             vals = [abs(v) + mpmath.mpf(1) / 3 if s.is_positive else v for s, v in zip(syms, vals)]
             worst = max(worst, float(abs(fn(*vals))))
-    return worst < 1e-35, "numeric (50 digits" + (", 3 random rational points)" if syms else ")"), worst
+    return worst < 1e-35, "numeric (50 digits" + (", 3 random rational values of " + ",".join(map(str, syms)) + ")" if syms else ")"), worst
 
 
 # ---------------------------------------------------------------------------------------------
@@ -490,7 +490,7 @@ def check_instance(kind: str, loss: str, *, k: int = 2, d_in: int = 1, hidden: i
         seconds.append((c2.T * sp.Matrix(d).xreplace(values or {}))[0])
     res = []
     for name, vs in verdicts.items():
-        res.append(CheckResult(f"{tag}: {name}" + ("" if n_points == 0 else f" at {n_points} random rational points"), all(v[0] for v in vs),
+        res.append(CheckResult(f"{tag}: {name}" + ("" if n_points == 0 else f" at {n_points} random rational point(s)"), all(v[0] for v in vs),
                                {"method": sorted({v[1] for v in vs}), "max_abs_residual": max(v[2] for v in vs)}, section="exact instances"))
     return res, {"eps2_coefficient_of_dS_dot_dT": seconds, "parts": parts}
 
