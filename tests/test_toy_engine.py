@@ -199,3 +199,13 @@ def test_fixed_distillation_set_replays_the_same_noise_every_epoch(mnist):
             assert same == (not resample)
     finally:
         DistillInputs.batch = orig
+
+
+def test_init_params_is_per_model_and_thread_order_free():
+    """Model k's init is the same alone or in an ensemble (drawn in parallel threads)."""
+    spec = MLPSpec(width=16)
+    ens = init_params(spec, 6, seed=4)
+    for k in (0, 5):
+        alone = init_params(spec, [(4, k)])
+        assert all(torch.equal(a[0], e[k]) for a, e in zip(alone, ens))
+    assert not torch.equal(ens[0][0], ens[0][1])
