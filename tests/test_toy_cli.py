@@ -125,3 +125,11 @@ def test_sweep_refuses_a_cell_with_another_config(tmp_path, capsys):
     capsys.readouterr()
     assert main([*argv, "--lr", "1e-3"]) == 2
     one_line_error(capsys, "different config")
+
+
+@pytest.mark.parametrize("argv", [["toy", "--foo", "3"], ["toy", "--wdith=3"], ["toy", "sweep", "--grid"]])
+def test_unknown_options_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    assert "sublim: error:" in capsys.readouterr().err
