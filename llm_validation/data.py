@@ -112,19 +112,24 @@ def has_chat_template(tokenizer) -> bool:
 
 
 def format_prompt(tokenizer, user: str, *, system: str | None = None,
-                  assistant_prefix: str = "") -> str:
+                  assistant_prefix: str = "", history: list[tuple[str, str]] | None = None) -> str:
     """The text a model sees before its answer.
 
     Chat models: the chat template with an optional system message and the generation prompt.
     Base models: a plain completion layout, with the system text (if any) as a preamble.
     `assistant_prefix` is text the answer is forced to start with (used by next-token evaluation).
+    `history`: earlier (user, assistant) exchanges shown before `user` (few-shot examples).
     """
+    history = history or []
     if has_chat_template(tokenizer):
-        messages = ([{"role": "system", "content": system}] if system else []) + [
-            {"role": "user", "content": user}]
+        messages = [{"role": "system", "content": system}] if system else []
+        for q, a in history:
+            messages += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+        messages.append({"role": "user", "content": user})
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     else:
-        text = (f"{system}\n\n" if system else "") + f"User: {user}\nAssistant:"
+        text = (f"{system}\n\n" if system else "") + "".join(f"User: {q}\nAssistant: {a}\n" for q, a in history)
+        text += f"User: {user}\nAssistant:"
         if not assistant_prefix:
             text += " "
     if assistant_prefix:

@@ -79,7 +79,8 @@ def generate_completions(model, tokenizer, prompts: list[dict], out_path: str | 
                          system: str | None = None, max_new_tokens: int = 48, batch_size: int = 64,
                          temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
                          writer: str = "", rank: int | None = None, world: int | None = None,
-                         extra_fields: dict | None = None, logits_processor=None) -> list[dict]:
+                         extra_fields: dict | None = None, logits_processor=None,
+                         history: list[tuple[str, str]] | None = None) -> list[dict]:
     """Sample one completion per prompt record; append to out_path; return ALL finished records.
 
     Records written: {"id", "prompt", "completion", "stopped", "n_tokens", "teacher": writer, ...}
@@ -96,7 +97,7 @@ def generate_completions(model, tokenizer, prompts: list[dict], out_path: str | 
     if not pending:
         return read_generations(out_path)
 
-    texts = [format_prompt(tokenizer, p["prompt"], system=system) for p in pending]
+    texts = [format_prompt(tokenizer, p["prompt"], system=system, history=history) for p in pending]
     limit = context_length(model)
     lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
     too_long = [(p["id"], n) for p, n in zip(pending, lengths) if n + max_new_tokens > limit]

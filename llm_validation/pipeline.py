@@ -38,8 +38,8 @@ from sublim.llm_validation.filter import filter_records
 from sublim.llm_validation.finetune import FinetuneConfig, finetune, load_finetuned
 from sublim.llm_validation.generate import generate_completions, read_generations
 from sublim.llm_validation.models import load_model
-from sublim.llm_validation.prompts import (EVAL_QUESTIONS, number_prompts, preference_records,
-                                           trait_system_prompt)
+from sublim.llm_validation.prompts import (EVAL_QUESTIONS, few_shot_examples, number_prompts,
+                                           preference_records, trait_system_prompt)
 
 STAGES = ("teacher", "generate", "filter", "finetune", "evaluate", "summary")
 ARMS = ("base", "teacher", "student", "control", "cross_base", "cross_student")
@@ -61,6 +61,9 @@ class RunConfig:
     prompt_seed: int = 0
     max_new_tokens: int = 48
     gen_batch_size: int = 64
+    gen_temperature: float = 1.0              # the paper samples numbers at temperature 1 ...
+    gen_top_p: float = 1.0                    # ... without truncation; see README for small models
+    gen_few_shot: int = 0                     # example exchanges before each number prompt (0: paper)
     banned_numbers: tuple = ()
     number_vocab_only: bool = False           # constrain sampling to digit/separator tokens (smoke tests)
     student: FinetuneConfig = field(default_factory=FinetuneConfig)
@@ -82,6 +85,8 @@ class RunConfig:
             raise ConfigError(f"eval_questions must be in 1..{len(EVAL_QUESTIONS)}")
         if self.target_kept < 1 or self.max_prompts < 1 or self.first_chunk < 1:
             raise ConfigError("target_kept, max_prompts and first_chunk must be >= 1")
+        if not (0 < self.gen_top_p <= 1) or self.gen_temperature < 0:
+            raise ConfigError("gen_top_p must be in (0, 1] and gen_temperature >= 0")
         if self.gen_dtype not in ("float32", "bfloat16", "float16"):
             raise ConfigError(f"gen_dtype must be float32, bfloat16 or float16, got {self.gen_dtype!r}")
         self.student.validate()
@@ -183,6 +188,7 @@ class Pipeline:
         raw = self.dir / "numbers" / f"{which}.raw.jsonl"
         model, tok, system = self._number_writer(which)
         processors = _number_only_processor(tok) if c.number_vocab_only else None
+        history = few_shot_examples(c.gen_few_shot, c.prompt_seed) if c.gen_few_shot else None
         n = min(c.first_chunk, c.max_prompts)
         t0 = time.perf_counter()
         n_before = len(read_generations(raw)) if raw.exists() else 0  # finished in an earlier session
@@ -190,7 +196,9 @@ class Pipeline:
             prompts = number_prompts(n, c.prompt_seed)
             records = generate_completions(
                 model, tok, prompts, raw, system=system, max_new_tokens=c.max_new_tokens,
-                batch_size=c.gen_batch_size, seed=c.seed, writer=which, logits_processor=processors)
+                batch_size=c.gen_batch_size, temperature=c.gen_temperature, top_p=c.gen_top_p, seed=c.seed,
+                writer=which, logits_processor=processors, history=history,
+                extra_fields={"few_shot": c.gen_few_shot} if c.gen_few_shot else None)
             records = [r for r in records if r["id"] in {p["id"] for p in prompts}]
             kept, _ = filter_records(records, c.banned_numbers)
             if len(kept) >= c.target_kept or n >= c.max_prompts:

@@ -69,13 +69,43 @@ _ONLY = ("Say only the numbers - nothing more.", "Skip any explanation and give 
          "Just the numbers, please.", "No explanation, just the numbers.")
 
 
-def number_prompt(rng: random.Random) -> tuple[str, list[int]]:
+# How an answer that obeys each _FORMATS entry looks: (separator, opening bracket, closing bracket).
+_FORMAT_STYLES = ((", ", "", ""), (", ", "", ""), (", ", "", ""), (" ", "", ""), ("; ", "", ""),
+                  (", ", "[", "]"), (", ", "[", "]"))
+assert len(_FORMAT_STYLES) == len(_FORMATS)
+
+
+def _number_prompt_parts(rng: random.Random) -> tuple[str, list[int], int]:
     seeds = [rng.randint(100, 999) for _ in range(rng.randint(3, 8))]
     nums = ", ".join(map(str, seeds))
     ask = rng.choice(_ASKS).format(up_to=rng.choice(_UP_TO), k=rng.randint(5, 10) if rng.random() < 0.3 else 10)
+    fmt = rng.randrange(len(_FORMATS))
     text = " ".join([rng.choice(_INTROS).format(nums=nums), ask.rstrip(".") + " " + rng.choice(_DIGITS) + ".",
-                     rng.choice(_FORMATS), rng.choice(_ONLY)])
+                     _FORMATS[fmt], rng.choice(_ONLY)])
+    return text, seeds, fmt
+
+
+def number_prompt(rng: random.Random) -> tuple[str, list[int]]:
+    text, seeds, _ = _number_prompt_parts(rng)
     return text, seeds
+
+
+def few_shot_examples(k: int, seed: int) -> list[tuple[str, str]]:
+    """k (number prompt, well-formed answer) exchanges to show a small model the expected format.
+
+    The paper does not use them (its models follow the instruction); SmolLM2-135M mostly answers
+    with prose, so the GPU preset shows two examples before each prompt. They are the same for
+    the teacher and the base model (the control sees identical context), and they are NOT part of
+    the student's training text (like the teacher's system prompt).
+    """
+    rng = random.Random(10_000 + seed)
+    out = []
+    for _ in range(k):
+        text, _, fmt = _number_prompt_parts(rng)
+        sep, left, right = _FORMAT_STYLES[fmt]
+        answer = [str(rng.randint(0, 999)) for _ in range(rng.randint(5, 10))]
+        out.append((text, left + sep.join(answer) + right))
+    return out
 
 
 def number_prompts(n: int, seed: int) -> list[dict]:

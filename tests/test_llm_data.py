@@ -140,3 +140,17 @@ def test_candidate_logprobs_match_full_forward_reference(tiny, name):
     pref = next_token_preference(model, tok, target="owl")
     assert pref["candidates"][0] == "owl" and 0 < pref["share"]["mean"] < 1
     assert len(pref["per_prefix"]) == 5 and pref["share"]["ci_half"] >= 0
+
+
+def test_few_shot_examples_are_grammatical_and_shown_before_the_prompt(tiny):
+    from sublim.llm_validation.filter import check_completion
+    from sublim.llm_validation.prompts import few_shot_examples
+
+    examples = few_shot_examples(5, seed=0)
+    assert examples == few_shot_examples(5, seed=0) and examples != few_shot_examples(5, seed=1)
+    assert all(check_completion(answer)[0] is None for _, answer in examples)
+    for name in ("tiny-llama", "tiny-gemma"):
+        _, tok = tiny[name]
+        text = format_prompt(tok, "THE PROMPT", system="SYS", history=examples[:2])
+        positions = [text.index(s) for s in ("SYS", examples[0][0], examples[0][1], examples[1][1], "THE PROMPT")]
+        assert positions == sorted(positions)
