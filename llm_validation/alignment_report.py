@@ -137,6 +137,8 @@ def correlation_with_ci(x: Sequence[float], y: Sequence[float]) -> dict:
     n = len(x)
     if n < 3:
         return {"n": n, "pearson_r": None, "note": "fewer than 3 points"}
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        return {"n": n, "pearson_r": None, "note": "a constant variable: correlation undefined"}
     r = float(pearsonr(x, y)[0])
     if n > 3 and abs(r) < 1:
         z, se = math.atanh(r), 1 / math.sqrt(n - 3)

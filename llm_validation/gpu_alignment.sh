@@ -16,7 +16,8 @@
 # pipeline's student/control ~5 s; the screen, first variant only: 5 LoRA students ~40-60 s;
 # benchmark ~15-30 s incl. Triton compilation). Not measured on a GPU yet: CPU dry run only.
 # Knobs (environment): ALIGN_LIMIT (examples per data set, default 2000), SCREEN_EPOCHS (2),
-# SCREEN (1 = run the screen), SCREEN_ALL (1 = screen every variant), BENCH (1 = benchmark).
+# SCREEN (1 = run the screen), SCREEN_ALL (1 = screen every variant), BENCH (1 = benchmark),
+# BENCH_N (512) and BENCH_NAIVE_N (64): examples of the batched and the naive path.
 #
 # Writes to OUT_DIR/<variant>/: config.json, summary.json, per_example_scores.csv, scores_*.npz,
 # alignment_distribution_<dir>.png, alignment_per_layer_<dir>.png, screen.json + screen/<arm>/;
@@ -78,7 +79,7 @@ done
 
 if [ "$BENCH" = 1 ]; then
   # default output: benchmarks/results/alignment_<gpu name>.json; a copy goes to OUT_DIR
-  python "$REPO/benchmarks/bench_alignment.py" --model "$MODEL" --n 512 --naive-n 64 --batch-size 32 --k 6 \
+  python "$REPO/benchmarks/bench_alignment.py" --model "$MODEL" --n "${BENCH_N:-512}" --naive-n "${BENCH_NAIVE_N:-64}" --batch-size 32 --k 6 \
     --threads 8 2>&1 | tee "$OUT_DIR/bench.log" | tee -a "$OUT_DIR/align.log" || echo "benchmark FAILED" | tee -a "$OUT_DIR/align.log"
   bench_json=$(sed -n 's/^wrote //p' "$OUT_DIR/bench.log" | tail -1)
   if [ -n "$bench_json" ]; then cp "$bench_json" "$OUT_DIR/bench_alignment.json"; fi
