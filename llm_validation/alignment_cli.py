@@ -302,7 +302,8 @@ def relate_transfer(model, tok, prompts, targets, cfg: AlignConfig, scores, dirs
                                                  [r["observed_student_minus_control_logprob"] for r in rows])
         target = animals[0]
         out["target"] = target
-        out["target_signs_agree"] = bool((rows[0]["predicted_first_order"] > 0) == (rows[0]["observed_student_minus_control_logprob"] > 0))
+        pred, obs = rows[0]["predicted_first_order"], rows[0]["observed_student_minus_control_logprob"]
+        out["target_signs_agree"] = None if pred == 0 or obs == 0 else bool((pred > 0) == (obs > 0))
     return out
 
 
