@@ -74,8 +74,11 @@ def predict_vs_simulate(setup: ToySetup, dists=("uniform", "gaussian", "mnist"),
             dS = [-cfg.alpha_gd * t for t in student_gradient(params0, padd(params0, dT, cfg.eps_gd), x_sim, cfg.loss, outputs)]
             meas_cos = pcos(dS, dT)
             meas_dlt = teacher_loss(padd(params0, dS), xt, yt) - lt0
+            # m = 1 aux logit: softmax over one logit is constant, H = diag(1) - 1 = 0, so the theory
+            # predicts dS = 0 exactly (no signal at all); the norms let the report check that.
             rows.append(dict(dist=dist, outputs=outputs, m=m, optimizer="gd", pred_cos=_ci(pred_cos), meas_cos=_ci(meas_cos),
-                             pred_dLT=_ci(pred_dlt), meas_dLT=_ci(meas_dlt), frac_meas_cos_positive=float((meas_cos > 0).double().mean())))
+                             pred_dLT=_ci(pred_dlt), meas_dLT=_ci(meas_dlt), frac_meas_cos_positive=float((meas_cos > 0).double().mean()),
+                             pred_norm_max=float(torch.sqrt(pdot(kdt, kdt)).max()), meas_norm_max=float(torch.sqrt(pdot(dS, dS)).max())))
             # Adam, first step: the teacher moves by Delta = -lr sign(grad L_T); the student's
             # gradient is ~ -K Delta, so its first step is ~ lr sign(K Delta).
             tgrad = lambda ps: [-t for t in teacher_direction(ps, xt, yt)]  # noqa: E731

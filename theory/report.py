@@ -27,6 +27,7 @@ class TheoryConfig:
     n_models: int = 8
     width: int = 32
     slope_inputs: int = 2  # a small D keeps the ReLU net smooth over >= 4 decades of eps (see numerical.check_slope)
+    slope_width: int = 32  # wider nets have more units, hence earlier ReLU kinks: at width 64 only 6/16 MNIST models keep 4 smooth decades
     sign_inputs: int = 128
     sign_seeds: tuple = (0,)
     predict_variants: tuple = (("aux", 3), ("all", 3))
@@ -51,7 +52,7 @@ def run_checks(cfg: TheoryConfig) -> tuple[list[CheckResult], dict]:
     results += symbolic.run_symbolic_checks()
     extra["symbolic_seconds"] = time.time() - t0
 
-    slope_setup = numerical.ToySetup(width=cfg.width, n_models=cfg.n_models, seed=cfg.seed, n_student=cfg.slope_inputs)
+    slope_setup = numerical.ToySetup(width=cfg.slope_width, n_models=cfg.n_models, seed=cfg.seed, n_student=cfg.slope_inputs)
     combos = [(d, l, o) for d in numerical.DISTRIBUTIONS for l in numerical.LOSSES for o in numerical.OUTPUTS]
     for d, l, o in progress(combos, desc="first-order slope"):
         results.append(numerical.check_slope(slope_setup, d, l, o))
@@ -68,9 +69,11 @@ def run_checks(cfg: TheoryConfig) -> tuple[list[CheckResult], dict]:
     # a factor 2 of the measured one. These are reported per row, not hidden in an average.
     gd_rows = [r for r in rows if r["optimizer"] == "gd"]
     results.append(CheckResult(
-        "first real GD step: measured cos(dS, dT) > 0 for every model, distribution and output set (the sign prediction)",
-        all(r["frac_meas_cos_positive"] == 1.0 for r in gd_rows),
-        {"rows": [{k: r[k] for k in ("dist", "outputs", "m", "pred_cos", "meas_cos", "frac_meas_cos_positive")} for r in gd_rows]},
+        "first real GD step: measured cos(dS, dT) > 0 for every model, distribution and output set (the sign prediction); "
+        "with m = 1 aux logit H = 0, so dS = 0 is predicted and must be measured",
+        all((r["pred_norm_max"] == 0 and r["meas_norm_max"] == 0) if (r["outputs"] == "aux" and r["m"] == 1) else r["frac_meas_cos_positive"] == 1.0
+            for r in gd_rows),
+        {"rows": [{k: r[k] for k in ("dist", "outputs", "m", "pred_cos", "meas_cos", "frac_meas_cos_positive", "pred_norm_max", "meas_norm_max")} for r in gd_rows]},
         section="predictions vs simulation",
     ))
     log("theory: multi-step GD and Adam...")
@@ -93,8 +96,10 @@ def format_report(results: list[CheckResult], extra: dict) -> str:
              "  LaTeX:      " + symbolic.SECOND_ORDER_LATEX,
              "equality:     " + symbolic.EQUALITY_TEXT,
              "teacher loss: to first order L_T(theta0 + dS) - L_T(theta0) = -dT . dS = -alpha eps dT^T K dT <= 0  (dT = -grad L_T)", ""]
+    seen = set()
     for r in results:
-        if r.formula_text:
+        if r.formula_text and r.formula_text not in seen:
+            seen.add(r.formula_text)
             lines.append(f"  [{r.section}] {r.formula_text}")
             lines.append(f"      LaTeX: {r.formula_latex}")
     lines.append("")
