@@ -559,7 +559,7 @@ def cross_init_counterexample() -> CheckResult:
     """Exact, rational: f(theta, x) = theta . x, x uniform on {e1, e2}, half-SE imitation.
     Teacher loss L_T = 1/2 (theta . e1 - 1)^2, theta0 = (0, 0) so dT = -grad L_T = e1; eps = 1/10,
     alpha = 1/2. Shared init: dS . dT = +1/40. Student from theta0' = (1, 0): dS . dT = -9/40 < 0,
-    and the student's teacher loss rises from 0 to 81/800 (it starts at the teacher's optimum)."""
+    and the student's teacher loss rises from 0 to 81/3200 (it starts at the teacher's optimum)."""
     th = sp.symbols("th0:2")
     e1, e2 = sp.Matrix([1, 0]), sp.Matrix([0, 1])
     xs = [e1, e2]
