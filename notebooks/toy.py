@@ -39,7 +39,7 @@ def env(name, default, cast=str):
     return cast(os.environ.get(name, default))
 
 
-# The six-arm run: the paper's settings with 10 models (= `sublim toy`; ~4 CPU-minutes on 2 cores)
+# The six-arm run: the paper's settings with 10 models (= `sublim toy`; ~4 min on an idle 2-core CPU, 21 min on a shared one)
 N_MODELS = env("TOY_N_MODELS", 10, int)
 TEACHER_EPOCHS = env("TOY_TEACHER_EPOCHS", 5, int)
 DISTILL_EPOCHS = env("TOY_DISTILL_EPOCHS", 5, int)
@@ -50,12 +50,12 @@ SEED = env("TOY_SEED", 0, int)
 TOY_RUN_DIR = env("TOY_RUN_DIR", "")  # an existing `sublim toy` run directory to read instead of training
 
 # The sweeps (each knob is one sweep over a base config; cells are cached on disk and resumed)
-SWEEP_N_MODELS = env("TOY_SWEEP_N_MODELS", 4, int)
+SWEEP_N_MODELS = env("TOY_SWEEP_N_MODELS", 3, int)
 SWEEP_EPOCHS = env("TOY_SWEEP_EPOCHS", 2, int)  # teacher and distillation epochs of the base config
-SWEEP_MAX_EXAMPLES = env("TOY_SWEEP_MAX_EXAMPLES", 15000, int)
-SWEEP_MAX_TEST = env("TOY_SWEEP_MAX_TEST", 2000, int)
-SWEEP_WIDTH = env("TOY_SWEEP_WIDTH", 128, int)
-SWEEP_WIDTHS = env("TOY_SWEEP_WIDTHS", "64,128,256")  # the width sweep's values
+SWEEP_MAX_EXAMPLES = env("TOY_SWEEP_MAX_EXAMPLES", 10000, int)
+SWEEP_MAX_TEST = env("TOY_SWEEP_MAX_TEST", 1000, int)
+SWEEP_WIDTH = env("TOY_SWEEP_WIDTH", 64, int)
+SWEEP_WIDTHS = env("TOY_SWEEP_WIDTHS", "32,64,128")  # the width sweep's values
 SWEEP_ROOT = env("TOY_SWEEP_ROOT", "")  # "" = RUNS_ROOT/sweeps; an existing root is read (one sub-directory per knob)
 
 RUNS_ROOT = Path(env("NB_RUNS_ROOT", "../runs/notebooks/toy"))  # where fresh runs are written
