@@ -23,7 +23,7 @@ import torch
 
 from sublim.stats import mean_ci95
 from sublim.theory.numerical import (
-    DTYPE, ToySetup, build, imitation_loss, k_times, padd, pcos, pdot, sample_inputs, student_gradient,
+    DTYPE, ToySetup, build, k_times, padd, pcos, pdot, sample_inputs, student_gradient,
     teacher_batch, teacher_direction, teacher_loss,
 )
 from sublim.toymodels.model import forward, init_params

@@ -13,7 +13,6 @@ product of two parameter lists is a (models,) vector.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable

@@ -26,7 +26,6 @@ coefficient, and differentiating keeps expressions small enough to verify exactl
 
 from __future__ import annotations
 
-import itertools
 import random
 from functools import lru_cache
 
