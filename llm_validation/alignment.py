@@ -385,7 +385,8 @@ def score_records(
                     dot[sl, j] = res.dot[n].detach().double().cpu().numpy().reshape(len(chunk), k)
                 model.zero_grad(set_to_none=True)
     model.train(was_training)
-    dn = torch.stack([directions.norms_per_param()[n] for n in names]).cpu().numpy()
+    per_param = directions.norms_per_param()  # once: it reads every direction tensor
+    dn = torch.stack([per_param[n] for n in names]).cpu().numpy()
     return AlignmentScores(ids, directions.labels, names, loss, n_tokens, sq, dot, dn)
 
 
@@ -425,6 +426,7 @@ def reference_scores(
                 sq[i, j] = float(g.pow(2).sum().item())
                 dot[i, j] = (d.flatten(1) @ g.flatten()).double().cpu().numpy()
     model.train(was_training)
-    dn = torch.stack([directions.norms_per_param()[n] for n in names]).cpu().numpy()
+    per_param = directions.norms_per_param()  # once: it reads every direction tensor
+    dn = torch.stack([per_param[n] for n in names]).cpu().numpy()
     ids = [str(r.get("id", i)) for i, r in enumerate(records)]
     return AlignmentScores(ids, directions.labels, names, out_loss, out_n, sq, dot, dn)
