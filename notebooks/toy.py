@@ -283,7 +283,11 @@ def knob_note(df: pd.DataFrame, knob: str, arm: str = "student_aux") -> str:
             f"{verdict}{cross_txt}.{tail}")
 
 
-display(Markdown("\n".join(knob_note(sweeps, k) for k in SWEEPS)))
+caveat = ""
+if SWEEP_N_MODELS < 10:
+    caveat = (f"\n\nWith {SWEEP_N_MODELS} models per cell, the project's CI (1.96 std/sqrt(n)) is narrower than a "
+              "Student-t interval would be, so read 'do not overlap' as suggestive; raise TOY_SWEEP_N_MODELS to confirm.")
+display(Markdown("\n".join(knob_note(sweeps, k) for k in SWEEPS) + caveat))
 
 # %% [markdown]
 # What the knobs mean: `n_aux` is m, the number of auxiliary logits the student imitates;
