@@ -24,8 +24,18 @@ AREAS = {
 }
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse prints the usage block before its error; we promise one line (and exit 2).
+
+    Subparsers inherit the class, so every `sublim ...` subcommand behaves the same way.
+    """
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser(areas=None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sublim", description="The subliminal learning lab.")
+    parser = OneLineErrorParser(prog="sublim", description="The subliminal learning lab.")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or status lines")
     sub = parser.add_subparsers(dest="area", metavar="{" + ",".join(AREAS) + "}")
     sub.required = True
