@@ -35,7 +35,8 @@ PRESETS = {
                 eval_questions=50, eval_samples=2, eval_batch_size=100, eval_max_new_tokens=8),
     # The full experiment on one H100/H200 (llm_validation/gpu_experiment.sh).
     "gpu": dict(model="smollm2-135m", cross_model="", max_prompts=60000, first_chunk=12288, target_kept=10000,
-                max_new_tokens=56, gen_batch_size=1024, gen_dtype="bfloat16",
+                max_new_tokens=56, gen_batch_size=2048, gen_dtype="bfloat16", gen_few_shot=2,
+                salvage_min_numbers=3,
                 student=dict(epochs=3, batch_size=66, lr=2e-4, checkpoint_every=50, max_length=192, bf16=True),
                 teacher_finetune=dict(epochs=3, batch_size=32, lr=1e-3, checkpoint_every=0, bf16=True),
                 teacher_pref_examples=600,

@@ -65,6 +65,8 @@ class RunConfig:
     gen_top_p: float = 1.0                    # ... without truncation; see README for small models
     gen_few_shot: int = 0                     # example exchanges before each number prompt (0: paper)
     banned_numbers: tuple = ()
+    salvage_min_numbers: int = 0              # >0: keep the longest grammatical prefix with at least
+                                              # this many numbers (not in the paper; counted apart)
     number_vocab_only: bool = False           # constrain sampling to digit/separator tokens (smoke tests)
     student: FinetuneConfig = field(default_factory=FinetuneConfig)
     # Evaluation
@@ -200,7 +202,7 @@ class Pipeline:
                 writer=which, logits_processor=processors, history=history,
                 extra_fields={"few_shot": c.gen_few_shot} if c.gen_few_shot else None)
             records = [r for r in records if r["id"] in {p["id"] for p in prompts}]
-            kept, _ = filter_records(records, c.banned_numbers)
+            kept, _ = filter_records(records, c.banned_numbers, salvage_min_numbers=c.salvage_min_numbers)
             if len(kept) >= c.target_kept or n >= c.max_prompts:
                 break
             if c.gen_time_budget_s and time.perf_counter() - t0 > c.gen_time_budget_s:
@@ -231,7 +233,8 @@ class Pipeline:
             raw = self.dir / "numbers" / f"{which}.raw.jsonl"
             if not raw.exists():
                 raise DataError(f"{raw}: not found; run the 'generate' stage first")
-            kept, rep = filter_records(read_generations(raw), c.banned_numbers)
+            kept, rep = filter_records(read_generations(raw), c.banned_numbers,
+                                       salvage_min_numbers=c.salvage_min_numbers)
             if not kept:
                 raise DataError(f"{raw}: no completion passed the filter ({rep.total} rejected: "
                                 f"{dict((k, v) for k, v in rep.as_dict()['rejected_by_rule'].items() if v)})")

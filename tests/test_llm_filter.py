@@ -96,3 +96,26 @@ def test_filter_records_counts_per_rule_and_truncation():
     assert d["rejected_by_rule"]["truncated"] == 1
     assert d["rejected_by_rule"]["bad_characters"] == 1
     assert d["rejected_by_rule"]["banned_number"] == 1
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.one_of(near_alphabet, any_text, _valid_sequences().map(lambda s: s + ", 12 and more words")))
+def test_salvaged_prefixes_are_grammatical_prefixes(text):
+    from sublim.llm_validation.filter import salvage_prefix
+
+    got = salvage_prefix(text, min_numbers=3)
+    if got is not None:
+        prefix, numbers = got
+        assert text.strip().startswith(prefix)          # a prefix of what the model wrote
+        assert reference_accepts(prefix) and len(numbers) >= 3
+        rest = text.strip()[len(prefix):]
+        assert rest == "" or rest[0] in ",; \n"          # cut at a separator: no number split
+
+
+def test_salvage_is_off_by_default_and_counted_apart():
+    records = [{"id": "a", "completion": "1, 2, 3, 4, and then", "stopped": True},
+               {"id": "b", "completion": "5, 6, 7, 8,", "stopped": False}]
+    assert filter_records(records)[1].kept == 0
+    kept, report = filter_records(records, salvage_min_numbers=3)
+    assert [r["completion"] for r in kept] == ["1, 2, 3, 4", "5, 6, 7, 8"]
+    assert report.as_dict()["kept_by_prefix_salvage"] == 2 and kept[0]["salvaged_from"] == "1, 2, 3, 4, and then"
