@@ -8,7 +8,7 @@ Budget: all notebooks together stay well under 4 minutes on 2 CPU cores.
 
 from __future__ import annotations
 
-import os
+import json
 from pathlib import Path
 
 import pytest
@@ -70,6 +70,10 @@ def test_toy_notebook_runs(tmp_path, monkeypatch):
         assert (tmp_path / "runs" / "sweeps" / knob / "summary.json").exists(), knob
     text = outputs_text(nb)
     assert "student, aux logits only" in text and "aux-only student" in text
+    # the notes are computed from this run's numbers, not written in advance
+    summary = json.loads((tmp_path / "runs" / "arms" / "summary.json").read_text())
+    teacher = summary["arms"]["teacher"]
+    assert f"teachers reach {100 * teacher['mean']:.1f}% (+- {100 * teacher['ci95']:.1f}%)" in text
 
 
 @pytest.mark.skipif(not (NOTEBOOKS / "llm.py").exists(), reason="llm notebook not written yet")
@@ -77,7 +81,13 @@ def test_llm_notebook_runs(tmp_path, monkeypatch):
     nb = execute("llm", tmp_path, monkeypatch)
     figs = {p.name for p in (tmp_path / "figures").glob("*.png")}
     assert {"llm_target_rates.png", "llm_filter.png"} <= figs, figs
-    assert "target rate" in outputs_text(nb)
+    text = outputs_text(nb)
+    assert "target rate" in text
+    # the note quotes the rates the evaluation stage measured
+    run = tmp_path / "runs" / "tiny"
+    student = json.loads((run / "eval" / "student.json").read_text())["sampled"]["mentions"]
+    assert f"sampled target rate {100 * student['rate']:.1f}% [{100 * student['ci_low']:.1f}%" in text
+    assert (run / "alignment" / "per_example_scores.csv").exists()
 
 
 @pytest.mark.skipif(not (NOTEBOOKS / "theory.py").exists(), reason="theory notebook not written yet")
