@@ -269,14 +269,14 @@ for c, color in zip(curves, palette):
     axes[1].plot(steps, dlt[:, 0], color=color, label=label)
     axes[1].fill_between(steps, dlt[:, 0] - dlt[:, 1], dlt[:, 0] + dlt[:, 1], color=color, alpha=0.2)
 axes[0].set_ylabel("cos(theta_S - theta0, theta_T - theta0)")
-axes[1].set_ylabel("change of the teacher's loss for the student")
+axes[1].set_ylabel("student's change of teacher loss")
 axes[1].axhline(0, color="grey", lw=1)
 for ax in axes:
     ax.set_xlabel("student step")
 axes[0].legend(fontsize=7)
 fig.suptitle(f"first {TH_STEPS} student steps ({ms_cfg.dist} inputs, {ms_cfg.loss} on {ms_cfg.outputs} logits; "
              f"mean and 95% CI over {TH_N_MODELS} models)")
-fig.tight_layout()
+fig.tight_layout(rect=(0, 0, 1, 0.95))  # leave room for the title
 save(fig, "theory_vs_simulation.png")
 
 # %%
