@@ -170,13 +170,16 @@ def normalize_directions(labels: Sequence[str], raw: Mapping[str, torch.Tensor])
     for n, t in raw.items():
         if t.shape[0] != k:
             raise ConfigError(f"direction for {n} has {t.shape[0]} rows, expected {k}")
-        sq += t.detach().flatten(1).double().pow(2).sum(1)
+        # Directions may live on the GPU; the k norms are accumulated on the CPU (the first GPU run
+        # failed here with a device mismatch).
+        sq += t.detach().flatten(1).double().pow(2).sum(1).cpu()
     norms = sq.sqrt()
     for lab, nrm in zip(labels, norms.tolist()):
         if not np.isfinite(nrm) or nrm == 0.0:
             raise SublimError(f"direction '{lab}' is zero or not finite (norm {nrm}); nothing to align with")
     scale = (1.0 / norms).to(torch.float32)
-    out = {n: (t.detach().float() * scale.view(-1, *([1] * (t.dim() - 1)))).contiguous() for n, t in raw.items()}
+    out = {n: (t.detach().float() * scale.to(t.device).view(-1, *([1] * (t.dim() - 1)))).contiguous()
+           for n, t in raw.items()}
     return Directions(list(labels), out, norms.tolist())
 
 

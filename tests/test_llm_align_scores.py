@@ -128,3 +128,15 @@ def test_bad_directions_fail_clearly():
         normalize_directions(["a", "b"], {names[0]: torch.ones(1, 3)})
     with pytest.raises(SublimError, match="not in the model"):
         trait_direction(model, [[1, 2, 3]], {"owl": 5}, ["no.such.weight"])
+
+
+@pytest.mark.gpu
+def test_normalize_directions_keeps_gpu_tensors_on_the_gpu():
+    # The first GPU run failed here: norms accumulated on the CPU from CUDA tensors.
+    from sublim.llm_validation.alignment import normalize_directions
+
+    raw = {"a": torch.tensor([[3.0, 0.0], [0.0, 2.0]], device="cuda"), "b": torch.tensor([[4.0], [0.0]], device="cuda")}
+    d = normalize_directions(["x", "y"], raw)
+    assert d.raw_norms == pytest.approx([5.0, 2.0])
+    assert d.tensors["a"].device.type == "cuda"
+    assert torch.allclose(d.tensors["b"].cpu(), torch.tensor([[0.8], [0.0]]))
