@@ -50,7 +50,7 @@ def student_inits(cfg: ToyConfig, indices: list[int], perm: list[int], teacher_i
     """Initial parameters of the students of models `indices`, group-major.
 
     Model g*k + a is student arm cfg.student_arms[a] of model indices[g] (k = number of student
-    arms): the layout model.forward_grouped expects. teacher_init holds ALL n_models inits (the
+    arms): the layout model.forward_fast expects. teacher_init holds ALL n_models inits (the
     cross-model students need inits from outside the current chunk).
     """
     spec = cfg.spec
