@@ -111,27 +111,31 @@ if smoke:
 # measure sees small shifts that rarely change a sampled word.
 
 # %%
-rows = pd.DataFrame(collect_rows(run_dir, arms, cfg))
-rows["label"] = rows["arm"].map(lambda a: ARM_LABELS.get(a, a))
-show = rows[["label", "model", "n_samples", "target_rate", "target_ci_low", "target_ci_high",
-             "next_token_share", "next_token_share_ci"]].copy()
-display(show.style.format({c: "{:.2%}" for c in show.columns if c.startswith(("target", "next"))}))
+rows = pd.DataFrame(collect_rows(run_dir, arms, cfg)) if arms else pd.DataFrame(columns=["arm"])
+if rows.empty:
+    # A run cut short (e.g. a GPU run that stopped during fine-tuning) has numbers but no evaluations.
+    print(f"{run_dir}: no evaluated arm yet (eval/<arm>.json missing): no target rates to show")
+else:
+    rows["label"] = rows["arm"].map(lambda a: ARM_LABELS.get(a, a))
+    show = rows[["label", "model", "n_samples", "target_rate", "target_ci_low", "target_ci_high",
+                 "next_token_share", "next_token_share_ci"]].copy()
+    display(show.style.format({c: "{:.2%}" for c in show.columns if c.startswith(("target", "next"))}))
 
-fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
-palette = sns.color_palette("deep", len(rows))
-x = np.arange(len(rows))
-axes[0].bar(x, 100 * rows["target_rate"], color=palette,
-            yerr=[100 * (rows["target_rate"] - rows["target_ci_low"]), 100 * (rows["target_ci_high"] - rows["target_rate"])],
-            capsize=4)
-axes[0].set_ylabel(f"answers naming '{cfg.target}' (%)")
-axes[0].set_title(f"sampled answers, target rate (Wilson 95% CI; n = {int(rows['n_samples'].iloc[0])} per arm)")
-axes[1].bar(x, 100 * rows["next_token_share"], yerr=100 * rows["next_token_share_ci"], color=palette, capsize=4)
-axes[1].set_ylabel(f"P('{cfg.target}') share among candidates (%)")
-axes[1].set_title("next-token share (95% CI over wordings)")
-for ax in axes:
-    ax.set_xticks(x, rows["label"], rotation=25, ha="right")
-fig.tight_layout()
-save(fig, "llm_target_rates.png")
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    palette = sns.color_palette("deep", len(rows))
+    x = np.arange(len(rows))
+    axes[0].bar(x, 100 * rows["target_rate"], color=palette,
+                yerr=[100 * (rows["target_rate"] - rows["target_ci_low"]), 100 * (rows["target_ci_high"] - rows["target_rate"])],
+                capsize=4)
+    axes[0].set_ylabel(f"answers naming '{cfg.target}' (%)")
+    axes[0].set_title(f"sampled answers, target rate (Wilson 95% CI; n = {int(rows['n_samples'].iloc[0])} per arm)")
+    axes[1].bar(x, 100 * rows["next_token_share"], yerr=100 * rows["next_token_share_ci"], color=palette, capsize=4)
+    axes[1].set_ylabel(f"P('{cfg.target}') share among candidates (%)")
+    axes[1].set_title("next-token share (95% CI over wordings)")
+    for ax in axes:
+        ax.set_xticks(x, rows["label"], rotation=25, ha="right")
+    fig.tight_layout()
+    save(fig, "llm_target_rates.png")
 
 
 # %%
