@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sublim.errors import DataError
-from sublim.rundir import atomic_write_text, read_json
+from sublim.rundir import atomic_write_text, read_json, save_figure
 
 ARM_LABELS = {"base": "base model", "teacher": "teacher", "student": "student (teacher numbers)",
               "control": "control (base numbers)", "cross_base": "cross-model base",
@@ -64,10 +64,7 @@ def _plot(rows: list[dict], target: str, path: Path) -> None:
     for ax in axes:
         ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path, dpi=120)
 
 
 def _csv(rows: list[dict]) -> str:

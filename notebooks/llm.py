@@ -45,7 +45,6 @@ ALIGN_LIMIT = env("LLM_ALIGN_LIMIT", 16, int)  # examples scored per data set wh
 FIG_DIR = Path(env("NB_FIG_DIR", "figures"))
 
 # %%
-import json
 
 import numpy as np
 import pandas as pd
@@ -60,7 +59,7 @@ from IPython.display import Image, Markdown, display
 from sublim.cli import main as sublim_main
 from sublim.llm_validation.pipeline import ARMS, config_from_dict
 from sublim.llm_validation.report import ARM_LABELS, collect_rows
-from sublim.rundir import read_json
+from sublim.rundir import read_json, save_figure
 from sublim.stats import mean_ci95
 
 QUIET = ["-q"] if os.environ.get("SUBLIM_QUIET") == "1" else []
@@ -69,11 +68,7 @@ sns.set_theme(style="whitegrid")
 
 
 def save(fig, name):
-    path = FIG_DIR / name
-    tmp = path.with_name(f".{name}.tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    tmp.replace(path)
+    path = save_figure(fig, FIG_DIR / name, dpi=90)
     display(Image(filename=str(path)))
 
 

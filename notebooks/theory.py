@@ -61,6 +61,7 @@ from IPython.display import Image, Markdown, Math, display
 
 from sublim.theory import symbolic as S
 from sublim.theory import numerical as N
+from sublim.rundir import save_figure
 
 sp.init_printing()
 FIG_DIR.mkdir(parents=True, exist_ok=True)
@@ -68,11 +69,7 @@ sns.set_theme(style="whitegrid")
 
 
 def save(fig, name):
-    path = FIG_DIR / name
-    tmp = path.with_name(f".{name}.tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    tmp.replace(path)
+    path = save_figure(fig, FIG_DIR / name, dpi=90)
     display(Image(filename=str(path)))
 
 

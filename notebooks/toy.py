@@ -64,7 +64,6 @@ DEVICE = env("TOY_DEVICE", "cpu")
 
 # %%
 import dataclasses
-import json
 
 import numpy as np
 import pandas as pd
@@ -77,7 +76,7 @@ import seaborn as sns
 from IPython.display import Image, Markdown, display
 
 from sublim.progress import set_quiet
-from sublim.rundir import atomic_write_bytes, prepare_run_dir, read_json
+from sublim.rundir import atomic_write_bytes, prepare_run_dir, read_json, save_figure
 from sublim.toymodels.config import ARM_LABELS, from_dict, from_overrides
 from sublim.toymodels.mnist import load_mnist
 from sublim.toymodels.results import bar_plot_png, summarize, write_run, format_table
@@ -254,10 +253,7 @@ def plot_sweeps(df: pd.DataFrame, path: Path) -> None:
     fig.suptitle(f"Sweeps around a small base config ({SWEEP_N_MODELS} models/cell, {SWEEP_EPOCHS}+{SWEEP_EPOCHS} "
                  f"epochs, width {SWEEP_WIDTH}); dashed: chance")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path, dpi=80)
 
 
 plot_sweeps(sweeps, FIG_DIR / "toy_sweeps.png")

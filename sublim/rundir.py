@@ -116,3 +116,16 @@ def prepare_run_dir(path: str | os.PathLike, config: Any, *, exist_ok: bool = Tr
         raise SublimError(f"{path}: output directory is not writable ({e.strerror or e})") from None
     atomic_write_json(path / "config.json", {"config": _to_jsonable(config), "environment": environment_info()})
     return path
+
+
+def save_figure(fig, path: str | os.PathLike, *, dpi: int = 120, close: bool = True, **savefig_kwargs) -> Path:
+    """Write a matplotlib figure as PNG atomically (a killed run never leaves half an image)."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, **savefig_kwargs)
+    if close:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+    return atomic_write_bytes(path, buf.getvalue())
