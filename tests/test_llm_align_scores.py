@@ -65,8 +65,8 @@ def test_batched_scores_equal_float64_micro_batch_reference(tiny):
         scale = np.abs(want).max()
         assert scale > 0
         assert np.abs(got - want).max() <= 1e-4 * scale
-    np.testing.assert_allclose(fast.alignment, ref.alignment, rtol=1e-3, atol=1e-4 * np.abs(ref.alignment).max())
-    np.testing.assert_allclose(fast.cosine, ref.cosine, rtol=1e-3, atol=1e-6)
+    np.testing.assert_allclose(fast.alignment, ref.alignment, rtol=1e-4, atol=1e-4 * np.abs(ref.alignment).max())
+    np.testing.assert_allclose(fast.cosine, ref.cosine, rtol=1e-4, atol=1e-6)
     # per-layer pieces add up to the totals
     _layers, la, lsq, _ = fast.per_layer()
     np.testing.assert_allclose(la.sum(1), fast.alignment, rtol=1e-10, atol=1e-12)
