@@ -66,6 +66,11 @@ def gpu_shapes(quick: bool):
     return shapes[:3] if quick else shapes
 
 
+def interpreter_shapes():
+    # Triton's CPU interpreter runs every program in numpy: a smoke test of the Triton rows only
+    return [("interpreter tiny", 2, 5, 20, 12)]
+
+
 def cpu_shapes(quick: bool):
     shapes = [("cpu small 128x128", 8, 32, 128, 128), ("cpu seq 256x64", 4, 64, 256, 64), ("cpu 2d 256x256", 16, 1, 256, 256)]
     return shapes[:1] if quick else shapes
@@ -178,15 +183,15 @@ def pt_gd_native(x, g, D):
     return torch.stack([((g @ D[j]).float() * x.float()).sum((1, 2)) for j in range(D.shape[0])], 1)
 
 
-def _with_examples_per_load(ex, fn):
-    from sublim.kernels import triton_kernels
+def _tuned(x, g, D, algorithm, options):
+    """One (algorithm, launch options) candidate of the auto-tuner, run directly."""
+    from sublim.kernels.linear_stats import compute_checked
 
-    old = triton_kernels.MATERIALIZE_EXAMPLES_PER_LOAD
-    triton_kernels.MATERIALIZE_EXAMPLES_PER_LOAD = ex
-    try:
-        return fn()
-    finally:
-        triton_kernels.MATERIALIZE_EXAMPLES_PER_LOAD = old
+    return compute_checked(x, g, D, None, "triton", algorithm, tuning=options)
+
+
+def _label(algorithm, options):
+    return " ".join([f"triton {algorithm}"] + [f"{k}={'plan' if v is None else v}" for k, v in options.items()])
 
 
 # ---- one shape ---------------------------------------------------------------------------------
@@ -209,18 +214,23 @@ def bench_shape(name, B, T, d_in, d_out, cfg, device, bandwidth, rate, use_trito
 
     methods = []  # (stat, method, kind, fn, err_fn)
     if use_triton:
-        methods += [
-            ("norm", "triton auto", "kernel", lambda: linear_grad_stats(x, g, backend="triton").sq_norm, err_sq),
-            ("norm", "triton materialize", "kernel", lambda: linear_grad_stats(x, g, backend="triton", algorithm="materialize").sq_norm, err_sq),
-        ]
+        from sublim.kernels.linear_stats import tuning_candidates
+
+        # "auto" times the candidates below once per shape (its first call) and keeps the fastest;
+        # each candidate also gets its own row, so the CSV shows what the tuner chose between.
+        methods += [("norm", "triton auto", "kernel", lambda: linear_grad_stats(x, g, backend="triton").sq_norm, err_sq)]
+        methods += [("norm", _label(a, o), "kernel", lambda a=a, o=o: _tuned(x, g, None, a, o).sq_norm, err_sq)
+                    for a, o in tuning_candidates(0)]
     methods += [
         ("norm", "torch backend auto (fp32)", "pytorch", lambda: linear_grad_stats(x, g, backend="torch").sq_norm, err_sq),
         ("norm", "pytorch ghost native", "pytorch", lambda: pt_ghost_native(x, g), err_sq),
         ("norm", "pytorch einsum materialize", "pytorch", lambda: pt_materialize_native(x, g), err_sq),
         ("norm", "pytorch vmap(grad)", "pytorch", lambda: pt_vmap_grad(x, g), err_sq),
     ]
+    D_by_stat = {}
     for k in sorted({1, cfg.k}):
         D = torch.randn(k, d_out, d_in, device=device, dtype=dtype, generator=gen)
+        D_by_stat[f"norm+dot k={k}"] = D
         # float64 reference for the dots: per-example materialization, chunked
         ref_dot = torch_backend.materialize_stats(x.double(), g.double(), D.double())[1].double()
         d_norm = D.double().reshape(k, -1).norm(dim=1)
@@ -231,17 +241,9 @@ def bench_shape(name, B, T, d_in, d_out, cfg, device, bandwidth, rate, use_trito
         stat = f"norm+dot k={k}"
         floors[stat] = max((io_xg + k * d_in * d_out * es) / bandwidth, mat_flops / rate) * 1e3
         if use_triton:
-            methods += [
-                (stat, "triton auto", "kernel", lambda D=D: linear_grad_stats(x, g, D, backend="triton").dot, err_dot),
-                (stat, "triton ghost+gd", "kernel", lambda D=D: linear_grad_stats(x, g, D, backend="triton", algorithm="ghost+gd").dot, err_dot),
-            ]
-            if k > 1:  # tuning data: examples per direction-tile load in the materialize kernel
-                methods += [
-                    (stat, f"triton materialize ex={ex}", "kernel",
-                     lambda D=D, ex=ex: _with_examples_per_load(ex, lambda: linear_grad_stats(x, g, D, backend="triton", algorithm="materialize").dot),
-                     err_dot)
-                    for ex in (2, 4)
-                ]
+            methods += [(stat, "triton auto", "kernel", lambda D=D: linear_grad_stats(x, g, D, backend="triton").dot, err_dot)]
+            methods += [(stat, _label(a, o), "kernel", lambda D=D, a=a, o=o: _tuned(x, g, D, a, o).dot, err_dot)
+                        for a, o in tuning_candidates(k)]
         methods += [
             (stat, "torch backend auto (fp32)", "pytorch", lambda D=D: linear_grad_stats(x, g, D, backend="torch").dot, err_dot),
             (stat, "pytorch einsum materialize", "pytorch", lambda D=D: pt_materialize_native(x, g, D)[1], err_dot),
@@ -258,7 +260,14 @@ def bench_shape(name, B, T, d_in, d_out, cfg, device, bandwidth, rate, use_trito
         except torch.cuda.OutOfMemoryError:
             err, ms, mem, status = float("nan"), float("nan"), float("nan"), "out of memory"
             torch.cuda.empty_cache()
+        except Exception as e:  # noqa: BLE001 - a kernel that fails to compile is a row, not a crash
+            err, ms, mem, status = float("nan"), float("nan"), float("nan"), f"error: {type(e).__name__}: {str(e)[:200]}"
         floor = floors[stat]
+        if method == "triton auto" and status == "ok":  # record what the tuner picked
+            from sublim.kernels.linear_stats import tuned_choice
+
+            picked = tuned_choice(x, g, D_by_stat.get(stat))
+            method = f"triton auto ({_label(*picked)[7:]})" if picked else method
         rows.append(dict(shape=name, B=B, T=T, d_in=d_in, d_out=d_out, dtype=str(dtype).replace("torch.", ""),
                          stat=stat, method=method, kind=kind, median_ms=ms, floor_ms=floor, x_floor=ms / floor,
                          peak_extra_mib=mem, max_rel_err=err, correct=bool(err <= 1e-3), status=status))
@@ -272,7 +281,7 @@ def bench_shape(name, B, T, d_in, d_out, cfg, device, bandwidth, rate, use_trito
             if r["stat"] == stat:
                 r["best_pytorch_ms"] = best
                 r["speedup_vs_best_pytorch"] = best / r["median_ms"]
-    del x, g, methods
+    del x, g, methods, D_by_stat
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return rows
@@ -363,12 +372,20 @@ def main(argv=None):
     p.add_argument("--k", type=int, default=Config.k)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--no-model", dest="model", action="store_false")
+    p.add_argument("--triton-interpret", action="store_true",
+                   help="CPU only: also run the Triton rows in Triton's interpreter (TRITON_INTERPRET=1 must be "
+                        "set before triton is imported) on one tiny shape; a smoke test, not a measurement")
     p.add_argument("--out", default="", help="CSV path (default benchmarks/results/kernels_<device>.csv)")
     args = p.parse_args(argv)
     cfg = Config(warmup=args.warmup, reps=args.reps, k=args.k, quick=args.quick, model=args.model, out=args.out)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    use_triton = device.type == "cuda"
+    use_triton = device.type == "cuda" or args.triton_interpret
+    if use_triton and device.type == "cpu":
+        from sublim.kernels.linear_stats import triton_available
+
+        if not triton_available(device):
+            p.error("--triton-interpret needs TRITON_INTERPRET=1 in the environment")
     if device.type == "cpu":
         torch.set_num_threads(2)
     dev_name = torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu"
@@ -379,7 +396,10 @@ def main(argv=None):
     bandwidth, rate = measure_ceilings(device, cfg.quick)
     print(f"device {dev_name}: copy bandwidth {bandwidth / 1e9:.1f} GB/s, matmul {rate / 1e12:.3f} TFLOP/s", flush=True)
     rows = []
-    shapes = gpu_shapes(cfg.quick) if device.type == "cuda" else cpu_shapes(cfg.quick)
+    if device.type == "cuda":
+        shapes = gpu_shapes(cfg.quick)
+    else:
+        shapes = interpreter_shapes() if use_triton else cpu_shapes(cfg.quick)
     for name, B, T, d_in, d_out in shapes:
         print(f"{name}: B={B} T={T} d_in={d_in} d_out={d_out}", flush=True)
         rows += bench_shape(name, B, T, d_in, d_out, cfg, device, bandwidth, rate, use_triton)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -53,6 +54,70 @@ def choose_algorithm(T: int, d_in: int, d_out: int, k: int) -> str:
         return "ghost" if ghost <= materialize else "materialize"
     ghost_gd = ghost + k * T * d_in * d_out
     return "ghost+gd" if ghost_gd < materialize else "materialize"
+
+
+# On CUDA, algorithm="auto" times both candidates once per shape (as cuBLAS heuristics and
+# triton.autotune do) instead of trusting the cost model: which one wins depends on the card, the
+# tile sizes and L2 behaviour more than on multiply-add counts. SUBLIM_KERNEL_AUTOTUNE=0 turns it off.
+AUTOTUNE = os.environ.get("SUBLIM_KERNEL_AUTOTUNE", "1") != "0"
+_MEASURED: dict[tuple, tuple[str, dict]] = {}
+GHOST_SPLIT_CANDIDATES = (None, 1, 2, 4, 8)  # None: ghost_plan's one-wave rule
+MATERIALIZE_EX_CANDIDATES = (1, 2, 4)
+
+
+def tuning_candidates(k: int) -> list[tuple[str, dict]]:
+    """(algorithm, launch options) pairs that auto-tuning times on CUDA."""
+    if k == 0:
+        return [("ghost", {"splits": s}) for s in GHOST_SPLIT_CANDIDATES] + [("materialize", {})]
+    return [("ghost+gd", {})] + [("materialize", {"examples_per_load": e}) for e in MATERIALIZE_EX_CANDIDATES]
+
+
+def _tuning_key(x3: Tensor, g3: Tensor, directions: Tensor | None, mask: Tensor | None) -> tuple:
+    B, T, d_in = x3.shape
+    k = 0 if directions is None else directions.shape[0]
+    return (B, T, d_in, g3.shape[2], k, x3.dtype, g3.dtype, None if directions is None else directions.dtype,
+            mask is not None, x3.device)
+
+
+def tuned_choice(x3: Tensor, g3: Tensor, directions: Tensor | None = None, mask: Tensor | None = None):
+    """What auto-tuning picked for this shape so far, or None (for reports and benchmarks)."""
+    return _MEASURED.get(_tuning_key(x3, g3, directions, mask))
+
+
+def measured_algorithm(x3: Tensor, g3: Tensor, directions: Tensor | None, mask: Tensor | None) -> tuple[str, dict]:
+    """The fastest (algorithm, launch options) for this shape, timed on the device the first time
+    it is seen (then cached for the process).
+
+    Every candidate runs once to compile, then three times between CUDA events; the median wins.
+    A candidate that fails (compilation, out of resources or memory) is skipped with a warning; if
+    all fail, the first error is raised. All candidates compute the same statistics (each is tested
+    against the same float64 reference), so the choice changes speed only."""
+    key = _tuning_key(x3, g3, directions, mask)
+    k = key[4]
+    choice = _MEASURED.get(key)
+    if choice is not None:
+        return choice
+    times, errors = {}, []
+    for i, (algorithm, options) in enumerate(tuning_candidates(k)):
+        try:
+            run = functools.partial(compute_checked, x3, g3, directions, mask, "triton", algorithm, tuning=options)
+            run()
+            ms = []
+            for _ in range(3):
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                run()
+                end.record()
+                end.synchronize()
+                ms.append(start.elapsed_time(end))
+            times[i] = sorted(ms)[1]
+        except Exception as e:  # noqa: BLE001 - Triton's compile/resource errors share no base class
+            errors.append(e)
+            warnings.warn(f"kernels: {algorithm} {options} failed for shape {key[:5]} and is skipped: {e!r}")
+    if not times:
+        raise errors[0]
+    choice = _MEASURED[key] = tuning_candidates(k)[min(times, key=times.get)]
+    return choice
 
 
 def triton_available(device: torch.device) -> bool:
@@ -156,14 +221,20 @@ def compute_checked(
     algorithm: str = "auto",
     bias: bool = False,
     bias_directions: Tensor | None = None,
+    tuning: dict | None = None,
 ) -> LinearGradStats:
     """linear_grad_stats after validation: x3/g3 (B, T, d), mask bool (B, T) or None, backend
-    resolved. The model-level hooks call this directly (their shapes come from the module)."""
+    resolved. The model-level hooks call this directly (their shapes come from the module).
+    tuning: launch options of the Triton kernels (ghost: splits; materialize: examples_per_load)."""
+    tuning = tuning or {}
     B, T, d_in = x3.shape
     d_out = g3.shape[2]
     k = 0 if directions is None else directions.shape[0]
     if algorithm == "auto":
-        algorithm = choose_algorithm(T, d_in, d_out, k)
+        if backend == "triton" and x3.is_cuda and AUTOTUNE:
+            algorithm, tuning = measured_algorithm(x3, g3, directions, mask)
+        else:
+            algorithm = choose_algorithm(T, d_in, d_out, k)
     if algorithm == "ghost" and k:
         algorithm = "ghost+gd"  # ghost alone gives no dots
 
@@ -177,13 +248,13 @@ def compute_checked(
     bias_sq = None
     if algorithm == "materialize":
         sq, dot = (
-            impl.materialize_stats(x3, g3, directions, mask)
+            impl.materialize_stats(x3, g3, directions, mask, tuning.get("examples_per_load"))
             if backend == "triton"
             else impl.materialize_stats(x3, g3, directions)
         )
     else:
         if backend == "triton":
-            sq, bias_sq = impl.ghost_sq_norm(x3, g3, mask, with_bias=bias)
+            sq, bias_sq = impl.ghost_sq_norm(x3, g3, mask, with_bias=bias, splits=tuning.get("splits"))
             dot = impl.gd_dots(x3, g3, directions, mask) if k else None
         else:
             sq = impl.ghost_sq_norm(x3, g3)

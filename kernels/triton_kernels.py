@@ -12,11 +12,11 @@ written to memory (outputs are (B,) and (B, k) fp32, accumulated with atomics):
                        G G^T entries, so it comes free. With one split and small tiles a single
                        fused kernel does everything.
   _materialize_kernel  program = (tiles of d_out x d_in, persistent: one program per SM walks
-                       over tiles; group of examples). For each example, forms the gradient tile
-                       G_i[rows, cols] = g_i[:, rows]^T x_i[:, cols] with tl.dot over tokens, then
-                       reduces sum(G^2) and sum(G * D_k) on chip. Two examples share each load of a
-                       direction tile, and the program's direction tiles stay in L1/L2 across the
-                       example loop.
+                       over tiles; group of examples). For EX examples at a time, forms the gradient
+                       tiles G_e[rows, cols] = g_e[:, rows]^T x_e[:, cols] with one batched tl.dot
+                       over tokens, then reduces sum(G^2) and sum(G * D_k) on chip: each direction
+                       tile is loaded once per EX examples, and the per-direction sums stay row
+                       sums in registers until one cross-warp reduction per tile and EX examples.
   _gd_kernel           program = (block of tokens, block of d_in, direction k). acc = g D_k (tl.dot
                        over d_out), then rows of acc . x give per-token <g_t, D_k x_t>, scattered
                        into their example with atomics. Best for short sequences (T ~ 1).
@@ -191,7 +191,7 @@ def _ghost_combine_kernel(
                   HAS_MASK, HAS_BIAS)
 
 
-def ghost_plan(B: int, T: int, d_in: int, d_out: int, sms: int) -> tuple[int, int, int]:
+def ghost_plan(B: int, T: int, d_in: int, d_out: int, sms: int, splits: int | None = None) -> tuple[int, int, int]:
     """(token tile BT, number of tile pairs, feature splits S) for the ghost kernels.
 
     Large layers: BT covers the whole sequence up to 128 tokens (one tile: each x/g element is
@@ -202,7 +202,8 @@ def ghost_plan(B: int, T: int, d_in: int, d_out: int, sms: int) -> tuple[int, in
     BT = min(128, max(16, triton.next_power_of_2(T)))
     n = triton.cdiv(T, BT)
     pairs = n * (n + 1) // 2
-    S = max(1, min(triton.cdiv(sms, B * pairs), (d_in + d_out) // 2048))
+    # at most one wave: a second, mostly empty wave costs as much as the first
+    S = splits or max(1, min(sms // (B * pairs), (d_in + d_out) // 2048))
     if S == 1 and BT > 64:
         BT = 64
         n = triton.cdiv(T, BT)
@@ -211,10 +212,10 @@ def ghost_plan(B: int, T: int, d_in: int, d_out: int, sms: int) -> tuple[int, in
 
 
 @functools.lru_cache(maxsize=1024)
-def _ghost_launch_plan(B: int, T: int, d_in: int, d_out: int, device: torch.device, sms: int):
+def _ghost_launch_plan(B: int, T: int, d_in: int, d_out: int, device: torch.device, sms: int, splits: int | None):
     """Everything about a ghost launch that depends only on the shape (cached: the model-level hooks
     call this once per layer per step, and host time per call matters there)."""
-    BT, n_pairs, S = ghost_plan(B, T, d_in, d_out, sms)
+    BT, n_pairs, S = ghost_plan(B, T, d_in, d_out, sms, splits)
     BK = 64 if device.type == "cuda" else 16
     fused = S == 1 and BT <= 64
     ch_in = triton.cdiv(triton.cdiv(d_in, S), BK) * BK
@@ -223,15 +224,17 @@ def _ghost_launch_plan(B: int, T: int, d_in: int, d_out: int, device: torch.devi
     return BT, n_pairs, S, BK, fused, ch_in, ch_out, pt, ps
 
 
-def ghost_sq_norm(x: Tensor, g: Tensor, mask: Tensor | None, with_bias: bool = False):
-    """x (B,T,d_in), g (B,T,d_out) -> (||G_i||^2 (B,), ||b_i||^2 (B,) or None)."""
+def ghost_sq_norm(x: Tensor, g: Tensor, mask: Tensor | None, with_bias: bool = False, splits: int | None = None):
+    """x (B,T,d_in), g (B,T,d_out) -> (||G_i||^2 (B,), ||b_i||^2 (B,) or None).
+
+    splits: how many programs share one example's features (None: ghost_plan decides)."""
     B, T, d_in = x.shape
     d_out = g.shape[2]
     out = torch.zeros(2 if with_bias else 1, B, dtype=torch.float32, device=x.device)
     out_w, out_b = out[0], out[-1]
     if B == 0 or T == 0:
         return out_w, (out_b if with_bias else None)
-    BT, n_pairs, S, BK, fused, ch_in, ch_out, pt, ps = _ghost_launch_plan(B, T, d_in, d_out, x.device, _device_sms(x))
+    BT, n_pairs, S, BK, fused, ch_in, ch_out, pt, ps = _ghost_launch_plan(B, T, d_in, d_out, x.device, _device_sms(x), splits)
     m, smb, smt = _mask_arg(mask, x)
     cx, cg = _compute_dtype(x), _compute_dtype(g)
     if fused:
@@ -259,21 +262,40 @@ def ghost_sq_norm(x: Tensor, g: Tensor, mask: Tensor | None, with_bias: bool = F
 # materialize on chip
 # ------------------------------------------------------------------------------------------------
 @triton.jit
-def _grad_tile(x_ptr, g_ptr, mask_ptr, i, rm, rn, vm, vn, T, sxb, sxt, sxd, sgb, sgt, sgd, smb, smt,
-               HAS_MASK: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BT: tl.constexpr,
-               PREC: tl.constexpr, CDT: tl.constexpr):
-    """G_i[rows, cols] = sum_t g_i[t, rows] x_i[t, cols] in fp32."""
-    acc = tl.zeros((BM, BN), dtype=tl.float32)
+def _grad_tiles(x_ptr, g_ptr, mask_ptr, ie, ve, rm, rn, vm, vn, T, sxb, sxt, sxd, sgb, sgt, sgd, smb, smt,
+                HAS_MASK: tl.constexpr, EX: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+                BT: tl.constexpr, PREC: tl.constexpr, CDT: tl.constexpr):
+    """G_e[rows, cols] = sum_t g_e[t, rows] x_e[t, cols] for EX examples at once: (EX, BM, BN) fp32.
+
+    One batched (3-D) tl.dot per token block; examples outside the batch (ve False) load zeros.
+    EX == 1 uses plain 2-D tiles and tl.dot (the batched form is younger in Triton's compiler)."""
+    if EX == 1:
+        i = tl.sum(ie, axis=0)  # the one example, as a scalar (always inside the batch when EX == 1)
+        acc2 = tl.zeros((BM, BN), dtype=tl.float32)
+        for t0 in range(0, T, BT):
+            rt = t0 + tl.arange(0, BT)
+            vt = rt < T
+            gmask = vm[:, None] & vt[None, :]
+            if HAS_MASK:
+                mt = tl.load(mask_ptr + i * smb + rt * smt, mask=vt, other=0)
+                gmask = gmask & (mt != 0)[None, :]
+            gt = tl.load(g_ptr + i * sgb + rt[None, :] * sgt + rm[:, None] * sgd, mask=gmask, other=0.0)
+            xt = tl.load(x_ptr + i * sxb + rt[:, None] * sxt + rn[None, :] * sxd,
+                         mask=vt[:, None] & vn[None, :], other=0.0)
+            acc2 = tl.dot(gt.to(CDT), xt.to(CDT), acc2, input_precision=PREC)
+        return acc2[None, :, :]
+    acc = tl.zeros((EX, BM, BN), dtype=tl.float32)
     for t0 in range(0, T, BT):
         rt = t0 + tl.arange(0, BT)
         vt = rt < T
-        gt = tl.load(g_ptr + i * sgb + rt[None, :] * sgt + rm[:, None] * sgd,
-                     mask=vm[:, None] & vt[None, :], other=0.0)  # (BM, BT) = g^T
+        gmask = ve[:, None, None] & vm[None, :, None] & vt[None, None, :]
         if HAS_MASK:
-            mt = tl.load(mask_ptr + i * smb + rt * smt, mask=vt, other=0) != 0
-            gt = tl.where(mt[None, :], gt, 0.0)
-        xt = tl.load(x_ptr + i * sxb + rt[:, None] * sxt + rn[None, :] * sxd,
-                     mask=vt[:, None] & vn[None, :], other=0.0)  # (BT, BN)
+            mt = tl.load(mask_ptr + ie[:, None] * smb + rt[None, :] * smt, mask=ve[:, None] & vt[None, :], other=0)
+            gmask = gmask & (mt != 0)[:, None, :]
+        gt = tl.load(g_ptr + ie[:, None, None] * sgb + rt[None, None, :] * sgt + rm[None, :, None] * sgd,
+                     mask=gmask, other=0.0)  # (EX, BM, BT) = g^T
+        xt = tl.load(x_ptr + ie[:, None, None] * sxb + rt[None, :, None] * sxt + rn[None, None, :] * sxd,
+                     mask=ve[:, None, None] & vt[None, :, None] & vn[None, None, :], other=0.0)  # (EX, BT, BN)
         acc = tl.dot(gt.to(CDT), xt.to(CDT), acc, input_precision=PREC)
     return acc
 
@@ -287,68 +309,75 @@ def _materialize_kernel(
     BM: tl.constexpr, BN: tl.constexpr, BT: tl.constexpr, PREC: tl.constexpr, CDT: tl.constexpr,
     EX: tl.constexpr,
 ):
-    # Persistent over tiles (grid dim 0 <= number of SMs): one program per SM keeps its direction
-    # tiles in L1 while it walks through the examples, EX examples per direction-tile load.
+    # Persistent over tiles of W (grid dim 0 <= number of SMs); grid dim 1 = groups of examples.
+    # For each tile the program walks its examples EX at a time: the EX gradient tiles are formed
+    # together (one batched tl.dot), and every direction tile is loaded once per EX examples.
+    #
+    # The reduction is the expensive part: a full reduction of a (BM, BN) tile to one number needs
+    # a cross-warp exchange through shared memory and barriers, and doing that once per (example,
+    # direction) made the first version of this kernel 30-60x slower than its roofline. Here each
+    # (example, direction) only reduces along the columns (within a warp: shuffles), the row sums
+    # are kept as a (EX, BM, KP) register tile, and ONE cross-warp reduction per (tile, EX
+    # examples) turns them into EX x K numbers, sent with one vector atomic.
     pid_grp = tl.program_id(1)
     n_col_tiles = tl.cdiv(D_IN, BN)
     kk = tl.arange(0, KP)
+    ee = tl.arange(0, EX)
     first = pid_grp * EX_PER_PROG
-    n_ex = tl.minimum(EX_PER_PROG, B - first)
+    last = tl.minimum(first + EX_PER_PROG, B)
     for tile in range(tl.program_id(0), N_TILES, tl.num_programs(0)):
         rm = (tile // n_col_tiles) * BM + tl.arange(0, BM)  # rows of W (d_out)
         rn = (tile % n_col_tiles) * BN + tl.arange(0, BN)  # columns of W (d_in)
         vm = rm < D_OUT
         vn = rn < D_IN
-        for e in range(0, n_ex, EX):
-            # EX (2 or 4) examples share every load of a direction tile; missing ones at the end of
-            # the group repeat example e and their outputs are masked off.
-            i0 = (first + e).to(tl.int64)
-            i1 = tl.where(e + 1 < n_ex, i0 + 1, i0)
-            acc0 = _grad_tile(x_ptr, g_ptr, mask_ptr, i0, rm, rn, vm, vn, T, sxb, sxt, sxd,
-                              sgb, sgt, sgd, smb, smt, HAS_MASK, BM, BN, BT, PREC, CDT)
-            acc1 = _grad_tile(x_ptr, g_ptr, mask_ptr, i1, rm, rn, vm, vn, T, sxb, sxt, sxd,
-                              sgb, sgt, sgd, smb, smt, HAS_MASK, BM, BN, BT, PREC, CDT)
-            tl.atomic_add(out_sq_ptr + i0, tl.sum(tl.sum(acc0 * acc0, axis=1), axis=0))
-            tl.atomic_add(out_sq_ptr + i1, tl.sum(tl.sum(acc1 * acc1, axis=1), axis=0), mask=e + 1 < n_ex)
-            if EX == 4:
-                i2 = tl.where(e + 2 < n_ex, i0 + 2, i0)
-                i3 = tl.where(e + 3 < n_ex, i0 + 3, i0)
-                acc2 = _grad_tile(x_ptr, g_ptr, mask_ptr, i2, rm, rn, vm, vn, T, sxb, sxt, sxd,
-                                  sgb, sgt, sgd, smb, smt, HAS_MASK, BM, BN, BT, PREC, CDT)
-                acc3 = _grad_tile(x_ptr, g_ptr, mask_ptr, i3, rm, rn, vm, vn, T, sxb, sxt, sxd,
-                                  sgb, sgt, sgd, smb, smt, HAS_MASK, BM, BN, BT, PREC, CDT)
-                tl.atomic_add(out_sq_ptr + i2, tl.sum(tl.sum(acc2 * acc2, axis=1), axis=0), mask=e + 2 < n_ex)
-                tl.atomic_add(out_sq_ptr + i3, tl.sum(tl.sum(acc3 * acc3, axis=1), axis=0), mask=e + 3 < n_ex)
+        for e0 in range(first, last, EX):
+            ie = (e0 + ee).to(tl.int64)
+            ve = ie < last
+            acc = _grad_tiles(x_ptr, g_ptr, mask_ptr, ie, ve, rm, rn, vm, vn, T, sxb, sxt, sxd,
+                              sgb, sgt, sgd, smb, smt, HAS_MASK, EX, BM, BN, BT, PREC, CDT)
+            tl.atomic_add(out_sq_ptr + ie, tl.sum(tl.sum(acc * acc, axis=2), axis=1), mask=ve)
             if HAS_DIR:
-                dots0 = tl.zeros((KP,), dtype=tl.float32)
-                dots1 = tl.zeros((KP,), dtype=tl.float32)
-                dots2 = tl.zeros((KP,), dtype=tl.float32)
-                dots3 = tl.zeros((KP,), dtype=tl.float32)
+                rows = tl.zeros((EX, BM, KP), dtype=tl.float32)
                 d_ptrs = dir_ptr + rm[:, None] * sdo + rn[None, :] * sdi
                 for j in tl.static_range(K):
                     # advance one direction at a time: j * sdk could overflow int32
                     d = tl.load(d_ptrs, mask=vm[:, None] & vn[None, :], other=0.0,
                                 eviction_policy="evict_last").to(tl.float32)
-                    dots0 = tl.where(kk == j, tl.sum(tl.sum(acc0 * d, axis=1), axis=0), dots0)
-                    dots1 = tl.where(kk == j, tl.sum(tl.sum(acc1 * d, axis=1), axis=0), dots1)
-                    if EX == 4:
-                        dots2 = tl.where(kk == j, tl.sum(tl.sum(acc2 * d, axis=1), axis=0), dots2)
-                        dots3 = tl.where(kk == j, tl.sum(tl.sum(acc3 * d, axis=1), axis=0), dots3)
+                    r = tl.sum(acc * d[None, :, :], axis=2)  # (EX, BM)
+                    rows += tl.where(kk[None, None, :] == j, r[:, :, None], 0.0)
                     d_ptrs += sdk
-                # (the validity masks are built as vectors: the interpreter wants block masks)
-                tl.atomic_add(out_dot_ptr + i0 * K + kk, dots0, mask=kk < K)
-                tl.atomic_add(out_dot_ptr + i1 * K + kk, dots1, mask=(kk < K) & ((kk * 0 + e + 1) < n_ex))
-                if EX == 4:
-                    tl.atomic_add(out_dot_ptr + i2 * K + kk, dots2, mask=(kk < K) & ((kk * 0 + e + 2) < n_ex))
-                    tl.atomic_add(out_dot_ptr + i3 * K + kk, dots3, mask=(kk < K) & ((kk * 0 + e + 3) < n_ex))
+                dots = tl.sum(rows, axis=1)  # (EX, KP)
+                tl.atomic_add(out_dot_ptr + ie[:, None] * K + kk[None, :], dots,
+                              mask=ve[:, None] & (kk[None, :] < K))
 
 
-# None: choose by k (benchmarks set 2 or 4 to compare).
+# None: choose from the shape (benchmarks set 1, 2 or 4 to compare).
 MATERIALIZE_EXAMPLES_PER_LOAD: int | None = None
 
 
-def materialize_stats(x: Tensor, g: Tensor, directions: Tensor | None, mask: Tensor | None):
-    """x (B,T,d_in), g (B,T,d_out), directions (k,d_out,d_in) -> (sq (B,), dots (B,k) or None)."""
+def materialize_plan(B: int, d_in: int, d_out: int, k: int, cuda: bool,
+                     examples_per_load: int | None = None) -> tuple[int, int, int, int, int]:
+    """(BM, BN, BT, EX, num_warps) of the materialize kernel.
+
+    Norm only, large layers: 128 x 128 gradient tiles, one example at a time (fewer re-reads of x and
+    g from L2: each tile re-reads an example's x and g, so the traffic is ~ (1/BM + 1/BN)).
+    With directions: 64 x 64 tiles and 4 examples per direction-tile load (EX (64 x 64) fp32
+    accumulators must stay in registers next to the direction tile and the row sums).
+    Interpreter: tiny tiles so that the CPU tests stay fast."""
+    if not cuda:
+        return 16, 16, 16, min(examples_per_load or MATERIALIZE_EXAMPLES_PER_LOAD or 2, triton.next_power_of_2(B)), 4
+    if k == 0 and min(d_in, d_out) >= 512 and not examples_per_load:
+        return 128, 128, 64, 1, 8
+    ex = examples_per_load or MATERIALIZE_EXAMPLES_PER_LOAD or (4 if k else 2)
+    ex = min(ex, triton.next_power_of_2(B))
+    return 64, 64, 32, ex, 8 if ex >= 4 else 4
+
+
+def materialize_stats(x: Tensor, g: Tensor, directions: Tensor | None, mask: Tensor | None,
+                      examples_per_load: int | None = None):
+    """x (B,T,d_in), g (B,T,d_out), directions (k,d_out,d_in) -> (sq (B,), dots (B,k) or None).
+
+    examples_per_load: examples formed together per direction-tile load (1, 2 or 4; None: the plan)."""
     B, T, d_in = x.shape
     d_out = g.shape[2]
     k = 0 if directions is None else directions.shape[0]
@@ -357,26 +386,19 @@ def materialize_stats(x: Tensor, g: Tensor, directions: Tensor | None, mask: Ten
     dots = out[B:].view(B, k) if k else None
     if B == 0 or T == 0:
         return sq, dots
-    # Norm only: 128 x 128 gradient tiles (fewer re-reads of x and g). With directions, 64 x 64 so
-    # that the k direction tiles a program revisits for every example (k * 8 KiB in bf16) can stay
-    # in L1/L2 instead of being re-read from memory per example.
-    big = min(d_in, d_out) >= 512 and x.is_cuda and k == 0
-    BM = BN = 128 if big else (64 if x.is_cuda else 16)
-    BT = 64 if x.is_cuda else 16
+    BM, BN, BT, ex, warps = materialize_plan(B, d_in, d_out, k, x.is_cuda, examples_per_load)
     if x.is_cuda:
         BT = min(BT, max(16, triton.next_power_of_2(T)))
     n_tiles = triton.cdiv(d_out, BM) * triton.cdiv(d_in, BN)
     # Split the examples into groups only when the tiles alone fill less than one wave of the SMs
     # (each group re-reads the direction tiles); otherwise one persistent program per SM.
     sms = _device_sms(x)
-    groups = max(1, min(B, triton.cdiv(sms, n_tiles)))
-    ex_per_prog = triton.cdiv(B, groups)
+    groups = max(1, min(triton.cdiv(B, ex), triton.cdiv(sms, n_tiles)))
+    ex_per_prog = triton.cdiv(triton.cdiv(B, groups), ex) * ex
     groups = triton.cdiv(B, ex_per_prog)
     grid0 = min(n_tiles, sms) if groups == 1 else n_tiles
     m, smb, smt = _mask_arg(mask, x)
     cdt = _compute_dtype(x, g)
-    # examples per direction-tile load: 4 when many directions make the reduction the bottleneck
-    ex = MATERIALIZE_EXAMPLES_PER_LOAD or (4 if k >= 8 and not big else 2)
     for k0 in range(0, max(k, 1), 16):  # at most 16 directions per launch (unrolled on chip)
         kc = min(16, k - k0) if k else 0
         if k0 > 0:  # later chunks only need the dots; the norm was accumulated by the first launch
@@ -395,7 +417,7 @@ def materialize_stats(x: Tensor, g: Tensor, directions: Tensor | None, mask: Ten
             Dc.stride(0) if kc else 0, Dc.stride(1) if kc else 0, Dc.stride(2) if kc else 0,
             K=max(kc, 1), KP=max(2, triton.next_power_of_2(max(kc, 1))), HAS_MASK=mask is not None,
             HAS_DIR=kc > 0, BM=BM, BN=BN, BT=BT, PREC=_precision(cdt), CDT=_TL_DTYPE[cdt], EX=ex,
-            num_warps=8 if big or ex == 4 else 4,
+            num_warps=warps,
         )
         if kc and k > 16:
             dots[:, k0:k0 + kc] = dot_target

@@ -31,3 +31,30 @@ def test_bench_kernels_smoke(tmp_path):
         assert float(r["speedup_vs_best_pytorch"]) > 0
     meta = json.loads(out.with_suffix(".json").read_text())
     assert meta["copy_bandwidth_GBps"] > 0 and meta["matmul_TFLOPs"] > 0 and meta["config"]["k"] == 2
+
+
+def test_bench_kernels_triton_rows_in_interpreter(tmp_path):
+    """The Triton rows (auto and every tuning candidate) on one tiny shape in the interpreter."""
+    from sublim.kernels.linear_stats import triton_available
+
+    if not triton_available(torch.device("cpu")):
+        import pytest
+
+        pytest.skip("needs TRITON_INTERPRET=1")
+    spec = importlib.util.spec_from_file_location("bench_kernels_i", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench
+    spec.loader.exec_module(bench)
+    out = tmp_path / "kernels.csv"
+    threads = torch.get_num_threads()
+    try:
+        assert bench.main(["--triton-interpret", "--no-model", "--reps", "1", "--warmup", "0", "--k", "2",
+                           "--out", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    rows = list(csv.DictReader(out.open()))
+    triton_rows = [r for r in rows if r["kind"] == "kernel"]
+    # per stat: auto + ghost x 5 splits + materialize (norm); auto + ghost+gd + materialize x 3 (dots)
+    assert len(triton_rows) == 7 + 5 + 5
+    for r in rows:
+        assert r["status"] == "ok" and r["correct"] == "True", r

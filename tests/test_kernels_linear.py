@@ -182,9 +182,9 @@ def test_triton_many_directions_and_strides():
 
 @pytest.mark.interpreter
 @needs_triton
-@pytest.mark.parametrize("examples_per_load", [2, 4])
+@pytest.mark.parametrize("examples_per_load", [1, 2, 4])
 def test_triton_materialize_example_blocking(monkeypatch, examples_per_load):
-    """7 examples in blocks of 2 or 4 (the last block partial), with and without example groups."""
+    """7 examples in blocks of 1, 2 or 4 (the last block partial), with and without example groups."""
     from sublim.kernels import triton_kernels as tk
 
     monkeypatch.setattr(tk, "MATERIALIZE_EXAMPLES_PER_LOAD", examples_per_load)
@@ -193,6 +193,20 @@ def test_triton_materialize_example_blocking(monkeypatch, examples_per_load):
         monkeypatch.setattr(tk, "_device_sms", lambda t, sms=sms: sms)
         s = linear_grad_stats(x, g, D, mask=mask, backend="triton", algorithm="materialize")
         assert_close_stats(s, x, g, D, None, mask, bias=False)
+
+
+@pytest.mark.interpreter
+@needs_triton
+@pytest.mark.parametrize("k", [0, 3])
+def test_triton_every_tuning_candidate(k):
+    """Each (algorithm, launch options) the CUDA auto-tuner may pick gives the reference's numbers."""
+    from sublim.kernels.linear_stats import compute_checked, tuning_candidates
+
+    x, g, D, _, mask = make_inputs(5, 6, 9, 7, k, torch.float32, device=DEVICE)
+    for algorithm, options in tuning_candidates(k):
+        for m in (None, mask):
+            s = compute_checked(x, g, D, m, "triton", algorithm, tuning=options)
+            assert_close_stats(s, x, g, D, None, m, bias=False)
 
 
 @pytest.mark.interpreter
@@ -229,6 +243,22 @@ def test_triton_ghost_split_and_tiles(monkeypatch):
 
 
 # ---- GPU (native bf16 tensor-core path, bigger odd shapes) --------------------------------------
+@pytest.mark.gpu
+def test_auto_tuning_gpu():
+    """algorithm="auto" on CUDA times the candidates once per shape, caches the pick, and the pick's
+    numbers match the reference (with directions and with a mask)."""
+    from sublim.kernels import linear_stats
+
+    x, g, D, _, mask = make_inputs(6, 50, 300, 200, 4, torch.bfloat16, device="cuda")
+    for Dk, m in ((None, None), (D, mask)):
+        s = linear_grad_stats(x, g, Dk, mask=m, backend="triton")
+        picked = linear_stats.tuned_choice(x, g, Dk, m)
+        assert picked in linear_stats.tuning_candidates(0 if Dk is None else Dk.shape[0])
+        assert s.algorithm == picked[0]
+        assert_close_stats(s, x, g, Dk, None, m, bias=False)
+
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize(
