@@ -46,6 +46,7 @@ class Config:
     model: bool = True
     model_batch: int = 32
     model_seq: int = 128
+    profile_model: bool = False
     out: str = ""
 
 
@@ -349,6 +350,8 @@ def bench_model(cfg, device, use_triton):
             rows.append(dict(shape=f"SmolLM2-135M model B={B} T={T}", B=B, T=T, stat=label, method=f"stats {backend}",
                              kind="model", median_ms=t, peak_extra_mib=m, overhead=t / t_plain - 1,
                              hook_host_ms=hook_ms, status="ok"))
+    if cfg.profile_model:
+        _profile_model(plain, model, dirs, names, "triton" if use_triton else "torch", device, cfg)
     if use_triton:  # the two backends must agree (fp32 accumulation both)
         for label in ("norm", "norm+dot k=1"):
             a, b = results[("torch", label)], results[("triton", label)]
@@ -365,6 +368,35 @@ def bench_model(cfg, device, use_triton):
     return rows
 
 
+def _profile_model(plain, model, dirs, names, backend, device, cfg):
+    """torch.profiler tables of one plain step and one step with norms + 1 direction: where the
+    model-level overhead goes (host vs device, which kernels). Written next to the CSV."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    parts = []
+    st = PerExampleGradStats(model, dirs, param_names=names, backend=backend)
+    for label, ctx in (("plain fwd+bwd", None), ("fwd+bwd with norm+dot k=1", st)):
+        def step():
+            if ctx is None:
+                plain()
+            else:
+                with ctx:
+                    plain()
+                    ctx.result()
+        step()  # warm (compiles, tunes)
+        sync(device)
+        with profile(activities=acts) as prof:
+            step()
+            sync(device)
+        for key in (sort, "cpu_time_total"):
+            parts.append(f"==== {label}, sorted by {key} ====\n" + prof.key_averages().table(sort_by=key, row_limit=25))
+    path = Path(cfg.out).with_suffix(".profile.txt")
+    atomic_write_text(path, "\n\n".join(parts))
+    print(f"  wrote {path}", flush=True)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--warmup", type=int, default=Config.warmup)
@@ -372,12 +404,16 @@ def main(argv=None):
     p.add_argument("--k", type=int, default=Config.k)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--no-model", dest="model", action="store_false")
+    p.add_argument("--shapes", default="", help="comma-separated substrings: only shapes whose name contains one")
+    p.add_argument("--profile-model", action="store_true",
+                   help="also write torch.profiler tables of one model step (plain / with statistics)")
     p.add_argument("--triton-interpret", action="store_true",
                    help="CPU only: also run the Triton rows in Triton's interpreter (TRITON_INTERPRET=1 must be "
                         "set before triton is imported) on one tiny shape; a smoke test, not a measurement")
     p.add_argument("--out", default="", help="CSV path (default benchmarks/results/kernels_<device>.csv)")
     args = p.parse_args(argv)
-    cfg = Config(warmup=args.warmup, reps=args.reps, k=args.k, quick=args.quick, model=args.model, out=args.out)
+    cfg = Config(warmup=args.warmup, reps=args.reps, k=args.k, quick=args.quick, model=args.model,
+                 profile_model=args.profile_model, out=args.out)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     use_triton = device.type == "cuda" or args.triton_interpret
@@ -391,6 +427,7 @@ def main(argv=None):
     dev_name = torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu"
     slug = re.sub(r"[^A-Za-z0-9]+", "_", dev_name).strip("_").lower()
     out = Path(cfg.out) if cfg.out else RESULTS / f"kernels_{slug}.csv"
+    cfg.out = str(out)  # resolved, so that config.json and the profile name the real file
 
     t_start = time.time()
     bandwidth, rate = measure_ceilings(device, cfg.quick)
@@ -400,6 +437,9 @@ def main(argv=None):
         shapes = gpu_shapes(cfg.quick)
     else:
         shapes = interpreter_shapes() if use_triton else cpu_shapes(cfg.quick)
+    if args.shapes:
+        wanted = [w.strip() for w in args.shapes.split(",") if w.strip()]
+        shapes = [sh for sh in shapes if any(w in sh[0] for w in wanted)]
     for name, B, T, d_in, d_out in shapes:
         print(f"{name}: B={B} T={T} d_in={d_in} d_out={d_out}", flush=True)
         rows += bench_shape(name, B, T, d_in, d_out, cfg, device, bandwidth, rate, use_triton)

@@ -69,7 +69,9 @@ def tuning_candidates(k: int) -> list[tuple[str, dict]]:
     """(algorithm, launch options) pairs that auto-tuning times on CUDA."""
     if k == 0:
         return [("ghost", {"splits": s}) for s in GHOST_SPLIT_CANDIDATES] + [("materialize", {})]
-    return [("ghost+gd", {})] + [("materialize", {"examples_per_load": e}) for e in MATERIALIZE_EX_CANDIDATES]
+    return ([("ghost+gd", {}), ("ghost+gd", {"gd_large_tiles": True})]
+            + [("materialize", {"examples_per_load": e}) for e in MATERIALIZE_EX_CANDIDATES]
+            + [("materialize", {"tile": 128})])
 
 
 def _tuning_key(x3: Tensor, g3: Tensor, directions: Tensor | None, mask: Tensor | None) -> tuple:
@@ -248,14 +250,14 @@ def compute_checked(
     bias_sq = None
     if algorithm == "materialize":
         sq, dot = (
-            impl.materialize_stats(x3, g3, directions, mask, tuning.get("examples_per_load"))
+            impl.materialize_stats(x3, g3, directions, mask, tuning.get("examples_per_load"), tuning.get("tile"))
             if backend == "triton"
             else impl.materialize_stats(x3, g3, directions)
         )
     else:
         if backend == "triton":
             sq, bias_sq = impl.ghost_sq_norm(x3, g3, mask, with_bias=bias, splits=tuning.get("splits"))
-            dot = impl.gd_dots(x3, g3, directions, mask) if k else None
+            dot = impl.gd_dots(x3, g3, directions, mask, tuning.get("gd_large_tiles", False)) if k else None
         else:
             sq = impl.ghost_sq_norm(x3, g3)
             dot = impl.gd_dots(x3, g3, directions) if k else None

@@ -356,7 +356,7 @@ MATERIALIZE_EXAMPLES_PER_LOAD: int | None = None
 
 
 def materialize_plan(B: int, d_in: int, d_out: int, k: int, cuda: bool,
-                     examples_per_load: int | None = None) -> tuple[int, int, int, int, int]:
+                     examples_per_load: int | None = None, tile: int | None = None) -> tuple[int, int, int, int, int]:
     """(BM, BN, BT, EX, num_warps) of the materialize kernel.
 
     Norm only, large layers: 128 x 128 gradient tiles, one example at a time (fewer re-reads of x and
@@ -364,20 +364,24 @@ def materialize_plan(B: int, d_in: int, d_out: int, k: int, cuda: bool,
     With directions: 64 x 64 tiles and 4 examples per direction-tile load (EX (64 x 64) fp32
     accumulators must stay in registers next to the direction tile and the row sums).
     Interpreter: tiny tiles so that the CPU tests stay fast."""
-    if not cuda:
+    if not cuda:  # (a requested tile size is honoured, so the interpreter tests cover that plan too)
+        if tile:
+            return tile, tile, 16, 1, 4
         return 16, 16, 16, min(examples_per_load or MATERIALIZE_EXAMPLES_PER_LOAD or 2, triton.next_power_of_2(B)), 4
-    if k == 0 and min(d_in, d_out) >= 512 and not examples_per_load:
-        return 128, 128, 64, 1, 8
+    if tile == 128 or (k == 0 and min(d_in, d_out) >= 512 and not examples_per_load and not tile):
+        return 128, 128, 64 if k == 0 else 32, 1, 8
     ex = examples_per_load or MATERIALIZE_EXAMPLES_PER_LOAD or (4 if k else 2)
     ex = min(ex, triton.next_power_of_2(B))
     return 64, 64, 32, ex, 8 if ex >= 4 else 4
 
 
 def materialize_stats(x: Tensor, g: Tensor, directions: Tensor | None, mask: Tensor | None,
-                      examples_per_load: int | None = None):
+                      examples_per_load: int | None = None, tile: int | None = None):
     """x (B,T,d_in), g (B,T,d_out), directions (k,d_out,d_in) -> (sq (B,), dots (B,k) or None).
 
-    examples_per_load: examples formed together per direction-tile load (1, 2 or 4; None: the plan)."""
+    examples_per_load: examples formed together per direction-tile load (1, 2 or 4; None: the plan).
+    tile: 128 for 128 x 128 gradient tiles, one example at a time (half the x/g re-reads of 64 x 64,
+    more registers); None: the plan."""
     B, T, d_in = x.shape
     d_out = g.shape[2]
     k = 0 if directions is None else directions.shape[0]
@@ -386,7 +390,7 @@ def materialize_stats(x: Tensor, g: Tensor, directions: Tensor | None, mask: Ten
     dots = out[B:].view(B, k) if k else None
     if B == 0 or T == 0:
         return sq, dots
-    BM, BN, BT, ex, warps = materialize_plan(B, d_in, d_out, k, x.is_cuda, examples_per_load)
+    BM, BN, BT, ex, warps = materialize_plan(B, d_in, d_out, k, x.is_cuda, examples_per_load, tile)
     if x.is_cuda:
         BT = min(BT, max(16, triton.next_power_of_2(T)))
     n_tiles = triton.cdiv(d_out, BM) * triton.cdiv(d_in, BN)
@@ -460,8 +464,11 @@ def _gd_kernel(
     tl.atomic_add(out_ptr + b * K + j, row, mask=vr)
 
 
-def gd_dots(x: Tensor, g: Tensor, directions: Tensor, mask: Tensor | None) -> Tensor:
-    """<G_i, D_k> = sum_t (g_t^T D_k) . x_t  ->  (B, k) fp32."""
+def gd_dots(x: Tensor, g: Tensor, directions: Tensor, mask: Tensor | None, large_tiles: bool = False) -> Tensor:
+    """<G_i, D_k> = sum_t (g_t^T D_k) . x_t  ->  (B, k) fp32.
+
+    large_tiles: 128 x 128 output tiles with 8 warps (a GEMM-like plan for many tokens) instead of
+    64 x 128 with 4."""
     B, T, d_in = x.shape
     d_out = g.shape[2]
     k = directions.shape[0]
@@ -469,7 +476,12 @@ def gd_dots(x: Tensor, g: Tensor, directions: Tensor, mask: Tensor | None) -> Te
     N = B * T
     if N == 0:
         return out
-    BR, BN, BO = (64, 128, 64) if x.is_cuda else (16, 16, 16)
+    if not x.is_cuda and not large_tiles:
+        BR, BN, BO, warps = 16, 16, 16, 4
+    elif large_tiles:
+        BR, BN, BO, warps = 128, 128, 64, 8
+    else:
+        BR, BN, BO, warps = 64, 128, 64, 4
     m, smb, smt = _mask_arg(mask, x)
     cdt = _compute_dtype(x, g, directions)
     grid = (triton.cdiv(N, BR), triton.cdiv(d_in, BN), k)
@@ -479,6 +491,6 @@ def gd_dots(x: Tensor, g: Tensor, directions: Tensor, mask: Tensor | None) -> Te
         x.stride(0), x.stride(1), x.stride(2), g.stride(0), g.stride(1), g.stride(2), smb, smt,
         directions.stride(0), directions.stride(1), directions.stride(2),
         HAS_MASK=mask is not None, BR=BR, BN=BN, BO=BO, PREC=_precision(cdt), CDT=_TL_DTYPE[cdt],
-        num_warps=4,
+        num_warps=warps,
     )
     return out

@@ -244,6 +244,19 @@ def test_triton_ghost_split_and_tiles(monkeypatch):
 
 # ---- GPU (native bf16 tensor-core path, bigger odd shapes) --------------------------------------
 @pytest.mark.gpu
+@pytest.mark.parametrize("k", [0, 5])
+def test_every_tuning_candidate_gpu(k):
+    """Every plan the auto-tuner may pick, at a shape with several tiles of every size, with a mask."""
+    from sublim.kernels.linear_stats import compute_checked, tuning_candidates
+
+    x, g, D, _, mask = make_inputs(7, 70, 300, 260, k, torch.bfloat16, device="cuda")
+    for algorithm, options in tuning_candidates(k):
+        for m in (None, mask):
+            s = compute_checked(x, g, D, m, "triton", algorithm, tuning=options)
+            assert_close_stats(s, x, g, D, None, m, bias=False)
+
+
+@pytest.mark.gpu
 def test_auto_tuning_gpu():
     """algorithm="auto" on CUDA times the candidates once per shape, caches the pick, and the pick's
     numbers match the reference (with directions and with a mask)."""
