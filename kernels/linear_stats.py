@@ -69,9 +69,9 @@ def tuning_candidates(k: int) -> list[tuple[str, dict]]:
     """(algorithm, launch options) pairs that auto-tuning times on CUDA."""
     if k == 0:
         return [("ghost", {"splits": s}) for s in GHOST_SPLIT_CANDIDATES] + [("materialize", {})]
+    # (materialize with 128 x 128 tiles is a norm-only plan: with directions its sm_90 build spills)
     return ([("ghost+gd", {}), ("ghost+gd", {"gd_large_tiles": True})]
-            + [("materialize", {"examples_per_load": e}) for e in MATERIALIZE_EX_CANDIDATES]
-            + [("materialize", {"tile": 128})])
+            + [("materialize", {"examples_per_load": e}) for e in MATERIALIZE_EX_CANDIDATES])
 
 
 def _tuning_key(x3: Tensor, g3: Tensor, directions: Tensor | None, mask: Tensor | None) -> tuple:
@@ -224,10 +224,15 @@ def compute_checked(
     bias: bool = False,
     bias_directions: Tensor | None = None,
     tuning: dict | None = None,
+    out_sq: Tensor | None = None,
+    out_dot: Tensor | None = None,
 ) -> LinearGradStats:
     """linear_grad_stats after validation: x3/g3 (B, T, d), mask bool (B, T) or None, backend
     resolved. The model-level hooks call this directly (their shapes come from the module).
-    tuning: launch options of the Triton kernels (ghost: splits; materialize: examples_per_load)."""
+    tuning: launch options of the Triton kernels (ghost: splits; materialize: examples_per_load).
+    out_sq (B,) / out_dot (B, k): optional contiguous float32 accumulators the weight statistics are
+    ADDED to (the model-level hooks pass rows of one zeroed per-step buffer: one memset per step
+    instead of one or two per layer); the returned tensors are then these accumulators."""
     tuning = tuning or {}
     B, T, d_in = x3.shape
     d_out = g3.shape[2]
@@ -250,17 +255,24 @@ def compute_checked(
     bias_sq = None
     if algorithm == "materialize":
         sq, dot = (
-            impl.materialize_stats(x3, g3, directions, mask, tuning.get("examples_per_load"), tuning.get("tile"))
+            impl.materialize_stats(x3, g3, directions, mask, tuning.get("examples_per_load"), tuning.get("tile"),
+                                   out_sq=out_sq, out_dot=out_dot if k else None)
             if backend == "triton"
             else impl.materialize_stats(x3, g3, directions)
         )
     else:
         if backend == "triton":
-            sq, bias_sq = impl.ghost_sq_norm(x3, g3, mask, with_bias=bias, splits=tuning.get("splits"))
-            dot = impl.gd_dots(x3, g3, directions, mask, tuning.get("gd_large_tiles", False)) if k else None
+            sq, bias_sq = impl.ghost_sq_norm(x3, g3, mask, with_bias=bias, splits=tuning.get("splits"), out=out_sq)
+            dot = (impl.gd_dots(x3, g3, directions, mask, tuning.get("gd_large_tiles", False),
+                                out=out_dot if k else None) if k else None)
         else:
             sq = impl.ghost_sq_norm(x3, g3)
             dot = impl.gd_dots(x3, g3, directions) if k else None
+    if backend == "torch":  # same contract as the kernels: add into the given accumulators
+        if out_sq is not None:
+            sq = out_sq.add_(sq)
+        if out_dot is not None and dot is not None:
+            dot = out_dot.add_(dot)
     bias_dot = None
     if bias:
         gb = g3 if mask is None or backend == "torch" else g3 * mask[:, :, None].to(g3.dtype)

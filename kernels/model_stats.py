@@ -63,6 +63,7 @@ class _Tracked:
     role: str  # "weight" or "bias"
     directions: Tensor | None = None
     uses: list = field(default_factory=list)
+    index: int = 0  # row of the per-step result buffers
 
 
 def _supported(module: nn.Module, role: str) -> str | None:
@@ -141,7 +142,7 @@ class PerExampleGradStats:
                     raise SublimError(f"parameter {n!r} (in module {mname!r}): {why}")
             if len(roles) != 1:
                 raise SublimError(f"parameter {n!r} is used as {sorted(roles)} in different modules")
-            t = _Tracked(n, p, roles.pop())
+            t = _Tracked(n, p, roles.pop(), index=len(self._tracked))
             self._tracked[id(p)] = t
             for mname, mod, role in mods:
                 entry = self._modules.setdefault(id(mod), (mname, mod, []))
@@ -189,8 +190,11 @@ class PerExampleGradStats:
         # host (Python) time spent in this object's hooks since the step began: tells whether the
         # statistics' overhead is launch/Python-bound or device-bound
         self.hook_host_seconds = 0.0
-        self._sq: dict[str, Tensor] = {}
-        self._dot: dict[str, Tensor] = {}
+        # One zeroed buffer per step for all parameters' statistics (rows = parameters): the kernels
+        # add into their row, so a step costs one memset instead of one or two per layer.
+        self._sq_buf: Tensor | None = None  # (n_params, B)
+        self._dot_buf: Tensor | None = None  # (n_params, B, k)
+        self._done: set[str] = set()
         self._batch: int | None = None
         self._device = None
         self._backward_seen = False
@@ -221,6 +225,10 @@ class PerExampleGradStats:
             batch = inp.shape[0] if inp.dim() > 0 else 1
             if self._batch is None:
                 self._batch, self._device = batch, output.device
+                self._sq_buf = torch.zeros(len(self._tracked), batch, dtype=torch.float32, device=output.device)
+                if self.k:
+                    self._dot_buf = torch.zeros(len(self._tracked), batch, self.k, dtype=torch.float32,
+                                                device=output.device)
             elif batch != self._batch and self._error is None:
                 self._error = (
                     f"module {mname!r} saw batch size {batch} but an earlier module saw {self._batch}; "
@@ -242,8 +250,9 @@ class PerExampleGradStats:
             t0 = time.perf_counter()
             self._backward_seen = True
             try:
-                with torch.no_grad():
-                    self._compute(t)
+                if self._error is None:  # after an error (e.g. a batch mismatch) the buffers may not fit
+                    with torch.no_grad():
+                        self._compute(t)
             except SublimError as e:
                 if self._error is None:
                     self._error = str(e)
@@ -254,7 +263,7 @@ class PerExampleGradStats:
 
     # -- statistics -----------------------------------------------------------------------------
     def _compute(self, t: _Tracked) -> None:
-        if t.name in self._sq:
+        if t.name in self._done:
             raise SublimError(
                 f"{t.name!r} received a second gradient before result(); use one backward per result"
             )
@@ -264,10 +273,13 @@ class PerExampleGradStats:
                 f"parameter {t.name!r} received a gradient but none of its modules' forward ran with "
                 "autograd (is it used functionally, e.g. F.linear(x, module.weight)?)"
             )
+        self._done.add(t.name)
         B = self._batch
         lin = [u for u in uses if u.kind == "linear"]
         emb = [u for u in uses if u.kind == "embedding"]
         D = t.directions
+        sq = self._sq_buf[t.index]  # this parameter's rows of the step's buffers (zeros until now)
+        dot = self._dot_buf[t.index] if D is not None else None
         if t.role == "weight" and len(lin) == 1 and not emb:
             # the common case (one nn.Linear call per step): no accumulation buffers, no re-checks
             x, g = _autocast_input(lin[0].inp, lin[0].g), lin[0].g
@@ -275,13 +287,8 @@ class PerExampleGradStats:
             g = g.reshape(B, -1, g.shape[-1])
             if x.shape[1] != g.shape[1]:
                 raise SublimError(f"module {lin[0].module_name!r}: input and output token counts differ")
-            s = compute_checked(x, g, D, None, self._backend_for(t, x, g))
-            self._sq[t.name] = s.sq_norm
-            if D is not None:
-                self._dot[t.name] = s.dot
+            compute_checked(x, g, D, None, self._backend_for(t, x, g), out_sq=sq, out_dot=dot)
             return
-        sq = torch.zeros(B, dtype=torch.float32, device=self._device)
-        dot = torch.zeros(B, self.k, dtype=torch.float32, device=self._device) if D is not None else None
 
         if t.role == "bias":
             g = torch.cat([u.g.reshape(B, -1, u.g.shape[-1]) for u in lin], dim=1)
@@ -294,10 +301,7 @@ class PerExampleGradStats:
             if lin:
                 x = _cat_tokens([_autocast_input(u.inp, u.g) for u in lin], B)
                 g = _cat_tokens([u.g for u in lin], B)
-                s = compute_checked(x, g, D, None, self._backend_for(t, x, g))
-                sq += s.sq_norm
-                if dot is not None:
-                    dot += s.dot
+                compute_checked(x, g, D, None, self._backend_for(t, x, g), out_sq=sq, out_dot=dot)
             if emb:
                 idx = torch.cat([u.inp.reshape(B, -1) for u in emb], dim=1)
                 e = torch.cat([_zero_padding(u, B) for u in emb], dim=1)
@@ -307,9 +311,6 @@ class PerExampleGradStats:
                     dot += e_dot
                 if lin:
                     sq += 2.0 * torch_backend.embedding_linear_cross(idx, e, x, g)
-        self._sq[t.name] = sq
-        if dot is not None:
-            self._dot[t.name] = dot
 
     def _backend_for(self, t: _Tracked, x: Tensor, g: Tensor) -> str:
         """Resolve "auto"/"triton" once per (parameter, dtypes, device): checks are not free."""
@@ -328,17 +329,16 @@ class PerExampleGradStats:
         if not self._backward_seen:
             raise SublimError("no gradient reached a tracked parameter: run backward inside the `with` block")
         B, dev = self._batch, self._device
-        sq, dot = {}, {}
-        for t in self._tracked.values():
-            sq[t.name] = self._sq.get(t.name, torch.zeros(B, dtype=torch.float32, device=dev))
-            if t.directions is not None:
-                dot[t.name] = self._dot.get(t.name, torch.zeros(B, self.k, dtype=torch.float32, device=dev))
-        total_sq = torch.stack(list(sq.values())).sum(0)
-        total_dot = (
-            torch.stack(list(dot.values())).sum(0)
-            if dot
-            else torch.zeros(B, self.k, dtype=torch.float32, device=dev)
-        )
+        # rows of parameters that got no gradient this step are still zero
+        sq = {t.name: self._sq_buf[t.index] for t in self._tracked.values()}
+        dot = {t.name: self._dot_buf[t.index] for t in self._tracked.values() if t.directions is not None}
+        total_sq = self._sq_buf.sum(0)
+        if dot:
+            with_dirs = [t.index for t in self._tracked.values() if t.directions is not None]
+            rows = self._dot_buf if len(with_dirs) == len(self._tracked) else self._dot_buf[with_dirs]
+            total_dot = rows.sum(0)
+        else:
+            total_dot = torch.zeros(B, self.k, dtype=torch.float32, device=dev)
         return GradStatsResult(sq, dot, total_sq, total_dot)
 
 

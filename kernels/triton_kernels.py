@@ -224,21 +224,38 @@ def _ghost_launch_plan(B: int, T: int, d_in: int, d_out: int, device: torch.devi
     return BT, n_pairs, S, BK, fused, ch_in, ch_out, pt, ps
 
 
-def ghost_sq_norm(x: Tensor, g: Tensor, mask: Tensor | None, with_bias: bool = False, splits: int | None = None):
+def _accumulator(out: Tensor | None, shape: tuple, x: Tensor) -> Tensor:
+    """The kernels ADD into their outputs (atomics): a given `out` must be zeroed (or hold a sum to
+    add to), contiguous float32 of the right shape; else a fresh zero tensor."""
+    if out is None:
+        return torch.zeros(shape, dtype=torch.float32, device=x.device)
+    if out.shape != shape or out.dtype != torch.float32 or not out.is_contiguous() or out.device != x.device:
+        raise ValueError(f"out must be a contiguous float32 tensor of shape {shape} on {x.device}, "
+                         f"got {out.dtype} {tuple(out.shape)} on {out.device}")
+    return out
+
+
+def ghost_sq_norm(x: Tensor, g: Tensor, mask: Tensor | None, with_bias: bool = False, splits: int | None = None,
+                  out: Tensor | None = None):
     """x (B,T,d_in), g (B,T,d_out) -> (||G_i||^2 (B,), ||b_i||^2 (B,) or None).
 
-    splits: how many programs share one example's features (None: ghost_plan decides)."""
+    splits: how many programs share one example's features (None: ghost_plan decides).
+    out: optional (B,) float32 accumulator for ||G_i||^2 (added to; see _accumulator)."""
     B, T, d_in = x.shape
     d_out = g.shape[2]
-    out = torch.zeros(2 if with_bias else 1, B, dtype=torch.float32, device=x.device)
-    out_w, out_b = out[0], out[-1]
+    if out is None:  # weight and bias in one memset
+        out = torch.zeros(2 if with_bias else 1, B, dtype=torch.float32, device=x.device)
+        out_w, out_b = out[0], out[-1]
+    else:
+        out_w = _accumulator(out, (B,), x)
+        out_b = torch.zeros(B, dtype=torch.float32, device=x.device) if with_bias else out_w
     if B == 0 or T == 0:
         return out_w, (out_b if with_bias else None)
     BT, n_pairs, S, BK, fused, ch_in, ch_out, pt, ps = _ghost_launch_plan(B, T, d_in, d_out, x.device, _device_sms(x), splits)
     m, smb, smt = _mask_arg(mask, x)
     cx, cg = _compute_dtype(x), _compute_dtype(g)
     if fused:
-        px = pg = out
+        px = pg = out_w  # unused pointers in the fused kernel
     else:  # every element is written by phase 1, so no zero-fill
         part = torch.empty(2, S * B * n_pairs * BT * BT, dtype=torch.float32, device=x.device)
         px, pg = part[0], part[1]
@@ -309,7 +326,8 @@ def _materialize_kernel(
     BM: tl.constexpr, BN: tl.constexpr, BT: tl.constexpr, PREC: tl.constexpr, CDT: tl.constexpr,
     EX: tl.constexpr,
 ):
-    # Persistent over tiles of W (grid dim 0 <= number of SMs); grid dim 1 = groups of examples.
+    # Programs over tiles of W (grid dim 0; a program loops if there are fewer programs than
+    # tiles); grid dim 1 = groups of examples, used when the tiles alone do not fill the GPU.
     # For each tile the program walks its examples EX at a time: the EX gradient tiles are formed
     # together (one batched tl.dot), and every direction tile is loaded once per EX examples.
     #
@@ -338,14 +356,17 @@ def _materialize_kernel(
             tl.atomic_add(out_sq_ptr + ie, tl.sum(tl.sum(acc * acc, axis=2), axis=1), mask=ve)
             if HAS_DIR:
                 rows = tl.zeros((EX, BM, KP), dtype=tl.float32)
-                d_ptrs = dir_ptr + rm[:, None] * sdo + rn[None, :] * sdi
-                for j in tl.static_range(K):
-                    # advance one direction at a time: j * sdk could overflow int32
-                    d = tl.load(d_ptrs, mask=vm[:, None] & vn[None, :], other=0.0,
-                                eviction_policy="evict_last").to(tl.float32)
+                d_offs = rm[:, None] * sdo + rn[None, :] * sdi
+                d_valid = vm[:, None] & vn[None, :]
+                # a loop, not unrolled: unrolling hoists all K direction-tile loads and spills registers.
+                # Only a scalar base pointer is carried (advanced by sdk: j * sdk can pass 2^31), not a
+                # tile of pointers, which would pin a layout and a register per element.
+                d_base = dir_ptr
+                for j in range(K):
+                    d = tl.load(d_base + d_offs, mask=d_valid, other=0.0, eviction_policy="evict_last").to(tl.float32)
                     r = tl.sum(acc * d[None, :, :], axis=2)  # (EX, BM)
                     rows += tl.where(kk[None, None, :] == j, r[:, :, None], 0.0)
-                    d_ptrs += sdk
+                    d_base += sdk
                 dots = tl.sum(rows, axis=1)  # (EX, KP)
                 tl.atomic_add(out_dot_ptr + ie[:, None] * K + kk[None, :], dots,
                               mask=ve[:, None] & (kk[None, :] < K))
@@ -372,22 +393,29 @@ def materialize_plan(B: int, d_in: int, d_out: int, k: int, cuda: bool,
         return 128, 128, 64 if k == 0 else 32, 1, 8
     ex = examples_per_load or MATERIALIZE_EXAMPLES_PER_LOAD or (4 if k else 2)
     ex = min(ex, triton.next_power_of_2(B))
-    return 64, 64, 32, ex, 8 if ex >= 4 else 4
+    # warps: the smallest count whose sm_90 build does not spill registers (benchmarks/compile_report.py)
+    return 64, 64, 32, ex, 8 if ex >= 2 else 4
 
 
 def materialize_stats(x: Tensor, g: Tensor, directions: Tensor | None, mask: Tensor | None,
-                      examples_per_load: int | None = None, tile: int | None = None):
+                      examples_per_load: int | None = None, tile: int | None = None,
+                      out_sq: Tensor | None = None, out_dot: Tensor | None = None):
     """x (B,T,d_in), g (B,T,d_out), directions (k,d_out,d_in) -> (sq (B,), dots (B,k) or None).
 
     examples_per_load: examples formed together per direction-tile load (1, 2 or 4; None: the plan).
     tile: 128 for 128 x 128 gradient tiles, one example at a time (half the x/g re-reads of 64 x 64,
-    more registers); None: the plan."""
+    more registers); None: the plan.
+    out_sq (B,), out_dot (B, k): optional float32 accumulators (added to; see _accumulator)."""
     B, T, d_in = x.shape
     d_out = g.shape[2]
     k = 0 if directions is None else directions.shape[0]
-    out = torch.zeros(B * (1 + k), dtype=torch.float32, device=x.device)  # one memset for both
-    sq = out[:B]
-    dots = out[B:].view(B, k) if k else None
+    if out_sq is None and out_dot is None:
+        out = torch.zeros(B * (1 + k), dtype=torch.float32, device=x.device)  # one memset for both
+        sq = out[:B]
+        dots = out[B:].view(B, k) if k else None
+    else:
+        sq = _accumulator(out_sq, (B,), x)
+        dots = _accumulator(out_dot, (B, k), x) if k else None
     if B == 0 or T == 0:
         return sq, dots
     BM, BN, BT, ex, warps = materialize_plan(B, d_in, d_out, k, x.is_cuda, examples_per_load, tile)
@@ -400,7 +428,9 @@ def materialize_stats(x: Tensor, g: Tensor, directions: Tensor | None, mask: Ten
     groups = max(1, min(triton.cdiv(B, ex), triton.cdiv(sms, n_tiles)))
     ex_per_prog = triton.cdiv(triton.cdiv(B, groups), ex) * ex
     groups = triton.cdiv(B, ex_per_prog)
-    grid0 = min(n_tiles, sms) if groups == 1 else n_tiles
+    # One program per tile (not persistent): registers already cap a program at ~8 warps per SM, so
+    # more resident programs are what hides the load latency of the short token loop.
+    grid0 = n_tiles
     m, smb, smt = _mask_arg(mask, x)
     cdt = _compute_dtype(x, g)
     for k0 in range(0, max(k, 1), 16):  # at most 16 directions per launch (unrolled on chip)
@@ -424,7 +454,7 @@ def materialize_stats(x: Tensor, g: Tensor, directions: Tensor | None, mask: Ten
             num_warps=warps,
         )
         if kc and k > 16:
-            dots[:, k0:k0 + kc] = dot_target
+            dots[:, k0:k0 + kc] += dot_target
     return sq, dots
 
 
@@ -464,7 +494,8 @@ def _gd_kernel(
     tl.atomic_add(out_ptr + b * K + j, row, mask=vr)
 
 
-def gd_dots(x: Tensor, g: Tensor, directions: Tensor, mask: Tensor | None, large_tiles: bool = False) -> Tensor:
+def gd_dots(x: Tensor, g: Tensor, directions: Tensor, mask: Tensor | None, large_tiles: bool = False,
+            out: Tensor | None = None) -> Tensor:
     """<G_i, D_k> = sum_t (g_t^T D_k) . x_t  ->  (B, k) fp32.
 
     large_tiles: 128 x 128 output tiles with 8 warps (a GEMM-like plan for many tokens) instead of
@@ -472,7 +503,7 @@ def gd_dots(x: Tensor, g: Tensor, directions: Tensor, mask: Tensor | None, large
     B, T, d_in = x.shape
     d_out = g.shape[2]
     k = directions.shape[0]
-    out = torch.zeros(B, k, dtype=torch.float32, device=x.device)
+    out = _accumulator(out, (B, k), x)
     N = B * T
     if N == 0:
         return out
