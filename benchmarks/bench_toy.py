@@ -4,7 +4,8 @@ For each model count (default 10 and 100) a FRESH subprocess trains one teacher 
 distillation epoch (all four student arms) on `--examples` examples per epoch, and reports:
   - model-epochs per second (one model-epoch = one network seeing 60,000 examples once),
   - achieved GFLOP/s of the useful training arithmetic (forward + weight/input gradients of
-    every model, plus the teachers' forward on the distillation batches),
+    every model, plus the teachers' forward on the distillation batches; of the last layer only
+    the logits each loss reads: see useful_flops),
   - the same machine's fp32 matmul rate, measured in the same child just before
     ((1024 x 784) @ (784 x 1024), the shape of one first layer), and the ratio,
   - peak resident memory (ru_maxrss of that child: includes torch, MNIST and everything),
@@ -79,12 +80,30 @@ def matmul_rate(device: torch.device, tf32: bool = False, reps: int = 30) -> flo
     return 2 * 1024 * 784 * 1024 / times[len(times) // 2] / 1e9
 
 
-def train_flops_per_example(spec) -> int:
+def train_flops_per_example(spec, used_logits: int | None = None) -> int:
     """Forward + backward of one model on one example: forward 2*i*o per layer, weight gradient
-    2*i*o per layer, input gradient 2*i*o for every layer but the first (its input is data)."""
-    dims = spec.layer_dims
+    2*i*o per layer, input gradient 2*i*o for every layer but the first (its input is data).
+    used_logits: how many outputs the model's loss reads (default all); the last layer's other
+    rows are computed by the batched engine but are not useful work (a teacher's CE reads the 10
+    digit logits, an aux-only student's KL the m aux logits)."""
+    dims = list(spec.layer_dims)
+    if used_logits is not None:
+        dims[-1] = (dims[-1][0], used_logits)
     fwd = sum(2 * i * o for i, o in dims)
     return fwd + fwd + (fwd - 2 * dims[0][0] * dims[0][1])
+
+
+def useful_flops(cfg) -> int:
+    """Useful arithmetic of one teacher epoch + one distillation epoch of cfg (all its models)."""
+    from sublim.toymodels.config import AUX_ARMS
+
+    spec, n, e = cfg.spec, cfg.n_models, cfg.max_examples_per_epoch
+    used = {a: spec.n_aux if a in AUX_ARMS else spec.d_out for a in cfg.student_arms}
+    per_example = train_flops_per_example(spec, spec.n_classes)  # teacher training
+    per_example += sum(train_flops_per_example(spec, u) for u in used.values())  # every student arm
+    t_dims = spec.layer_dims[:-1] + [(spec.width, max(used.values()))]  # teachers' logits on the distillation batches
+    per_example += sum(2 * i * o for i, o in t_dims)
+    return n * e * per_example
 
 
 def child(args) -> dict:
@@ -109,9 +128,8 @@ def child(args) -> dict:
     # the machine may be shared: take the better of the matmul rates before and after the run
     rate = max(rate, matmul_rate(dev))
     t_train = res.phase_s["teacher"] + res.phase_s["student"]
-    spec, n, e = cfg.spec, cfg.n_models, cfg.max_examples_per_epoch
-    k = len(cfg.student_arms)
-    flops = n * e * train_flops_per_example(spec) * (1 + k) + n * e * spec.flops_per_example()
+    n, e, k = cfg.n_models, cfg.max_examples_per_epoch, len(cfg.student_arms)
+    flops = useful_flops(cfg)
     model_epochs = n * (1 + k) * e / 60000
     out = {
         "n_models": n, "examples_per_epoch": e, "chunk_models": args.chunk or "auto",

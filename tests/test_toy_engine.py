@@ -10,8 +10,9 @@ from sublim.toymodels.arms import derangement, student_inits
 from sublim.toymodels.config import ToyConfig
 from sublim.toymodels.inputs import DistillInputs, make_generator
 from sublim.toymodels.mnist import load_mnist
-from sublim.toymodels.model import MLPSpec, forward, forward_fast, init_params
-from sublim.toymodels.train import run_experiment
+from sublim.toymodels import train
+from sublim.toymodels.model import HandMLP, MLPSpec, Workspace, forward, forward_fast, init_params
+from sublim.toymodels.train import run_experiment, students_kl_fm
 
 TINY = dict(width=16, teacher_epochs=1, distill_epochs=1, max_examples_per_epoch=512, batch_size=256,
             max_test_examples=1000)
@@ -51,6 +52,86 @@ def test_forward_fast_matches_forward_values_and_grads(x_shape, k):
     (out_r * w).sum().backward()
     for a, b in zip(fast, ref):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("x_shape, k, depth, block_groups", [((5, 20), 1, 3, 0), ((6, 5, 20), 1, 2, 4), ((3, 5, 20), 2, 1, 2),
+                                                             ((2, 5, 20), 3, 2, 1), ((5, 20), 6, 2, 0)])
+def test_hand_mlp_matches_forward_and_autograd(x_shape, k, depth, block_groups):
+    """The hand-written engine: logits and every parameter gradient, in blocks or not, vs autograd."""
+    spec = MLPSpec(d_in=20, width=8, depth=depth, n_aux=2)
+    torch.manual_seed(0)
+    base = [p + 0.1 * torch.randn_like(p) for p in init_params(spec, 6, dtype=torch.float64)]
+    x = torch.randn(*x_shape, dtype=torch.float64)
+    x_ref = x if (x.dim() == 2 or k == 1) else x.repeat_interleave(k, 0)
+    ref = [p.clone().requires_grad_() for p in base]
+    hand_params = [p.clone() for p in base]
+    hand = HandMLP(hand_params, Workspace(), block_groups=block_groups)
+    out_r = forward(ref, x_ref)
+    for _ in range(2):  # the second pass reuses every buffer: nothing may leak from the first
+        out_h = hand.forward(x)
+        torch.testing.assert_close(out_h.transpose(1, 2), out_r, rtol=1e-12, atol=1e-12)
+        w = torch.randn_like(out_r)
+        hand.backward(w.transpose(1, 2).contiguous())
+        ref_grads = torch.autograd.grad((out_r * w).sum(), ref, retain_graph=True)
+        for a, g in zip(hand_params, ref_grads):
+            torch.testing.assert_close(a.grad, g, rtol=1e-10, atol=1e-12)
+
+
+def test_feature_major_losses_match_their_autograd_twins():
+    torch.manual_seed(0)
+    s = torch.randn(4, 7, 13, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(4, 7, 13, dtype=torch.float64)
+    for labels in (torch.randint(0, 13, (4, 7)), torch.randint(0, 13, (7,))):
+        loss = losses.cross_entropy(s, labels)
+        (grad,) = torch.autograd.grad(loss.sum(), s)
+        loss_fm, grad_fm = losses.cross_entropy_fm(s.detach().transpose(1, 2), labels)
+        torch.testing.assert_close(loss_fm, loss)
+        torch.testing.assert_close(grad_fm.transpose(1, 2), grad)
+    loss = losses.distill_kl(s, t)
+    (grad,) = torch.autograd.grad(loss.sum(), s)
+    loss_fm, grad_fm = losses.distill_kl_fm(s.detach().transpose(1, 2), t.transpose(1, 2))
+    torch.testing.assert_close(loss_fm, loss)
+    torch.testing.assert_close(grad_fm.transpose(1, 2), grad)
+    # the arms' mix: aux-only arms read the last 3 logits and get no gradient on the others
+    zs = torch.randn(2, 3, 13, 5, dtype=torch.float64)
+    zt = torch.randn(2, 1, 13, 5, dtype=torch.float64)
+    aux = torch.tensor([True, False, True])
+    loss, dz = students_kl_fm(zs, zt, aux, 10)
+    for a in range(3):
+        lo = 10 if aux[a] else 0
+        want, want_g = losses.distill_kl_fm(zs[:, a, lo:], zt[:, 0, lo:])
+        torch.testing.assert_close(loss[:, a], want)
+        torch.testing.assert_close(dz[:, a, lo:], want_g)
+        assert not dz[:, a, :lo].any()
+
+
+def test_hand_engine_trains_like_the_autograd_engine(mnist, monkeypatch):
+    """Whole run in float64, hand-written gradients vs forward_fast + autograd: same losses and
+    accuracies (rounding only), for shared and per-model batches. The autograd engine casts the
+    logits to float32 for the loss and the per-epoch loss is summed in float32, hence float32-sized
+    tolerances (the KL of a one-step student is ~1e-5); a wrong gradient moves them by orders more."""
+    for extra in (dict(), dict(independent_batches=False, depth=1)):
+        cfg = ToyConfig(n_models=3, dtype="float64", **{**TINY, **extra})
+        hand = run_experiment(cfg, mnist)
+        monkeypatch.setattr(train, "hand_engine", lambda cfg, device: False)
+        auto = run_experiment(cfg, mnist)
+        monkeypatch.undo()
+        for arm in auto.final_loss:
+            np.testing.assert_allclose(hand.final_loss[arm], auto.final_loss[arm], rtol=1e-6, atol=1e-7)
+        for arm in auto.accuracy:
+            np.testing.assert_array_equal(hand.accuracy[arm], auto.accuracy[arm])
+
+
+def test_uniform_noise_into_a_buffer_is_bit_identical_to_rand(mnist):
+    """DistillInputs draws uniform noise in one pass into a reused buffer: same bits as the
+    rand().mul_(2).sub_(1) the recorded runs used."""
+    for dtype in (torch.float32, torch.float64):
+        inp = DistillInputs("uniform", mnist.x_train, 3, 600, 256, make_generator(torch.device("cpu"), "t", 0), True, dtype)
+        g = make_generator(torch.device("cpu"), "t", 0)
+        for step in range(3):
+            x = inp.batch(step)
+            want = torch.rand(x.shape, generator=g, dtype=dtype).mul_(2).sub_(1)
+            assert torch.equal(x, want)
 
 
 def test_kl_is_per_example_and_independent_of_model_count():

@@ -56,28 +56,51 @@ class DistillInputs:
     """
 
     def __init__(self, kind: str, x_train: torch.Tensor, n_groups: int, n_examples: int, batch_size: int,
-                 g: torch.Generator, independent: bool, dtype: torch.dtype):
+                 g: torch.Generator, independent: bool, dtype: torch.dtype, workspace=None):
         self.kind, self.x_train, self.n_examples, self.batch_size = kind, x_train, n_examples, batch_size
         self.g, self.dtype = g, dtype
         self.groups = n_groups if independent else 1
         self.independent = independent
         self.device = x_train.device
         self.d_in = x_train.shape[1]
+        self.workspace = workspace  # a model.Workspace shared across epochs and chunks, or None
+        self._buf: torch.Tensor | None = None
         if kind in ("mnist", "shuffled_pixels"):
             if n_examples > x_train.shape[0]:
                 raise ConfigError(f"distill_input={kind} has only {x_train.shape[0]} images per epoch, asked {n_examples}")
             self.order = epoch_orders(self.groups, x_train.shape[0], n_examples, g, self.device)
 
+    def _out(self, shape: tuple[int, ...]) -> torch.Tensor:
+        """One buffer for every batch (the short last batch uses its head): on CPU a fresh
+        batch-sized tensor costs more in page faults than drawing the noise into it."""
+        if self.workspace is not None:
+            return self.workspace.get("distill.x", shape, self.dtype, self.device)
+        n = shape[0] * shape[1] * shape[2]
+        if self._buf is None or self._buf.numel() < n:
+            self._buf = torch.empty(n, dtype=self.dtype, device=self.device)
+        return self._buf[:n].view(shape)
+
     def batch(self, step: int) -> torch.Tensor:
+        """The inputs of `step`. The tensor is overwritten by the next call: use it (or copy it) first."""
         sl = batch_slice(step, self.n_examples, self.batch_size)
         b = sl.stop - sl.start
         shape = (self.groups, b, self.d_in)
         if self.kind == "uniform":
-            x = torch.rand(shape, generator=self.g, device=self.device, dtype=self.dtype).mul_(2).sub_(1)
+            x = self._out(shape)
+            if self.device.type == "cpu":
+                # one pass instead of rand, mul_, sub_, and the same bits: the CPU kernel computes
+                # u * (to - from) + from from the same draw u, and 2u - 1 is exact in fp32 and fp64
+                x.uniform_(-1, 1, generator=self.g)
+            else:
+                torch.rand(shape, generator=self.g, device=self.device, dtype=self.dtype, out=x).mul_(2).sub_(1)
         elif self.kind == "gaussian":
-            x = torch.randn(shape, generator=self.g, device=self.device, dtype=self.dtype)
+            x = torch.randn(shape, generator=self.g, device=self.device, dtype=self.dtype, out=self._out(shape))
         else:
-            x = self.x_train[self.order[:, sl]].to(self.dtype)  # (groups, b, d_in)
+            rows = self.order[:, sl].reshape(-1)
+            if self.x_train.dtype == self.dtype:
+                x = torch.index_select(self.x_train, 0, rows, out=self._out(shape).view(-1, self.d_in)).view(shape)
+            else:
+                x = self.x_train.index_select(0, rows).to(self.dtype).view(shape)  # (groups, b, d_in)
             if self.kind == "shuffled_pixels":
                 perm = torch.rand(shape, generator=self.g, device=self.device).argsort(dim=-1)
                 x = x.gather(-1, perm)

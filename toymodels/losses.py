@@ -40,3 +40,27 @@ def half_squared_error(student_out: torch.Tensor, teacher_out: torch.Tensor) -> 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """(models,) fraction correct of argmax over the given (digit) logits."""
     return (logits.argmax(-1) == labels).float().mean(-1)
+
+
+# Feature-major forms for the hand-written engine (model.HandMLP): logits (..., k, batch), class
+# axis -2, batch axis -1, any leading axes (broadcast between student and teacher). Each returns
+# the same per-model value as its autograd twin above and its gradient in the first argument,
+# written out: (softmax - target) / batch.
+
+def cross_entropy_fm(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cross_entropy per model, d loss / d logits); logits (models, k, batch), labels (batch,) or (models, batch)."""
+    m, _, b = logits.shape
+    log_p = F.log_softmax(logits, dim=-2)
+    idx = labels.expand(m, b)[:, None, :]
+    loss = -log_p.gather(-2, idx).squeeze(-2).mean(-1)
+    grad = log_p.exp_().scatter_add_(-2, idx, torch.full(idx.shape, -1.0, dtype=log_p.dtype, device=log_p.device))
+    return loss, grad.div_(b)
+
+
+def distill_kl_fm(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(distill_kl per model, d loss / d student logits); (..., k, batch), teacher broadcast to student."""
+    log_p_s = F.log_softmax(student_logits, dim=-2)
+    log_p_t = F.log_softmax(teacher_logits, dim=-2)
+    p_t = log_p_t.exp()
+    loss = (p_t * (log_p_t - log_p_s)).sum(-2).mean(-1)
+    return loss, (log_p_s.exp_() - p_t).div_(student_logits.shape[-1])

@@ -184,3 +184,122 @@ def forward_fast(params: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         w, b = params[2 * l], params[2 * l + 1]
         h = torch.baddbmm(b[:, None, :], h, w.transpose(1, 2))
     return h
+
+
+class Workspace:
+    """Named scratch tensors reused across the steps, epochs and chunks of a run.
+
+    Each name owns one flat storage, grown only when a request does not fit, and a request is a
+    contiguous view of its head (so the short last batch reuses the full batches' memory). On CPU
+    this matters: a fresh 40 MB tensor costs ~10 ms of page faults, ten times the ReLU that fills it.
+    A view stays valid until the next request under the same name.
+    """
+
+    def __init__(self):
+        self._store: dict[str, torch.Tensor] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device) -> torch.Tensor:
+        n = math.prod(shape)
+        t = self._store.get(name)
+        if t is None or t.numel() < n or t.dtype != dtype or t.device != torch.device(device):
+            t = self._store[name] = torch.empty(n, dtype=dtype, device=device)
+        return t[:n].view(shape)
+
+
+class HandMLP:
+    """Training forward and backward of an ensemble written out by hand (the CPU fp32/fp64 engine).
+
+    Same numbers as forward_fast + autograd up to rounding, at close to the machine's matmul rate:
+    - activations are feature-major, (models, features, batch). The k models of a group that
+      share an input batch (student arms of one teacher) then get their first layer as ONE
+      (k*width, d_in) @ (d_in, batch) matmul whose output is already k contiguous per-model
+      blocks: no regrouping copy forward or backward, every other matmul reads views;
+    - every activation and gradient goes to a Workspace buffer reused across steps (out=), and
+      parameter gradients are written straight into p.grad (also workspace memory);
+    - no input gradient for the first layer (the input is data), ReLU in place, the ReLU mask
+      applied in place to the incoming gradient.
+    x is (batch, d_in) shared by all models or (groups, batch, d_in) with models = groups * k,
+    group-major, as in forward_fast. Call forward(x) then backward(dz) for the same x; the
+    returned logits live in a reused buffer (valid until the next forward).
+    """
+
+    BLOCK_MODELS = 8
+
+    def __init__(self, params: list[torch.Tensor], workspace: Workspace | None = None, name: str = "mlp",
+                 block_groups: int = 0):
+        self.params = params
+        self.block_groups = block_groups  # 0: about BLOCK_MODELS models per block
+        self.n_layers = len(params) // 2
+        self.ws = workspace if workspace is not None else Workspace()
+        self.name = name  # prefix of this network's buffers in a shared workspace
+        self._x: torch.Tensor | None = None
+        self._acts: list[torch.Tensor] = []
+
+    def _buf(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        return self.ws.get(f"{self.name}.{name}", shape, self.params[0].dtype, self.params[0].device)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits, feature-major: (models, d_out, batch)."""
+        x3 = x[None] if x.dim() == 2 else x
+        groups, batch, _ = x3.shape
+        models = self.params[0].shape[0]
+        if models % groups:
+            raise ValueError(f"{models} models do not split into {groups} groups")
+        k = models // groups
+        acts = [self._buf(f"h{l}", (models, self.params[2 * l].shape[1], batch)) for l in range(self.n_layers)]
+        for g0, g1 in self._blocks(groups, k):
+            self._forward_block(x3[g0:g1], slice(g0 * k, g1 * k), acts)
+        self._x, self._acts = x3, acts
+        return acts[-1]
+
+    def _blocks(self, groups: int, k: int) -> list[tuple[int, int]]:
+        """Groups of models run layer after layer in blocks of ~BLOCK_MODELS: a block's activations
+        are still in cache when its next layer, ReLU and ReLU mask read them."""
+        step = self.block_groups or max(1, round(HandMLP.BLOCK_MODELS / k))
+        return [(g, min(g + step, groups)) for g in range(0, groups, step)]
+
+    def _forward_block(self, x: torch.Tensor, ms: slice, acts: list[torch.Tensor]) -> None:
+        groups, batch, d_in = x.shape
+        w0, b0 = self.params[0][ms], self.params[1][ms]
+        width = w0.shape[1]
+        kw = w0.shape[0] // groups * width
+        h = acts[0][ms]
+        torch.baddbmm(b0.reshape(groups, kw, 1), w0.reshape(groups, kw, d_in), x.transpose(1, 2), out=h.view(groups, kw, batch))
+        for l in range(1, self.n_layers):
+            h.clamp_min_(0)
+            w, b = self.params[2 * l][ms], self.params[2 * l + 1][ms]
+            h = torch.baddbmm(b[:, :, None], w, h, out=acts[l][ms])
+
+    @torch.no_grad()
+    def backward(self, dz: torch.Tensor) -> None:
+        """Gradients of sum(dz * logits) into p.grad of every parameter (overwritten, not accumulated).
+        dz: (models, d_out, batch), like forward's output."""
+        if self._x is None:
+            raise RuntimeError("HandMLP.backward before forward")
+        for i, p in enumerate(self.params):
+            if p.grad is None or p.grad.shape != p.shape or not p.grad.is_contiguous():
+                p.grad = self._buf(f"grad{i}", p.shape)
+        x3 = self._x
+        groups = x3.shape[0]
+        k = self.params[0].shape[0] // groups
+        for g0, g1 in self._blocks(groups, k):
+            self._backward_block(x3[g0:g1], slice(g0 * k, g1 * k), dz[g0 * k:g1 * k])
+
+    def _backward_block(self, x: torch.Tensor, ms: slice, dz: torch.Tensor) -> None:
+        groups, batch, d_in = x.shape
+        acts = [a[ms] for a in self._acts]
+        d = dz
+        for l in range(self.n_layers - 1, 0, -1):
+            w = self.params[2 * l][ms]
+            a = acts[l - 1]  # post-ReLU input of layer l
+            torch.bmm(d, a.transpose(1, 2), out=self.params[2 * l].grad[ms])
+            torch.sum(d, -1, out=self.params[2 * l + 1].grad[ms])
+            d_prev = torch.bmm(w.transpose(1, 2), d, out=self._buf(f"d{l % 2}", a.shape))  # block-sized: stays in cache
+            # ReLU backward in place: zero where the unit was off (a == relu(pre) <= 0)
+            torch.ops.aten.threshold_backward.grad_input(d_prev, a, 0, grad_input=d_prev)
+            d = d_prev
+        width = d.shape[1]
+        kw = d.shape[0] // groups * width
+        torch.bmm(d.view(groups, kw, batch), x, out=self.params[0].grad[ms].view(groups, kw, d_in))
+        torch.sum(d, -1, out=self.params[1].grad[ms])

@@ -31,10 +31,10 @@ from .arms import derangement, student_inits
 from .config import AUX_ARMS, ToyConfig
 from .inputs import DistillInputs, batch_slice, epoch_orders, make_generator, steps_per_epoch
 from .mnist import MNIST, load_mnist
-from .model import forward, forward_fast, init_params
+from .model import HandMLP, Workspace, forward, forward_fast, init_params
 
 EVAL_BATCH = 1000
-CPU_AUTO_CHUNK = 25
+CPU_AUTO_CHUNK = 20
 
 
 @dataclass
@@ -111,8 +111,22 @@ def evaluate(params: list[torch.Tensor], data: MNIST, n_classes: int, cfg: ToyCo
     return correct / n_test
 
 
-def train_teachers(cfg: ToyConfig, params: list[torch.Tensor], data: MNIST, chunk_start: int, bar) -> torch.Tensor:
-    """Train in place; returns the last epoch's mean CE per model (device tensor)."""
+def hand_engine(cfg: ToyConfig, device: torch.device) -> bool:
+    """The hand-written forward/backward (model.HandMLP) trains on CPU in exact fp32/fp64. CUDA and
+    bf16 autocast keep forward_fast + autograd: their GPU numbers in FINDINGS were measured with it."""
+    return device.type == "cpu" and cfg.fast_matmul == "off"
+
+
+def autograd_step(params: list[torch.Tensor], opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    opt.zero_grad(set_to_none=True)
+    loss.sum().backward()
+    opt.step()
+
+
+def train_teachers(cfg: ToyConfig, params: list[torch.Tensor], data: MNIST, chunk_start: int, bar,
+                   ws: Workspace | None = None) -> torch.Tensor:
+    """Train in place; returns the last epoch's mean CE per model (device tensor). ws: scratch memory
+    shared with the other chunks of the run."""
     spec = cfg.spec
     dev = params[0].device
     n_models = params[0].shape[0]
@@ -122,6 +136,8 @@ def train_teachers(cfg: ToyConfig, params: list[torch.Tensor], data: MNIST, chun
     groups = n_models if cfg.independent_batches else 1
     g = make_generator(dev, "teacher-data", cfg.seed, chunk_start)
     opt = make_optimizer(cfg, params)
+    ws = ws if ws is not None else Workspace()
+    hand = HandMLP(params, ws, "teacher") if hand_engine(cfg, dev) else None
     epoch_loss = torch.zeros(n_models, device=dev)
     for epoch in range(cfg.teacher_epochs):
         order = epoch_orders(groups, n_train, n_ex, g, dev)
@@ -129,15 +145,23 @@ def train_teachers(cfg: ToyConfig, params: list[torch.Tensor], data: MNIST, chun
         bad = torch.zeros((), dtype=torch.bool, device=dev)
         for step in range(steps):
             idx = order[:, batch_slice(step, n_ex, cfg.batch_size)]
-            x, y = data.x_train[idx].to(params[0].dtype), data.y_train[idx]
+            x_buf = ws.get("teacher.x", (idx.numel(), data.x_train.shape[1]), data.x_train.dtype, dev)
+            x = torch.index_select(data.x_train, 0, idx.reshape(-1), out=x_buf)
+            x, y = x.view(*idx.shape, -1).to(params[0].dtype), data.y_train[idx]
             if not cfg.independent_batches:
                 x, y = x[0], y[0]
-            with autocast(cfg, dev):
-                logits = forward_fast(params, x)
-            loss = losses.cross_entropy(logits[..., :spec.n_classes].float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.sum().backward()
-            opt.step()
+            if hand is not None:
+                z = hand.forward(x)  # (models, d_out, batch)
+                loss, dz_digits = losses.cross_entropy_fm(z[:, :spec.n_classes], y)
+                dz = torch.zeros_like(z)  # the aux logits get no gradient from labels
+                dz[:, :spec.n_classes] = dz_digits
+                hand.backward(dz)
+                opt.step()
+            else:
+                with autocast(cfg, dev):
+                    logits = forward_fast(params, x)
+                loss = losses.cross_entropy(logits[..., :spec.n_classes].float(), y)
+                autograd_step(params, opt, loss)
             bad |= ~torch.isfinite(loss).all()
             epoch_loss += loss.detach() * (idx.shape[1] / n_ex)
             bar.update(1)
@@ -145,17 +169,30 @@ def train_teachers(cfg: ToyConfig, params: list[torch.Tensor], data: MNIST, chun
     return epoch_loss
 
 
+def students_kl_fm(zs: torch.Tensor, zt: torch.Tensor, aux_arm: torch.Tensor, n_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Loss (groups, k) and d loss / d zs of every student arm, feature-major.
+
+    zs (groups, k, d_out, b): arm a of group g; zt (groups, 1, d_out, b): that group's teacher,
+    broadcast to its arms (no copy per arm); aux_arm (k,) bool: the arm distills on the aux logits only."""
+    n = n_classes
+    if bool(aux_arm.all()):
+        loss, d_aux = losses.distill_kl_fm(zs[..., n:, :], zt[..., n:, :])
+        return loss, torch.cat([torch.zeros_like(zs[..., :n, :]), d_aux], dim=-2)
+    loss, dz = losses.distill_kl_fm(zs, zt)
+    if bool(aux_arm.any()):
+        loss_aux, d_aux = losses.distill_kl_fm(zs[..., n:, :], zt[..., n:, :])
+        loss = torch.where(aux_arm, loss_aux, loss)
+        dz = torch.where(aux_arm[:, None, None], torch.cat([torch.zeros_like(zs[..., :n, :]), d_aux], dim=-2), dz)
+    return loss, dz
+
+
 def train_students(cfg: ToyConfig, students: list[torch.Tensor], teachers: list[torch.Tensor], data: MNIST,
-                   chunk_start: int, bar) -> torch.Tensor:
+                   chunk_start: int, bar, ws: Workspace | None = None) -> torch.Tensor:
     """Distill all student arms of a chunk as one ensemble; returns last-epoch mean KL per student."""
-    spec = cfg.spec
     dev = students[0].device
     n_groups = teachers[0].shape[0]
-    arms = cfg.student_arms
-    k = len(arms)
+    k = len(cfg.student_arms)
     n_students = students[0].shape[0]
-    is_aux = torch.tensor([a in AUX_ARMS for a in arms], device=dev).repeat(n_groups)
-    any_aux, any_all = bool(is_aux.any()), not bool(is_aux.all())
     n_train = data.x_train.shape[0]
     n_ex = cfg.max_examples_per_epoch or n_train
     if cfg.distill_input in ("mnist", "shuffled_pixels"):
@@ -163,38 +200,75 @@ def train_students(cfg: ToyConfig, students: list[torch.Tensor], teachers: list[
     steps = steps_per_epoch(n_ex, cfg.batch_size)
     g = make_generator(dev, "distill-data", cfg.seed, chunk_start)
     opt = make_optimizer(cfg, students)
+    ws = ws if ws is not None else Workspace()
+    step_fn = (HandStudentStep(cfg, students, teachers, opt, ws) if hand_engine(cfg, dev)
+               else AutogradStudentStep(cfg, students, teachers, opt))
     epoch_loss = torch.zeros(n_students, device=dev)
     for epoch in range(cfg.distill_epochs):
         if not cfg.distill_resample:  # the same fixed set every epoch: replay the same stream
             g = make_generator(dev, "distill-data", cfg.seed, chunk_start)
         inputs = DistillInputs(cfg.distill_input, data.x_train, n_groups, n_ex, cfg.batch_size, g,
-                               cfg.independent_batches, students[0].dtype)
+                               cfg.independent_batches, students[0].dtype, ws)
         epoch_loss = torch.zeros(n_students, device=dev)
         bad = torch.zeros((), dtype=torch.bool, device=dev)
         for step in range(steps):
             x = inputs.batch(step)
-            with torch.no_grad(), autocast(cfg, dev):
-                t_logits = forward_fast(teachers, x).float()  # once per batch, shared by all arms
-            t_logits = t_logits.repeat_interleave(k, dim=0)  # (n_students, b, d_out), small
-            with autocast(cfg, dev):
-                s_logits = forward_fast(students, x)
-            s_logits = s_logits.float()
-            if any_aux and any_all:
-                n = spec.n_classes
-                loss = torch.where(is_aux, losses.distill_kl(s_logits[..., n:], t_logits[..., n:]),
-                                   losses.distill_kl(s_logits, t_logits))
-            elif any_aux:
-                loss = losses.distill_kl(s_logits[..., spec.n_classes:], t_logits[..., spec.n_classes:])
-            else:
-                loss = losses.distill_kl(s_logits, t_logits)
-            opt.zero_grad(set_to_none=True)
-            loss.sum().backward()
-            opt.step()
+            loss = step_fn(x, n_groups, k)  # forward, backward and optimizer step
             bad |= ~torch.isfinite(loss).all()
             epoch_loss += loss.detach() * (x.shape[-2] / n_ex)
             bar.update(1)
         check_finite(bad, "distillation", epoch, cfg)
     return epoch_loss
+
+
+class HandStudentStep:
+    """One distillation step with the gradients by hand (model.HandMLP), optimizer included."""
+
+    def __init__(self, cfg: ToyConfig, students: list[torch.Tensor], teachers: list[torch.Tensor], opt, ws: Workspace):
+        dev = students[0].device
+        self.opt = opt
+        self.n_classes = cfg.spec.n_classes
+        self.aux_arm = torch.tensor([a in AUX_ARMS for a in cfg.student_arms], device=dev)
+        self.students, self.teachers = HandMLP(students, ws, "student"), HandMLP(teachers, ws, "distill_teacher")
+
+    def __call__(self, x: torch.Tensor, n_groups: int, k: int) -> torch.Tensor:
+        zt = self.teachers.forward(x)  # once per batch, shared by all arms
+        zs = self.students.forward(x)
+        d_out, b = zs.shape[1:]
+        loss, dz = students_kl_fm(zs.view(n_groups, k, d_out, b), zt.view(n_groups, 1, d_out, b),
+                                  self.aux_arm, self.n_classes)
+        self.students.backward(dz.view(n_groups * k, d_out, b))
+        self.opt.step()
+        return loss.view(-1)
+
+
+class AutogradStudentStep:
+    """One distillation step with forward_fast + autograd (CUDA, bf16 autocast), optimizer included."""
+
+    def __init__(self, cfg: ToyConfig, students: list[torch.Tensor], teachers: list[torch.Tensor], opt):
+        dev = students[0].device
+        self.cfg, self.students, self.teachers, self.opt = cfg, students, teachers, opt
+        self.is_aux = torch.tensor([a in AUX_ARMS for a in cfg.student_arms], device=dev).repeat(teachers[0].shape[0])
+        self.any_aux, self.any_all = bool(self.is_aux.any()), not bool(self.is_aux.all())
+
+    def __call__(self, x: torch.Tensor, n_groups: int, k: int) -> torch.Tensor:
+        cfg, n = self.cfg, self.cfg.spec.n_classes
+        dev = x.device
+        with torch.no_grad(), autocast(cfg, dev):
+            t_logits = forward_fast(self.teachers, x).float()  # once per batch, shared by all arms
+        t_logits = t_logits.repeat_interleave(k, dim=0)  # (n_students, b, d_out), small
+        with autocast(cfg, dev):
+            s_logits = forward_fast(self.students, x)
+        s_logits = s_logits.float()
+        if self.any_aux and self.any_all:
+            loss = torch.where(self.is_aux, losses.distill_kl(s_logits[..., n:], t_logits[..., n:]),
+                               losses.distill_kl(s_logits, t_logits))
+        elif self.any_aux:
+            loss = losses.distill_kl(s_logits[..., n:], t_logits[..., n:])
+        else:
+            loss = losses.distill_kl(s_logits, t_logits)
+        autograd_step(self.students, self.opt, loss)
+        return loss
 
 
 def total_steps(cfg: ToyConfig) -> int:
@@ -219,6 +293,7 @@ def run_experiment(cfg: ToyConfig, data: MNIST | None = None, *, desc: str = "to
     phase = {"init": 0.0, "teacher": 0.0, "student": 0.0, "eval": 0.0}
     C = chunk_size(cfg, dev)
     chunks = [(s, min(s + C, N)) for s in range(0, N, C)]
+    ws = Workspace()  # scratch buffers of the training steps, reused by every chunk
 
     def clock(name, t0):
         if dev.type == "cuda":
@@ -239,7 +314,7 @@ def run_experiment(cfg: ToyConfig, data: MNIST | None = None, *, desc: str = "to
                 continue
             teachers = [p.clone().requires_grad_(True) for p in ref]
             bar.set_description(f"{desc}: teachers {c0}-{c1 - 1}")
-            final.setdefault("teacher", []).append(train_teachers(cfg, teachers, data, c0, bar))
+            final.setdefault("teacher", []).append(train_teachers(cfg, teachers, data, c0, bar, ws))
             teachers = [p.detach() for p in teachers]
             t0 = clock("teacher", t0)
             if "teacher" in cfg.arms:
@@ -251,7 +326,7 @@ def run_experiment(cfg: ToyConfig, data: MNIST | None = None, *, desc: str = "to
             students = [p.requires_grad_(True) for p in
                         student_inits(cfg, list(range(c0, c1)), perm, inits, device=dev, dtype=dtype)]
             bar.set_description(f"{desc}: students {c0}-{c1 - 1}")
-            s_loss = train_students(cfg, students, teachers, data, c0, bar).view(c1 - c0, len(arms))
+            s_loss = train_students(cfg, students, teachers, data, c0, bar, ws).view(c1 - c0, len(arms))
             t0 = clock("student", t0)
             s_acc = evaluate([p.detach() for p in students], data, spec.n_classes, cfg).view(c1 - c0, len(arms))
             for j, a in enumerate(arms):
