@@ -223,7 +223,7 @@ class HandMLP:
     returned logits live in a reused buffer (valid until the next forward).
     """
 
-    BLOCK_MODELS = 8
+    BLOCK_MODELS = 16
 
     def __init__(self, params: list[torch.Tensor], workspace: Workspace | None = None, name: str = "mlp",
                  block_groups: int = 0):
