@@ -70,10 +70,12 @@ MATERIALIZE_EX_CANDIDATES = (1, 2, 4)
 def tuning_candidates(k: int) -> list[tuple[str, dict]]:
     """(algorithm, launch options) pairs that auto-tuning times on CUDA."""
     if k == 0:
-        return [("ghost", {"splits": s}) for s in GHOST_SPLIT_CANDIDATES] + [("materialize", {})]
+        return ([("ghost", {"splits": s}) for s in GHOST_SPLIT_CANDIDATES]
+                + [("materialize", {}), ("materialize", {"flat": True})])
     # (materialize with 128 x 128 tiles is a norm-only plan: with directions its sm_90 build spills)
     return ([("ghost+gd", {}), ("ghost+gd", {"gd_large_tiles": True})]
-            + [("materialize", {"examples_per_load": e}) for e in MATERIALIZE_EX_CANDIDATES])
+            + [("materialize", {"examples_per_load": e}) for e in MATERIALIZE_EX_CANDIDATES]
+            + [("materialize", {"flat": True})])
 
 
 def _tuning_key(x3: Tensor, g3: Tensor, directions: Tensor | None, mask: Tensor | None) -> tuple:
@@ -264,7 +266,7 @@ def compute_checked(
     if algorithm == "materialize":
         sq, dot = (
             impl.materialize_stats(x3, g3, directions, mask, tuning.get("examples_per_load"), tuning.get("tile"),
-                                   out_sq=out_sq, out_dot=out_dot if k else None)
+                                   out_sq=out_sq, out_dot=out_dot if k else None, flat=tuning.get("flat", False))
             if backend == "triton"
             else impl.materialize_stats(x3, g3, directions)
         )

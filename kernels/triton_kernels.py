@@ -372,6 +372,58 @@ def _materialize_kernel(
                               mask=ve[:, None] & (kk[None, :] < K))
 
 
+@triton.jit
+def _materialize_flat_kernel(
+    x_ptr, g_ptr, mask_ptr, dir_ptr, out_sq_ptr, out_dot_ptr,
+    B, T, D_IN, D_OUT, EX_PER_PROG,
+    sxb, sxt, sxd, sgb, sgt, sgd, smb, smt, sdk, sdo, sdi,
+    K: tl.constexpr, KP: tl.constexpr, HAS_MASK: tl.constexpr, HAS_DIR: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BT: tl.constexpr, PREC: tl.constexpr, CDT: tl.constexpr,
+):
+    # The same statistics as _materialize_kernel with one example at a time, but the example and
+    # token loops are ONE loop (the shape of Triton's persistent-matmul tutorial): the software
+    # pipeliner then prefetches the next example's x/g tiles while the current example finishes,
+    # instead of draining at every example boundary. With T = 128 the token loop alone has 2-4
+    # steps, too short to hide the memory latency; the H200 measured the nested form at ~65 TFLOP/s.
+    # The per-example epilogue (squares, direction dots, atomics) runs under an `if` in the loop.
+    tile = tl.program_id(0)
+    n_col_tiles = tl.cdiv(D_IN, BN)
+    rm = (tile // n_col_tiles) * BM + tl.arange(0, BM)  # rows of W (d_out)
+    rn = (tile % n_col_tiles) * BN + tl.arange(0, BN)  # columns of W (d_in)
+    vm = rm < D_OUT
+    vn = rn < D_IN
+    first = tl.program_id(1) * EX_PER_PROG
+    n_ex = tl.minimum(EX_PER_PROG, B - first)
+    n_tb = tl.cdiv(T, BT)
+    kk = tl.arange(0, KP)
+    d_offs = rm[:, None] * sdo + rn[None, :] * sdi
+    d_valid = vm[:, None] & vn[None, :]
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for it in range(0, n_ex * n_tb):
+        i = (first + it // n_tb).to(tl.int64)
+        tb = it % n_tb
+        rt = tb * BT + tl.arange(0, BT)
+        vt = rt < T
+        gmask = vm[:, None] & vt[None, :]
+        if HAS_MASK:
+            mt = tl.load(mask_ptr + i * smb + rt * smt, mask=vt, other=0)
+            gmask = gmask & (mt != 0)[None, :]
+        gt = tl.load(g_ptr + i * sgb + rt[None, :] * sgt + rm[:, None] * sgd, mask=gmask, other=0.0)
+        xt = tl.load(x_ptr + i * sxb + rt[:, None] * sxt + rn[None, :] * sxd, mask=vt[:, None] & vn[None, :], other=0.0)
+        acc = tl.dot(gt.to(CDT), xt.to(CDT), acc, input_precision=PREC)
+        if tb == n_tb - 1:  # example i is complete: reduce its tile, then start the next one
+            tl.atomic_add(out_sq_ptr + i, tl.sum(tl.sum(acc * acc, axis=1), axis=0))
+            if HAS_DIR:
+                rows = tl.zeros((BM, KP), dtype=tl.float32)
+                d_base = dir_ptr
+                for j in range(K):
+                    d = tl.load(d_base + d_offs, mask=d_valid, other=0.0, eviction_policy="evict_last").to(tl.float32)
+                    rows += tl.where(kk[None, :] == j, tl.sum(acc * d, axis=1)[:, None], 0.0)
+                    d_base += sdk
+                tl.atomic_add(out_dot_ptr + i * K + kk, tl.sum(rows, axis=0), mask=kk < K)
+            acc = tl.zeros((BM, BN), dtype=tl.float32)
+
+
 # None: choose from the shape (benchmarks set 1, 2 or 4 to compare).
 MATERIALIZE_EXAMPLES_PER_LOAD: int | None = None
 
@@ -399,13 +451,14 @@ def materialize_plan(B: int, d_in: int, d_out: int, k: int, cuda: bool,
 
 def materialize_stats(x: Tensor, g: Tensor, directions: Tensor | None, mask: Tensor | None,
                       examples_per_load: int | None = None, tile: int | None = None,
-                      out_sq: Tensor | None = None, out_dot: Tensor | None = None):
+                      out_sq: Tensor | None = None, out_dot: Tensor | None = None, flat: bool = False):
     """x (B,T,d_in), g (B,T,d_out), directions (k,d_out,d_in) -> (sq (B,), dots (B,k) or None).
 
     examples_per_load: examples formed together per direction-tile load (1, 2 or 4; None: the plan).
     tile: 128 for 128 x 128 gradient tiles, one example at a time (half the x/g re-reads of 64 x 64,
     more registers); None: the plan.
-    out_sq (B,), out_dot (B, k): optional float32 accumulators (added to; see _accumulator)."""
+    out_sq (B,), out_dot (B, k): optional float32 accumulators (added to; see _accumulator).
+    flat: one example at a time in one flattened example x token loop (_materialize_flat_kernel)."""
     B, T, d_in = x.shape
     d_out = g.shape[2]
     k = 0 if directions is None else directions.shape[0]
@@ -418,7 +471,7 @@ def materialize_stats(x: Tensor, g: Tensor, directions: Tensor | None, mask: Ten
         dots = _accumulator(out_dot, (B, k), x) if k else None
     if B == 0 or T == 0:
         return sq, dots
-    BM, BN, BT, ex, warps = materialize_plan(B, d_in, d_out, k, x.is_cuda, examples_per_load, tile)
+    BM, BN, BT, ex, warps = materialize_plan(B, d_in, d_out, k, x.is_cuda, 1 if flat else examples_per_load, tile)
     if x.is_cuda:
         BT = min(BT, max(16, triton.next_power_of_2(T)))
     n_tiles = triton.cdiv(d_out, BM) * triton.cdiv(d_in, BN)
@@ -444,15 +497,16 @@ def materialize_stats(x: Tensor, g: Tensor, directions: Tensor | None, mask: Ten
             dot_target = dots if kc else sq
         else:
             dot_target = torch.zeros(B, kc, dtype=torch.float32, device=x.device)
-        _materialize_kernel[(grid0, groups)](
-            x, g, m, Dc, sq_target, dot_target,
-            B, T, d_in, d_out, ex_per_prog, n_tiles,
-            x.stride(0), x.stride(1), x.stride(2), g.stride(0), g.stride(1), g.stride(2), smb, smt,
-            Dc.stride(0) if kc else 0, Dc.stride(1) if kc else 0, Dc.stride(2) if kc else 0,
-            K=max(kc, 1), KP=max(2, triton.next_power_of_2(max(kc, 1))), HAS_MASK=mask is not None,
-            HAS_DIR=kc > 0, BM=BM, BN=BN, BT=BT, PREC=_precision(cdt), CDT=_TL_DTYPE[cdt], EX=ex,
-            num_warps=warps,
-        )
+        common = dict(K=max(kc, 1), KP=max(2, triton.next_power_of_2(max(kc, 1))), HAS_MASK=mask is not None,
+                      HAS_DIR=kc > 0, BM=BM, BN=BN, BT=BT, PREC=_precision(cdt), CDT=_TL_DTYPE[cdt], num_warps=warps)
+        strides = (x.stride(0), x.stride(1), x.stride(2), g.stride(0), g.stride(1), g.stride(2), smb, smt,
+                   Dc.stride(0) if kc else 0, Dc.stride(1) if kc else 0, Dc.stride(2) if kc else 0)
+        if flat:
+            _materialize_flat_kernel[(grid0, groups)](x, g, m, Dc, sq_target, dot_target, B, T, d_in, d_out,
+                                                      ex_per_prog, *strides, **common)
+        else:
+            _materialize_kernel[(grid0, groups)](x, g, m, Dc, sq_target, dot_target, B, T, d_in, d_out,
+                                                 ex_per_prog, n_tiles, *strides, EX=ex, **common)
         if kc and k > 16:
             dots[:, k0:k0 + kc] += dot_target
     return sq, dots
