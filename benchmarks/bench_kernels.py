@@ -126,6 +126,27 @@ def wall_time(fn, device, warmup, reps) -> float:
     return statistics.median(times)
 
 
+def paired_wall_times(plain, with_stats, st, device, warmup, reps) -> tuple[list[float], list[float]]:
+    """Wall times in ms of `plain` and of `with_stats` inside `with st:`, alternating step by step."""
+    def timed(fn):
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        return (time.perf_counter() - t0) * 1e3
+
+    for _ in range(warmup):
+        plain()
+        with st:
+            with_stats()
+    a, b = [], []
+    for _ in range(reps):
+        a.append(timed(plain))
+        with st:
+            b.append(timed(with_stats))
+    return a, b
+
+
 def peak_extra_mib(fn, device) -> float:
     if device.type != "cuda":
         return float("nan")
@@ -343,17 +364,22 @@ def bench_model(cfg, device, use_triton):
                 plain()
                 return st.result()
 
-            with st:  # hooks attached once, as in a training loop; one result per step
+            with st:  # first step: compiles and tunes; its result is kept for the backend comparison
                 r = with_stats()
                 results[(backend, label)] = r
-                t = wall_time(with_stats, device, cfg.warmup, cfg.reps)
-                hook_ms = st.hook_host_seconds * 1e3  # host time inside our hooks, last step
                 m = peak_extra_mib(with_stats, device)
-            print(f"  model {backend:6s} {label:12s} {t:.2f} ms  overhead {t / t_plain - 1:+.1%}  "
+            # Plain and with-statistics steps ALTERNATE, so that drift of the (host-bound) step time
+            # on a shared machine hits both alike; the hooks are attached outside the timed region.
+            tp, ts = paired_wall_times(plain, with_stats, st, device, cfg.warmup, cfg.reps)
+            hook_ms = st.hook_host_seconds * 1e3  # host time inside our hooks, last step
+            t, t_base = statistics.median(ts), statistics.median(tp)
+            print(f"  model {backend:6s} {label:12s} {t:.2f} ms (range {min(ts):.1f}-{max(ts):.1f}) vs plain "
+                  f"{t_base:.2f} ms (range {min(tp):.1f}-{max(tp):.1f}): overhead {t / t_base - 1:+.1%}  "
                   f"hooks' host time {hook_ms:.2f} ms  peak {m:.0f} MiB", flush=True)
             rows.append(dict(shape=f"SmolLM2-135M model B={B} T={T}", B=B, T=T, stat=label, method=f"stats {backend}",
-                             kind="model", median_ms=t, peak_extra_mib=m, overhead=t / t_plain - 1,
-                             hook_host_ms=hook_ms, status="ok"))
+                             kind="model", median_ms=t, peak_extra_mib=m, overhead=t / t_base - 1,
+                             plain_ms=t_base, range_ms=f"{min(ts):.2f}-{max(ts):.2f}",
+                             plain_range_ms=f"{min(tp):.2f}-{max(tp):.2f}", hook_host_ms=hook_ms, status="ok"))
     if cfg.profile_model:
         _profile_model(plain, model, dirs, names, "triton" if use_triton else "torch", device, cfg)
     if use_triton:  # the two backends must agree (fp32 accumulation both)
@@ -453,7 +479,7 @@ def main(argv=None):
 
     fields = ["device", "shape", "B", "T", "d_in", "d_out", "dtype", "stat", "method", "kind", "median_ms",
               "floor_ms", "x_floor", "best_pytorch_ms", "speedup_vs_best_pytorch", "peak_extra_mib",
-              "max_rel_err", "correct", "overhead", "hook_host_ms", "status"]
+              "max_rel_err", "correct", "overhead", "plain_ms", "range_ms", "plain_range_ms", "hook_host_ms", "status"]
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
     w.writeheader()
