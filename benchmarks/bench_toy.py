@@ -184,6 +184,24 @@ def paper_run(args, mode: str) -> dict:
             "target_s": 5.0, "public_script_s": PUBLIC_100_WALL_S, "arms": arms}
 
 
+def summarize_repeats(runs: list[dict], counts: list[int]) -> dict:
+    """Median and range over the repeats of each model count (a shared machine's runs scatter)."""
+    out = {}
+    for n in counts:
+        ok = [r for r in runs if r.get("n_models") == n and "error" not in r]
+        if not ok:
+            continue
+        entry = {"repeats": len(ok)}
+        for key in ("ratio_to_fp32_matmul", "achieved_gflops", "matmul_fp32_gflops", "teacher_s", "student_s"):
+            vals = sorted(r[key] for r in ok)
+            mid = len(vals) // 2
+            median = vals[mid] if len(vals) % 2 else (vals[mid - 1] + vals[mid]) / 2
+            entry[key] = {"median": median, "min": vals[0], "max": vals[-1]}
+        entry["peak_rss_gb_max"] = max(r["peak_rss_gb"] for r in ok)
+        out[str(n)] = entry
+    return out
+
+
 def device_tag(device: str) -> str:
     if device.startswith("cuda") and torch.cuda.is_available():
         return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(0).lower()).strip("-")
@@ -198,6 +216,8 @@ def main() -> int:
                    help="examples per epoch in the throughput runs (default: 8192 on CPU, 60000 on CUDA)")
     p.add_argument("--fast-matmul", default=None, help="off | tf32 | bf16 (default: off on CPU, tf32 on CUDA)")
     p.add_argument("--chunk", type=int, default=0, help="chunk_models (0 = auto)")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="fresh-process runs per model count; with more than one, a 'summary' gives the median and range")
     p.add_argument("--paper", action=argparse.BooleanOptionalAction, default=None,
                    help="also run the full 100-model paper experiment (default: on CUDA only)")
     p.add_argument("--paper-models", type=int, default=100)
@@ -235,10 +255,16 @@ def main() -> int:
 
     results = {"device": args.device, "device_name": torch.cuda.get_device_name(0) if cuda else "cpu",
                "cpu_count": os.cpu_count(), "torch": torch.__version__, "runs": [], "paper": []}
-    for n in [int(v) for v in args.models.split(",") if v.strip()]:
-        r = spawn(["--child", "--n", str(n)])
-        results["runs"].append(r)
-        print(json.dumps(r), flush=True)
+    counts = [int(v) for v in args.models.split(",") if v.strip()]
+    for rep in range(args.repeats):  # model counts interleaved, so a noisy minute hits all of them
+        for n in counts:
+            r = spawn(["--child", "--n", str(n)])
+            if args.repeats > 1:
+                r["repeat"] = rep
+            results["runs"].append(r)
+            print(json.dumps(r), flush=True)
+    if args.repeats > 1:
+        results["summary"] = summarize_repeats(results["runs"], counts)
     if args.paper if args.paper is not None else cuda:
         modes = (args.paper_modes or ("tf32,off,tf32+resample" if cuda else "off")).split(",")
         for mode in modes:

@@ -73,7 +73,7 @@ class ToyConfig:
     # False: one batch shared by all models (one big matmul instead of a batched one; faster
     # on some hardware, but the models' results are then correlated through the shared data).
     independent_batches: bool = True
-    # Models trained at once (teachers + their students); 0 = auto (all on CUDA, <= 25 on CPU
+    # Models trained at once (teachers + their students); 0 = auto (all on CUDA, <= 20 on CPU
     # so 100 models fit in a few GB). Results depend on it only through the noise streams.
     chunk_models: int = 0
     # Data: "" = the embedded, checksum-verified copy (toymodels/data/mnist.npz)
