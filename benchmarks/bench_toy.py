@@ -213,7 +213,7 @@ def main() -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--models", default="10,100", help="model counts, comma-separated")
     p.add_argument("--examples", type=int, default=None,
-                   help="examples per epoch in the throughput runs (default: 8192 on CPU, 60000 on CUDA)")
+                   help="examples per epoch in the throughput runs (default: 32768 on CPU, 60000 on CUDA)")
     p.add_argument("--fast-matmul", default=None, help="off | tf32 | bf16 (default: off on CPU, tf32 on CUDA)")
     p.add_argument("--chunk", type=int, default=0, help="chunk_models (0 = auto)")
     p.add_argument("--repeats", type=int, default=1,
@@ -235,7 +235,10 @@ def main() -> int:
         print("bench_toy: --device cuda but CUDA is not available", file=sys.stderr)
         return 2
     args.fast_matmul = args.fast_matmul or ("tf32" if cuda else "off")
-    args.examples = args.examples or (60000 if cuda else 8192)
+    # CPU: 32 steps per phase. The paper configuration runs 59 steps per epoch for 10 epochs; with
+    # 8 steps (the earlier default) the one-time first-step setup (first touch of the reused buffers,
+    # Adam state) weighed ~2% of the measured time, ~0.05% of a real run.
+    args.examples = args.examples or (60000 if cuda else 32768)
     if args.child:
         print("RESULT " + json.dumps(child(args)))
         return 0
