@@ -241,8 +241,9 @@ def bench_shape(name, B, T, d_in, d_out, cfg, device, bandwidth, rate, use_trito
         # "auto" times the candidates below once per shape (its first call) and keeps the fastest;
         # each candidate also gets its own row, so the CSV shows what the tuner chose between.
         methods += [("norm", "triton auto", "kernel", lambda: linear_grad_stats(x, g, backend="triton").sq_norm, err_sq)]
+        # every plan, experimental ones included: this is where they are validated and measured
         methods += [("norm", _label(a, o), "kernel", lambda a=a, o=o: _tuned(x, g, None, a, o).sq_norm, err_sq)
-                    for a, o in tuning_candidates(0)]
+                    for a, o in tuning_candidates(0, experimental=True)]
     methods += [
         ("norm", "torch backend auto (fp32)", "pytorch", lambda: linear_grad_stats(x, g, backend="torch").sq_norm, err_sq),
         ("norm", "pytorch ghost native", "pytorch", lambda: pt_ghost_native(x, g), err_sq),
@@ -265,7 +266,7 @@ def bench_shape(name, B, T, d_in, d_out, cfg, device, bandwidth, rate, use_trito
         if use_triton:
             methods += [(stat, "triton auto", "kernel", lambda D=D: linear_grad_stats(x, g, D, backend="triton").dot, err_dot)]
             methods += [(stat, _label(a, o), "kernel", lambda D=D, a=a, o=o: _tuned(x, g, D, a, o).dot, err_dot)
-                        for a, o in tuning_candidates(k)]
+                        for a, o in tuning_candidates(k, experimental=True)]
         methods += [
             (stat, "torch backend auto (fp32)", "pytorch", lambda D=D: linear_grad_stats(x, g, D, backend="torch").dot, err_dot),
             (stat, "pytorch einsum materialize", "pytorch", lambda D=D: pt_materialize_native(x, g, D)[1], err_dot),

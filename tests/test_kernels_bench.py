@@ -54,7 +54,8 @@ def test_bench_kernels_triton_rows_in_interpreter(tmp_path):
         torch.set_num_threads(threads)
     rows = list(csv.DictReader(out.open()))
     triton_rows = [r for r in rows if r["kind"] == "kernel"]
-    # per stat: auto + ghost x 5 splits + materialize x 2 (norm); auto + ghost+gd x 2 + materialize x 4 (dots)
+    # per stat, experimental plans included: auto + ghost x 5 splits + materialize x 2 (norm);
+    # auto + ghost+gd x 2 + materialize x 4 (dots)
     assert len(triton_rows) == 8 + 7 + 7
     for r in rows:
         assert r["status"] == "ok" and r["correct"] == "True", r

@@ -203,10 +203,22 @@ def test_triton_every_tuning_candidate(k):
     from sublim.kernels.linear_stats import compute_checked, tuning_candidates
 
     x, g, D, _, mask = make_inputs(5, 6, 9, 7, k, torch.float32, device=DEVICE)
-    for algorithm, options in tuning_candidates(k):
+    for algorithm, options in tuning_candidates(k, experimental=True):
         for m in (None, mask):
             s = compute_checked(x, g, D, m, "triton", algorithm, tuning=options)
             assert_close_stats(s, x, g, D, None, m, bias=False)
+
+
+def test_experimental_plans_stay_out_of_the_default_tuning_set():
+    """A plan not yet validated on a GPU is timed by the tuner only when asked for (the tuner times
+    plans, it does not check their numbers)."""
+    from sublim.kernels.linear_stats import tuning_candidates
+
+    flat = ("materialize", {"flat": True})
+    for k in (0, 3):
+        assert flat not in tuning_candidates(k, experimental=False)
+        assert flat in tuning_candidates(k, experimental=True)
+        assert set(map(repr, tuning_candidates(k, experimental=False))) < set(map(repr, tuning_candidates(k, experimental=True)))
 
 
 @pytest.mark.interpreter
@@ -250,7 +262,7 @@ def test_every_tuning_candidate_gpu(k):
     from sublim.kernels.linear_stats import compute_checked, tuning_candidates
 
     x, g, D, _, mask = make_inputs(7, 70, 300, 260, k, torch.bfloat16, device="cuda")
-    for algorithm, options in tuning_candidates(k):
+    for algorithm, options in tuning_candidates(k, experimental=True):
         for m in (None, mask):
             s = compute_checked(x, g, D, m, "triton", algorithm, tuning=options)
             assert_close_stats(s, x, g, D, None, m, bias=False)
