@@ -77,6 +77,7 @@ from IPython.display import Image, Markdown, display
 
 from sublim.progress import set_quiet
 from sublim.rundir import atomic_write_bytes, prepare_run_dir, read_json, save_figure
+from sublim.stats import t95
 from sublim.toymodels.config import ARM_LABELS, from_dict, from_overrides
 from sublim.toymodels.mnist import load_mnist
 from sublim.toymodels.results import bar_plot_png, summarize, write_run, format_table
@@ -98,7 +99,7 @@ def pct(x):
 #
 # Reference (untrained), teacher, student on aux logits only, student on all logits, and the two
 # cross-model students (initialized from another model via a derangement). Bars are means over
-# models with 95% CIs (1.96 std / sqrt(n)); dots are single models.
+# models with 95% CIs (Student-t over models); dots are single models.
 
 # %%
 def load_run(run_dir: Path) -> ToyResult:
@@ -281,8 +282,8 @@ def knob_note(df: pd.DataFrame, knob: str, arm: str = "student_aux") -> str:
 
 caveat = ""
 if SWEEP_N_MODELS < 10:
-    caveat = (f"\n\nWith {SWEEP_N_MODELS} models per cell, the project's CI (1.96 std/sqrt(n)) is narrower than a "
-              "Student-t interval would be, so read 'do not overlap' as suggestive; raise TOY_SWEEP_N_MODELS to confirm.")
+    caveat = (f"\n\nWith {SWEEP_N_MODELS} models per cell the Student-t intervals are wide (t = {t95(SWEEP_N_MODELS - 1):.2f}); "
+              "raise TOY_SWEEP_N_MODELS for tighter comparisons.")
 display(Markdown("\n".join(knob_note(sweeps, k) for k in SWEEPS) + caveat))
 
 # %% [markdown]

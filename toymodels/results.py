@@ -58,7 +58,7 @@ def format_table(summary: dict) -> str:
 
 
 def bar_plot_png(result: ToyResult, title: str) -> bytes:
-    """Seaborn bars (mean, with 1.96 std/sqrt(n) error bars) and every model as a dot."""
+    """Seaborn bars (mean, with Student-t 95% CI error bars) and every model as a dot."""
     import matplotlib
 
     matplotlib.use("Agg")
