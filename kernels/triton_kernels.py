@@ -279,6 +279,21 @@ def ghost_sq_norm(x: Tensor, g: Tensor, mask: Tensor | None, with_bias: bool = F
 # materialize on chip
 # ------------------------------------------------------------------------------------------------
 @triton.jit
+def _grad_tile_step(acc, x_ptr, g_ptr, mask_ptr, i, t0, rm, rn, vm, vn, T, sxb, sxt, sxd, sgb, sgt, sgd, smb, smt,
+                    HAS_MASK: tl.constexpr, BT: tl.constexpr, PREC: tl.constexpr, CDT: tl.constexpr):
+    """acc + g_i[t0:t0+BT, rows]^T x_i[t0:t0+BT, cols] (one token block of example i's gradient tile)."""
+    rt = t0 + tl.arange(0, BT)
+    vt = rt < T
+    gmask = vm[:, None] & vt[None, :]
+    if HAS_MASK:
+        mt = tl.load(mask_ptr + i * smb + rt * smt, mask=vt, other=0)
+        gmask = gmask & (mt != 0)[None, :]
+    gt = tl.load(g_ptr + i * sgb + rt[None, :] * sgt + rm[:, None] * sgd, mask=gmask, other=0.0)  # (BM, BT) = g^T
+    xt = tl.load(x_ptr + i * sxb + rt[:, None] * sxt + rn[None, :] * sxd, mask=vt[:, None] & vn[None, :], other=0.0)
+    return tl.dot(gt.to(CDT), xt.to(CDT), acc, input_precision=PREC)
+
+
+@triton.jit
 def _grad_tiles(x_ptr, g_ptr, mask_ptr, ie, ve, rm, rn, vm, vn, T, sxb, sxt, sxd, sgb, sgt, sgd, smb, smt,
                 HAS_MASK: tl.constexpr, EX: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
                 BT: tl.constexpr, PREC: tl.constexpr, CDT: tl.constexpr):
@@ -290,16 +305,8 @@ def _grad_tiles(x_ptr, g_ptr, mask_ptr, ie, ve, rm, rn, vm, vn, T, sxb, sxt, sxd
         i = tl.sum(ie, axis=0)  # the one example, as a scalar (always inside the batch when EX == 1)
         acc2 = tl.zeros((BM, BN), dtype=tl.float32)
         for t0 in range(0, T, BT):
-            rt = t0 + tl.arange(0, BT)
-            vt = rt < T
-            gmask = vm[:, None] & vt[None, :]
-            if HAS_MASK:
-                mt = tl.load(mask_ptr + i * smb + rt * smt, mask=vt, other=0)
-                gmask = gmask & (mt != 0)[None, :]
-            gt = tl.load(g_ptr + i * sgb + rt[None, :] * sgt + rm[:, None] * sgd, mask=gmask, other=0.0)
-            xt = tl.load(x_ptr + i * sxb + rt[:, None] * sxt + rn[None, :] * sxd,
-                         mask=vt[:, None] & vn[None, :], other=0.0)
-            acc2 = tl.dot(gt.to(CDT), xt.to(CDT), acc2, input_precision=PREC)
+            acc2 = _grad_tile_step(acc2, x_ptr, g_ptr, mask_ptr, i, t0, rm, rn, vm, vn, T, sxb, sxt, sxd,
+                                   sgb, sgt, sgd, smb, smt, HAS_MASK, BT, PREC, CDT)
         return acc2[None, :, :]
     acc = tl.zeros((EX, BM, BN), dtype=tl.float32)
     for t0 in range(0, T, BT):
@@ -402,15 +409,8 @@ def _materialize_flat_kernel(
     for it in range(0, n_ex * n_tb):
         i = (first + it // n_tb).to(tl.int64)
         tb = it % n_tb
-        rt = tb * BT + tl.arange(0, BT)
-        vt = rt < T
-        gmask = vm[:, None] & vt[None, :]
-        if HAS_MASK:
-            mt = tl.load(mask_ptr + i * smb + rt * smt, mask=vt, other=0)
-            gmask = gmask & (mt != 0)[None, :]
-        gt = tl.load(g_ptr + i * sgb + rt[None, :] * sgt + rm[:, None] * sgd, mask=gmask, other=0.0)
-        xt = tl.load(x_ptr + i * sxb + rt[:, None] * sxt + rn[None, :] * sxd, mask=vt[:, None] & vn[None, :], other=0.0)
-        acc = tl.dot(gt.to(CDT), xt.to(CDT), acc, input_precision=PREC)
+        acc = _grad_tile_step(acc, x_ptr, g_ptr, mask_ptr, i, tb * BT, rm, rn, vm, vn, T, sxb, sxt, sxd,
+                              sgb, sgt, sgd, smb, smt, HAS_MASK, BT, PREC, CDT)
         if tb == n_tb - 1:  # example i is complete: reduce its tile, then start the next one
             tl.atomic_add(out_sq_ptr + i, tl.sum(tl.sum(acc * acc, axis=1), axis=0))
             if HAS_DIR:
