@@ -111,47 +111,40 @@ def _ghost_partial_kernel(
     rs = si * BT + tl.arange(0, BT)
     vt = rt < T
     vs = rs < T
-    kk = tl.arange(0, BK)
 
-    xx = tl.zeros((BT, BT), dtype=tl.float32)
-    x_base = x_ptr + i * sxb
-    lo = sp * CH_IN
-    hi = tl.minimum(lo + CH_IN, D_IN)
-    for k0 in range(lo, hi, BK):
-        vk = (k0 + kk) < hi
-        a = tl.load(x_base + rt[:, None] * sxt + (k0 + kk)[None, :] * sxd, mask=vt[:, None] & vk[None, :], other=0.0)
-        a = a.to(CDT_X)
-        if DIAG_ONLY:
-            b = tl.trans(a)
-        else:
-            b = tl.load(x_base + rs[None, :] * sxt + (k0 + kk)[:, None] * sxd, mask=vk[:, None] & vs[None, :], other=0.0)
-            b = b.to(CDT_X)
-        xx = tl.dot(a, b, xx, input_precision=PREC_X)
-
+    xx = _gram_tile(x_ptr + i * sxb, sxt, sxd, rt, rs, vt, vs, sp * CH_IN, CH_IN, D_IN, DIAG_ONLY, BT, BK, PREC_X, CDT_X)
     tile = tl.arange(0, BT)[:, None] * BT + tl.arange(0, BT)[None, :]
     part = ((sp * B + i) * N_PAIRS + p) * (BT * BT)
     if not FUSED:
         tl.store(px_ptr + part + tile, xx)
-
-    gg = tl.zeros((BT, BT), dtype=tl.float32)
-    g_base = g_ptr + i * sgb
-    lo = sp * CH_OUT
-    hi = tl.minimum(lo + CH_OUT, D_OUT)
-    for k0 in range(lo, hi, BK):
-        vk = (k0 + kk) < hi
-        a = tl.load(g_base + rt[:, None] * sgt + (k0 + kk)[None, :] * sgd, mask=vt[:, None] & vk[None, :], other=0.0)
-        a = a.to(CDT_G)
-        if DIAG_ONLY:
-            b = tl.trans(a)
-        else:
-            b = tl.load(g_base + rs[None, :] * sgt + (k0 + kk)[:, None] * sgd, mask=vk[:, None] & vs[None, :], other=0.0)
-            b = b.to(CDT_G)
-        gg = tl.dot(a, b, gg, input_precision=PREC_G)
+    gg = _gram_tile(g_ptr + i * sgb, sgt, sgd, rt, rs, vt, vs, sp * CH_OUT, CH_OUT, D_OUT, DIAG_ONLY, BT, BK, PREC_G, CDT_G)
 
     if FUSED:
         _ghost_reduce(xx, gg, mask_ptr, out_w_ptr, out_b_ptr, i, ti, si, rt, rs, vt, vs, smb, smt, HAS_MASK, HAS_BIAS)
     else:
         tl.store(pg_ptr + part + tile, gg)
+
+
+@triton.jit
+def _gram_tile(base, st, sd, rt, rs, vt, vs, lo, CH, D, DIAG_ONLY: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+               PREC: tl.constexpr, CDT: tl.constexpr):
+    """A[rt] A[rs]^T over features [lo, lo + CH) of one example's (T, D) matrix A at `base`, fp32
+    (the X X^T or G G^T tile of the ghost norm). DIAG_ONLY: rt == rs, the second operand is the
+    transpose of the first (one load)."""
+    kk = tl.arange(0, BK)
+    acc = tl.zeros((BT, BT), dtype=tl.float32)
+    hi = tl.minimum(lo + CH, D)
+    for k0 in range(lo, hi, BK):
+        vk = (k0 + kk) < hi
+        a = tl.load(base + rt[:, None] * st + (k0 + kk)[None, :] * sd, mask=vt[:, None] & vk[None, :], other=0.0)
+        a = a.to(CDT)
+        if DIAG_ONLY:
+            b = tl.trans(a)
+        else:
+            b = tl.load(base + rs[None, :] * st + (k0 + kk)[:, None] * sd, mask=vk[:, None] & vs[None, :], other=0.0)
+            b = b.to(CDT)
+        acc = tl.dot(a, b, acc, input_precision=PREC)
+    return acc
 
 
 @triton.jit
