@@ -290,3 +290,23 @@ def test_init_params_is_per_model_and_thread_order_free():
         alone = init_params(spec, [(4, k)])
         assert all(torch.equal(a[0], e[k]) for a, e in zip(alone, ens))
     assert not torch.equal(ens[0][0], ens[0][1])
+
+
+def test_workspace_reuses_its_storage():
+    """Same name: a view of the same memory while it fits (also for a device given by name), a new
+    allocation when it grows or the dtype changes."""
+    ws = Workspace()
+    a = ws.get("h", (4, 8), torch.float32, "cpu")
+    b = ws.get("h", (2, 8), torch.float32, torch.device("cpu"))
+    assert b.data_ptr() == a.data_ptr() and b.shape == (2, 8)
+    c = ws.get("h", (8, 8), torch.float32, "cpu")
+    assert c.numel() == 64
+    assert ws.get("h", (8, 8), torch.float32, "cpu").data_ptr() == c.data_ptr()
+    assert ws.get("h", (8, 8), torch.float64, "cpu").dtype == torch.float64
+
+
+@pytest.mark.gpu
+def test_workspace_reuses_cuda_storage_for_an_indexless_device():
+    ws = Workspace()
+    a = ws.get("h", (4, 8), torch.float32, torch.device("cuda"))
+    assert ws.get("h", (4, 8), torch.float32, "cuda").data_ptr() == a.data_ptr()

@@ -186,6 +186,16 @@ def forward_fast(params: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     return h
 
 
+def _on_device(t: torch.Tensor, device: torch.device) -> bool:
+    """t lives on `device`; a device without an index ("cuda") means the current one, as where
+    torch.empty(device="cuda") allocates (t.device is then "cuda:0", which != torch.device("cuda"))."""
+    if t.device.type != device.type:
+        return False
+    if device.index is None:
+        return device.type != "cuda" or t.device.index == torch.cuda.current_device()
+    return t.device.index == device.index
+
+
 class Workspace:
     """Named scratch tensors reused across the steps, epochs and chunks of a run.
 
@@ -201,7 +211,7 @@ class Workspace:
     def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device) -> torch.Tensor:
         n = math.prod(shape)
         t = self._store.get(name)
-        if t is None or t.numel() < n or t.dtype != dtype or t.device != torch.device(device):
+        if t is None or t.numel() < n or t.dtype != dtype or not _on_device(t, torch.device(device)):
             t = self._store[name] = torch.empty(n, dtype=dtype, device=device)
         return t[:n].view(shape)
 
