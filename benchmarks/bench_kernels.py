@@ -212,8 +212,12 @@ def _tuned(x, g, D, algorithm, options):
     return compute_checked(x, g, D, None, "triton", algorithm, tuning=options)
 
 
+def _plan(algorithm, options):
+    return " ".join([algorithm] + [f"{k}={'plan' if v is None else v}" for k, v in options.items()])
+
+
 def _label(algorithm, options):
-    return " ".join([f"triton {algorithm}"] + [f"{k}={'plan' if v is None else v}" for k, v in options.items()])
+    return f"triton {_plan(algorithm, options)}"
 
 
 # ---- one shape ---------------------------------------------------------------------------------
@@ -290,7 +294,7 @@ def bench_shape(name, B, T, d_in, d_out, cfg, device, bandwidth, rate, use_trito
             from sublim.kernels.linear_stats import tuned_choice
 
             picked = tuned_choice(x, g, D_by_stat.get(stat))
-            method = f"triton auto ({_label(*picked)[7:]})" if picked else method
+            method = f"triton auto ({_plan(*picked)})" if picked else method
         rows.append(dict(shape=name, B=B, T=T, d_in=d_in, d_out=d_out, dtype=str(dtype).replace("torch.", ""),
                          stat=stat, method=method, kind=kind, median_ms=ms, floor_ms=floor, x_floor=ms / floor,
                          peak_extra_mib=mem, max_rel_err=err, correct=bool(err <= 1e-3), status=status))

@@ -115,8 +115,9 @@ def measured_algorithm(x3: Tensor, g3: Tensor, directions: Tensor | None, mask: 
     choice = _MEASURED.get(key)
     if choice is not None:
         return choice
+    candidates = tuning_candidates(k)
     times, errors = {}, []
-    for i, (algorithm, options) in enumerate(tuning_candidates(k)):
+    for i, (algorithm, options) in enumerate(candidates):
         try:
             run = functools.partial(compute_checked, x3, g3, directions, mask, "triton", algorithm, tuning=options)
             run()
@@ -137,7 +138,7 @@ def measured_algorithm(x3: Tensor, g3: Tensor, directions: Tensor | None, mask: 
             warnings.warn(f"kernels: {algorithm} {options} failed for shape {key[:5]} and is skipped: {e!r}")
     if not times:
         raise errors[0]
-    choice = _MEASURED[key] = tuning_candidates(k)[min(times, key=times.get)]
+    choice = _MEASURED[key] = candidates[min(times, key=times.get)]
     return choice
 
 
@@ -274,7 +275,7 @@ def compute_checked(
     bias_sq = None
     if algorithm == "materialize":
         sq, dot = (
-            impl.materialize_stats(x3, g3, directions, mask, tuning.get("examples_per_load"), tuning.get("tile"),
+            impl.materialize_stats(x3, g3, directions, mask, tuning.get("examples_per_load"),
                                    out_sq=out_sq, out_dot=out_dot if k else None, flat=tuning.get("flat", False))
             if backend == "triton"
             else impl.materialize_stats(x3, g3, directions)

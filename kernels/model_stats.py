@@ -281,7 +281,7 @@ class PerExampleGradStats:
         sq = self._sq_buf[t.index]  # this parameter's rows of the step's buffers (zeros until now)
         dot = self._dot_buf[t.index] if D is not None else None
         if t.role == "weight" and len(lin) == 1 and not emb:
-            # the common case (one nn.Linear call per step): no accumulation buffers, no re-checks
+            # the common case (one nn.Linear call per step): no concatenation, no re-checks
             x, g = _autocast_input(lin[0].inp, lin[0].g), lin[0].g
             x = x.reshape(B, -1, x.shape[-1])
             g = g.reshape(B, -1, g.shape[-1])
@@ -333,12 +333,8 @@ class PerExampleGradStats:
         sq = {t.name: self._sq_buf[t.index] for t in self._tracked.values()}
         dot = {t.name: self._dot_buf[t.index] for t in self._tracked.values() if t.directions is not None}
         total_sq = self._sq_buf.sum(0)
-        if dot:
-            with_dirs = [t.index for t in self._tracked.values() if t.directions is not None]
-            rows = self._dot_buf if len(with_dirs) == len(self._tracked) else self._dot_buf[with_dirs]
-            total_dot = rows.sum(0)
-        else:
-            total_dot = torch.zeros(B, self.k, dtype=torch.float32, device=dev)
+        # rows of parameters without directions are never written, so they add zero
+        total_dot = self._dot_buf.sum(0) if self._dot_buf is not None else torch.zeros(B, 0, dtype=torch.float32, device=dev)
         return GradStatsResult(sq, dot, total_sq, total_dot)
 
 

@@ -11,8 +11,9 @@ written to memory (outputs are (B,) and (B, k) fp32, accumulated with atomics):
                        count twice (symmetry). The bias norm ||sum_t g_t||^2 is the sum of the
                        G G^T entries, so it comes free. With one split and small tiles a single
                        fused kernel does everything.
-  _materialize_kernel  program = (tiles of d_out x d_in, persistent: one program per SM walks
-                       over tiles; group of examples). For EX examples at a time, forms the gradient
+  _materialize_kernel  program = (tile of d_out x d_in, group of examples). For EX examples at a
+                       time (1, 2 or 4; one flattened example x token loop in the flat variant),
+                       forms the gradient
                        tiles G_e[rows, cols] = g_e[:, rows]^T x_e[:, cols] with one batched tl.dot
                        over tokens, then reduces sum(G^2) and sum(G * D_k) on chip: each direction
                        tile is loaded once per EX examples, and the per-direction sums stay row
@@ -318,6 +319,35 @@ def _grad_tiles(x_ptr, g_ptr, mask_ptr, ie, ve, rm, rn, vm, vn, T, sxb, sxt, sxd
 
 
 @triton.jit
+def _add_direction_dots(acc, ie, ve, dir_ptr, rm, rn, vm, vn, sdk, sdo, sdi, out_dot_ptr,
+                        K: tl.constexpr, KP: tl.constexpr):
+    """out_dot[ie[e], j] += sum(acc[e] * D_j[rows, cols]) for the EX gradient tiles acc (EX, BM, BN).
+
+    Each (example, direction) reduces only along the columns (within a warp: shuffles); the row
+    sums stay in a (EX, BM, KP) register tile, and ONE cross-warp reduction per call turns them into
+    EX x K numbers, sent with one vector atomic. A full reduction per (example, direction) needs a
+    cross-warp exchange through shared memory and barriers each time, and made the first version of
+    this kernel 30-60x slower than its roofline."""
+    EX: tl.constexpr = acc.shape[0]
+    BM: tl.constexpr = acc.shape[1]
+    kk = tl.arange(0, KP)
+    rows = tl.zeros((EX, BM, KP), dtype=tl.float32)
+    d_offs = rm[:, None] * sdo + rn[None, :] * sdi
+    d_valid = vm[:, None] & vn[None, :]
+    # a loop, not unrolled: unrolling hoists all K direction-tile loads into registers at once.
+    # Only a scalar base pointer is carried (advanced by sdk: j * sdk can pass 2^31), not a tile of
+    # pointers, which would pin a layout and a register per element.
+    d_base = dir_ptr
+    for j in range(K):
+        d = tl.load(d_base + d_offs, mask=d_valid, other=0.0, eviction_policy="evict_last").to(tl.float32)
+        r = tl.sum(acc * d[None, :, :], axis=2)  # (EX, BM)
+        rows += tl.where(kk[None, None, :] == j, r[:, :, None], 0.0)
+        d_base += sdk
+    dots = tl.sum(rows, axis=1)  # (EX, KP)
+    tl.atomic_add(out_dot_ptr + ie[:, None] * K + kk[None, :], dots, mask=ve[:, None] & (kk[None, :] < K))
+
+
+@triton.jit
 def _materialize_kernel(
     x_ptr, g_ptr, mask_ptr, dir_ptr, out_sq_ptr, out_dot_ptr,
     B, T, D_IN, D_OUT, EX_PER_PROG, N_TILES,
@@ -329,17 +359,10 @@ def _materialize_kernel(
     # Programs over tiles of W (grid dim 0; a program loops if there are fewer programs than
     # tiles); grid dim 1 = groups of examples, used when the tiles alone do not fill the GPU.
     # For each tile the program walks its examples EX at a time: the EX gradient tiles are formed
-    # together (one batched tl.dot), and every direction tile is loaded once per EX examples.
-    #
-    # The reduction is the expensive part: a full reduction of a (BM, BN) tile to one number needs
-    # a cross-warp exchange through shared memory and barriers, and doing that once per (example,
-    # direction) made the first version of this kernel 30-60x slower than its roofline. Here each
-    # (example, direction) only reduces along the columns (within a warp: shuffles), the row sums
-    # are kept as a (EX, BM, KP) register tile, and ONE cross-warp reduction per (tile, EX
-    # examples) turns them into EX x K numbers, sent with one vector atomic.
+    # together (one batched tl.dot), and every direction tile is loaded once per EX examples
+    # (_add_direction_dots).
     pid_grp = tl.program_id(1)
     n_col_tiles = tl.cdiv(D_IN, BN)
-    kk = tl.arange(0, KP)
     ee = tl.arange(0, EX)
     first = pid_grp * EX_PER_PROG
     last = tl.minimum(first + EX_PER_PROG, B)
@@ -355,21 +378,7 @@ def _materialize_kernel(
                               sgb, sgt, sgd, smb, smt, HAS_MASK, EX, BM, BN, BT, PREC, CDT)
             tl.atomic_add(out_sq_ptr + ie, tl.sum(tl.sum(acc * acc, axis=2), axis=1), mask=ve)
             if HAS_DIR:
-                rows = tl.zeros((EX, BM, KP), dtype=tl.float32)
-                d_offs = rm[:, None] * sdo + rn[None, :] * sdi
-                d_valid = vm[:, None] & vn[None, :]
-                # a loop, not unrolled: unrolling hoists all K direction-tile loads and spills registers.
-                # Only a scalar base pointer is carried (advanced by sdk: j * sdk can pass 2^31), not a
-                # tile of pointers, which would pin a layout and a register per element.
-                d_base = dir_ptr
-                for j in range(K):
-                    d = tl.load(d_base + d_offs, mask=d_valid, other=0.0, eviction_policy="evict_last").to(tl.float32)
-                    r = tl.sum(acc * d[None, :, :], axis=2)  # (EX, BM)
-                    rows += tl.where(kk[None, None, :] == j, r[:, :, None], 0.0)
-                    d_base += sdk
-                dots = tl.sum(rows, axis=1)  # (EX, KP)
-                tl.atomic_add(out_dot_ptr + ie[:, None] * K + kk[None, :], dots,
-                              mask=ve[:, None] & (kk[None, :] < K))
+                _add_direction_dots(acc, ie, ve, dir_ptr, rm, rn, vm, vn, sdk, sdo, sdi, out_dot_ptr, K, KP)
 
 
 @triton.jit
@@ -395,9 +404,6 @@ def _materialize_flat_kernel(
     first = tl.program_id(1) * EX_PER_PROG
     n_ex = tl.minimum(EX_PER_PROG, B - first)
     n_tb = tl.cdiv(T, BT)
-    kk = tl.arange(0, KP)
-    d_offs = rm[:, None] * sdo + rn[None, :] * sdi
-    d_valid = vm[:, None] & vn[None, :]
     acc = tl.zeros((BM, BN), dtype=tl.float32)
     for it in range(0, n_ex * n_tb):
         i = (first + it // n_tb).to(tl.int64)
@@ -407,22 +413,13 @@ def _materialize_flat_kernel(
         if tb == n_tb - 1:  # example i is complete: reduce its tile, then start the next one
             tl.atomic_add(out_sq_ptr + i, tl.sum(tl.sum(acc * acc, axis=1), axis=0))
             if HAS_DIR:
-                rows = tl.zeros((BM, KP), dtype=tl.float32)
-                d_base = dir_ptr
-                for j in range(K):
-                    d = tl.load(d_base + d_offs, mask=d_valid, other=0.0, eviction_policy="evict_last").to(tl.float32)
-                    rows += tl.where(kk[None, :] == j, tl.sum(acc * d, axis=1)[:, None], 0.0)
-                    d_base += sdk
-                tl.atomic_add(out_dot_ptr + i * K + kk, tl.sum(rows, axis=0), mask=kk < K)
+                _add_direction_dots(acc[None, :, :], i + tl.zeros((1,), dtype=tl.int64), tl.full((1,), True, tl.int1),
+                                    dir_ptr, rm, rn, vm, vn, sdk, sdo, sdi, out_dot_ptr, K, KP)
             acc = tl.zeros((BM, BN), dtype=tl.float32)
 
 
-# None: choose from the shape (benchmarks set 1, 2 or 4 to compare).
-MATERIALIZE_EXAMPLES_PER_LOAD: int | None = None
-
-
 def materialize_plan(B: int, d_in: int, d_out: int, k: int, cuda: bool,
-                     examples_per_load: int | None = None, tile: int | None = None) -> tuple[int, int, int, int, int]:
+                     examples_per_load: int | None = None) -> tuple[int, int, int, int, int]:
     """(BM, BN, BT, EX, num_warps) of the materialize kernel.
 
     Norm only, large layers: 128 x 128 gradient tiles, one example at a time (fewer re-reads of x and
@@ -430,26 +427,22 @@ def materialize_plan(B: int, d_in: int, d_out: int, k: int, cuda: bool,
     With directions: 64 x 64 tiles and 4 examples per direction-tile load (EX (64 x 64) fp32
     accumulators must stay in registers next to the direction tile and the row sums).
     Interpreter: tiny tiles so that the CPU tests stay fast."""
-    if not cuda:  # (a requested tile size is honoured, so the interpreter tests cover that plan too)
-        if tile:
-            return tile, tile, 16, 1, 4
-        return 16, 16, 16, min(examples_per_load or MATERIALIZE_EXAMPLES_PER_LOAD or 2, triton.next_power_of_2(B)), 4
-    if tile == 128 or (k == 0 and min(d_in, d_out) >= 512 and not examples_per_load and not tile):
-        return 128, 128, 64 if k == 0 else 32, 1, 8
-    ex = examples_per_load or MATERIALIZE_EXAMPLES_PER_LOAD or (4 if k else 2)
+    if not cuda:
+        return 16, 16, 16, min(examples_per_load or 2, triton.next_power_of_2(B)), 4
+    if k == 0 and min(d_in, d_out) >= 512 and not examples_per_load:
+        return 128, 128, 64, 1, 8
+    ex = examples_per_load or (4 if k else 2)
     ex = min(ex, triton.next_power_of_2(B))
     # warps: the smallest count whose sm_90 build does not spill registers (benchmarks/compile_report.py)
     return 64, 64, 32, ex, 8 if ex >= 2 else 4
 
 
 def materialize_stats(x: Tensor, g: Tensor, directions: Tensor | None, mask: Tensor | None,
-                      examples_per_load: int | None = None, tile: int | None = None,
+                      examples_per_load: int | None = None,
                       out_sq: Tensor | None = None, out_dot: Tensor | None = None, flat: bool = False):
     """x (B,T,d_in), g (B,T,d_out), directions (k,d_out,d_in) -> (sq (B,), dots (B,k) or None).
 
     examples_per_load: examples formed together per direction-tile load (1, 2 or 4; None: the plan).
-    tile: 128 for 128 x 128 gradient tiles, one example at a time (half the x/g re-reads of 64 x 64,
-    more registers); None: the plan.
     out_sq (B,), out_dot (B, k): optional float32 accumulators (added to; see _accumulator).
     flat: one example at a time in one flattened example x token loop (_materialize_flat_kernel)."""
     B, T, d_in = x.shape
@@ -464,7 +457,7 @@ def materialize_stats(x: Tensor, g: Tensor, directions: Tensor | None, mask: Ten
         dots = _accumulator(out_dot, (B, k), x) if k else None
     if B == 0 or T == 0:
         return sq, dots
-    BM, BN, BT, ex, warps = materialize_plan(B, d_in, d_out, k, x.is_cuda, 1 if flat else examples_per_load, tile)
+    BM, BN, BT, ex, warps = materialize_plan(B, d_in, d_out, k, x.is_cuda, 1 if flat else examples_per_load)
     if x.is_cuda:
         BT = min(BT, max(16, triton.next_power_of_2(T)))
     n_tiles = triton.cdiv(d_out, BM) * triton.cdiv(d_in, BN)

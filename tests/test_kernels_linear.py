@@ -186,12 +186,13 @@ def test_triton_many_directions_and_strides():
 def test_triton_materialize_example_blocking(monkeypatch, examples_per_load):
     """7 examples in blocks of 1, 2 or 4 (the last block partial), with and without example groups."""
     from sublim.kernels import triton_kernels as tk
+    from sublim.kernels.linear_stats import compute_checked
 
-    monkeypatch.setattr(tk, "MATERIALIZE_EXAMPLES_PER_LOAD", examples_per_load)
     x, g, D, _, mask = make_inputs(7, 5, 9, 6, 3, torch.float32, device=DEVICE)
     for sms in (1, 16):  # one group of 7 examples; or groups of 1 example (more SMs than tiles)
         monkeypatch.setattr(tk, "_device_sms", lambda t, sms=sms: sms)
-        s = linear_grad_stats(x, g, D, mask=mask, backend="triton", algorithm="materialize")
+        s = compute_checked(x, g, D, mask.reshape(7, 5), "triton", "materialize",
+                            tuning={"examples_per_load": examples_per_load})
         assert_close_stats(s, x, g, D, None, mask, bias=False)
 
 

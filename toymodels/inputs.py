@@ -17,6 +17,8 @@ import torch
 
 from sublim.errors import ConfigError
 
+from .model import Workspace
+
 
 def derived_seed(*parts) -> int:
     """A 63-bit seed from any tuple of ints/strings (stable across runs, platforms, Pythons)."""
@@ -63,8 +65,8 @@ class DistillInputs:
         self.independent = independent
         self.device = x_train.device
         self.d_in = x_train.shape[1]
-        self.workspace = workspace  # a model.Workspace shared across epochs and chunks, or None
-        self._buf: torch.Tensor | None = None
+        # scratch memory shared across epochs and chunks (a private one when none is given)
+        self.workspace = workspace if workspace is not None else Workspace()
         if kind in ("mnist", "shuffled_pixels"):
             if n_examples > x_train.shape[0]:
                 raise ConfigError(f"distill_input={kind} has only {x_train.shape[0]} images per epoch, asked {n_examples}")
@@ -73,12 +75,7 @@ class DistillInputs:
     def _out(self, shape: tuple[int, ...]) -> torch.Tensor:
         """One buffer for every batch (the short last batch uses its head): on CPU a fresh
         batch-sized tensor costs more in page faults than drawing the noise into it."""
-        if self.workspace is not None:
-            return self.workspace.get("distill.x", shape, self.dtype, self.device)
-        n = shape[0] * shape[1] * shape[2]
-        if self._buf is None or self._buf.numel() < n:
-            self._buf = torch.empty(n, dtype=self.dtype, device=self.device)
-        return self._buf[:n].view(shape)
+        return self.workspace.get("distill.x", shape, self.dtype, self.device)
 
     def batch(self, step: int) -> torch.Tensor:
         """The inputs of `step`. The tensor is overwritten by the next call: use it (or copy it) first."""

@@ -175,14 +175,18 @@ def students_kl_fm(zs: torch.Tensor, zt: torch.Tensor, aux_arm: torch.Tensor, n_
     zs (groups, k, d_out, b): arm a of group g; zt (groups, 1, d_out, b): that group's teacher,
     broadcast to its arms (no copy per arm); aux_arm (k,) bool: the arm distills on the aux logits only."""
     n = n_classes
-    if bool(aux_arm.all()):
+
+    def aux_only():  # KL over the aux logits; the digit logits get no gradient
         loss, d_aux = losses.distill_kl_fm(zs[..., n:, :], zt[..., n:, :])
         return loss, torch.cat([torch.zeros_like(zs[..., :n, :]), d_aux], dim=-2)
+
+    if bool(aux_arm.all()):
+        return aux_only()
     loss, dz = losses.distill_kl_fm(zs, zt)
     if bool(aux_arm.any()):
-        loss_aux, d_aux = losses.distill_kl_fm(zs[..., n:, :], zt[..., n:, :])
+        loss_aux, dz_aux = aux_only()
         loss = torch.where(aux_arm, loss_aux, loss)
-        dz = torch.where(aux_arm[:, None, None], torch.cat([torch.zeros_like(zs[..., :n, :]), d_aux], dim=-2), dz)
+        dz = torch.where(aux_arm[:, None, None], dz_aux, dz)
     return loss, dz
 
 
