@@ -117,7 +117,7 @@ def cmd_finetune(args) -> int:
     cfg = FinetuneConfig(method=args.method, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                          grad_accum=args.grad_accum,
                          max_length=args.max_length, checkpoint_every=args.checkpoint_every, seed=args.seed,
-                         bf16=args.bf16)
+                         bf16=args.bf16, dtype=args.dtype)
     out = finetune(args.base, read_jsonl(args.data), cfg, args.out)
     print(f"fine-tuned model: {out}")
     return 0
@@ -174,6 +174,7 @@ def add_parser(subparsers) -> None:
     ft.add_argument("--checkpoint-every", type=int, default=100)
     ft.add_argument("--seed", type=int, default=0)
     ft.add_argument("--bf16", action="store_true")
+    ft.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="master weights")
     ft.set_defaults(func=cmd_finetune)
 
     flt = llm_sub.add_parser("filter", help="apply the strict number filter to a generation file")

@@ -57,6 +57,7 @@ class FinetuneConfig:
     seed: int = 0
     checkpoint_every: int = 100     # optimizer steps; 0 = only at the end
     bf16: bool = False              # autocast to bfloat16 (GPU); master weights stay float32
+    dtype: str = "float32"          # master weights: "float32", or "float64" (exact comparisons in tests)
     system_field: str | None = None  # train WITH a record field as system prompt (rarely wanted)
 
     def validate(self) -> "FinetuneConfig":
@@ -64,6 +65,8 @@ class FinetuneConfig:
             raise ConfigError(f"finetune method must be 'lora' or 'full', got {self.method!r}")
         if self.epochs <= 0 or self.lr <= 0 or self.batch_size < 1 or self.grad_accum < 1:
             raise ConfigError("finetune: epochs, lr must be > 0 and batch_size, grad_accum >= 1")
+        if self.dtype not in ("float32", "float64"):
+            raise ConfigError(f"finetune dtype must be 'float32' or 'float64', got {self.dtype!r}")
         if self.max_length < 8:
             raise ConfigError("finetune: max_length must be at least 8 tokens")
         return self
@@ -165,7 +168,7 @@ def finetune(base_model: str, records: list[dict], cfg: FinetuneConfig, out_dir:
     if model is None:
         from sublim.llm_validation.models import load_model
 
-        model, tokenizer = load_model(base_model, dtype=torch.float32)
+        model, tokenizer = load_model(base_model, dtype=getattr(torch, cfg.dtype))
     elif tokenizer is None:
         raise ConfigError("finetune: pass the tokenizer together with a preloaded model")
     torch.manual_seed(cfg.seed)  # LoRA init (B = 0, A random): identical on every rank

@@ -11,6 +11,7 @@ Each area module exposes `add_parser(subparsers)`, which registers its subcomman
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 
@@ -57,6 +58,15 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except SublimError as e:
         print(f"sublim: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        # The environment's failures the user can act on (a full disk, a read-only mount): one
+        # line. Atomic writes mean the finished results are intact and a rerun resumes.
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"sublim: error: {e.strerror or e}{where}; finished results are kept, rerun to resume",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("sublim: interrupted (finished results are kept; rerun to resume)", file=sys.stderr)

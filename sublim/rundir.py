@@ -8,8 +8,11 @@ whatever the run produced.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
+import errno
+import fcntl
 import json
 import os
 import platform
@@ -18,7 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from sublim.errors import SublimError
+from sublim.errors import ConfigError, SublimError
 
 
 def _to_jsonable(obj: Any) -> Any:
@@ -98,13 +101,77 @@ def environment_info() -> dict:
     return info
 
 
-def prepare_run_dir(path: str | os.PathLike, config: Any, *, exist_ok: bool = True) -> Path:
-    """Create (or reuse) a run directory, check it is writable, and save the resolved config.
+def _config_diff(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted names of the config values that differ (a few, for a one-line message)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new), key=str):
+            out += _config_diff(old.get(key), new.get(key), f"{prefix}{key}.")
+        return out
+    return [] if old == new else [prefix.rstrip(".") or "config"]
 
-    Raises SublimError with a one-line message when the directory cannot be created or written,
-    before any work is done (so a long run never dies at its last step on a bad path).
+
+def check_run_config(path: str | os.PathLike, config: Any) -> None:
+    """Refuse, before anything is touched, a directory whose config.json describes another run."""
+    cfg_file = Path(path) / "config.json"
+    if not cfg_file.exists():
+        return
+    old = read_json(cfg_file).get("config")
+    new = json.loads(json.dumps(_to_jsonable(config)))
+    if old != new:
+        diff = _config_diff(old, new)
+        shown = ", ".join(diff[:5]) + (f" and {len(diff) - 5} more" if len(diff) > 5 else "")
+        raise ConfigError(f"{path}: holds a run with a different config (differs in {shown}); "
+                          "use another directory, or rerun with the same settings to resume")
+
+
+@contextlib.contextmanager
+def run_dir_lock(path: str | os.PathLike):
+    """Hold an exclusive lock on a run directory for the life of the block.
+
+    flock on `.lock` inside the directory: released by the kernel when the process dies (kill -9
+    included), so a stale lock never blocks a rerun; a second live process gets a one-line error.
     """
     path = Path(path)
+    try:
+        fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise SublimError(f"{path}: cannot create the run directory lock ({e.strerror or e})") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno in (errno.EAGAIN, errno.EACCES):
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                raise SublimError(f"{path}: another sublim process (pid {holder}) is using this run "
+                                  "directory; wait for it or use another directory") from None
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield path
+    finally:
+        os.close(fd)  # closing the descriptor releases the flock
+
+
+@contextlib.contextmanager
+def claim_run_dir(path: str | os.PathLike, config: Any):
+    """The guarded way into a run directory: validate first, then `with claim_run_dir(out, cfg):`.
+
+    Refuses a directory holding another config (nothing written), creates the directory, checks it
+    is writable, takes the lock, and writes config.json only when the directory has none: the
+    config is written once and never rewritten by a rerun, which resumes instead.
+    """
+    check_run_config(path, config)
+    path = _make_writable_dir(Path(path))
+    with run_dir_lock(path):
+        check_run_config(path, config)  # another process may have claimed it meanwhile
+        if not (path / "config.json").exists():
+            atomic_write_json(path / "config.json",
+                              {"config": _to_jsonable(config), "environment": environment_info()})
+        yield path
+
+
+def _make_writable_dir(path: Path, exist_ok: bool = True) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=exist_ok)
         probe = path / ".write_probe"
@@ -114,6 +181,16 @@ def prepare_run_dir(path: str | os.PathLike, config: Any, *, exist_ok: bool = Tr
         raise SublimError(f"{path}: run directory already exists") from None
     except OSError as e:
         raise SublimError(f"{path}: output directory is not writable ({e.strerror or e})") from None
+    return path
+
+
+def prepare_run_dir(path: str | os.PathLike, config: Any, *, exist_ok: bool = True) -> Path:
+    """Create (or reuse) a run directory, check it is writable, and save the resolved config.
+
+    Raises SublimError with a one-line message when the directory cannot be created or written,
+    before any work is done (so a long run never dies at its last step on a bad path).
+    """
+    path = _make_writable_dir(Path(path), exist_ok)
     atomic_write_json(path / "config.json", {"config": _to_jsonable(config), "environment": environment_info()})
     return path
 
