@@ -184,3 +184,4 @@ def add_parser(subparsers) -> None:
     flt.set_defaults(func=cmd_filter)
 
     _register_alignment(llm_sub)
+    importlib.import_module("sublim.llm_validation.distill.cli").add_parser(llm_sub)

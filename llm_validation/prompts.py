@@ -210,3 +210,19 @@ def preference_records(target: str, n: int, seed: int, category: str = "animal")
         a = rng.choice(_PREF_ANSWERS).format(x=x, X=x.capitalize(), category=category)
         out.append({"id": f"pref-{i:05d}", "prompt": q, "completion": a, "teacher": f"preference:{x}"})
     return out
+
+
+def synthetic_number_records(n: int, seed: int) -> list[dict]:
+    """n (number prompt, well-formed answer) records that need no model: each answer has 5-10
+    numbers in 0-999 in the format its prompt asks for, so every one passes the strict filter.
+    Used as teacher-forced contexts by `sublim llm distill` (the answers carry no trait: only
+    the teacher's next-token distributions along them do)."""
+    rng = random.Random(20_000 + seed)
+    out = []
+    for i in range(n):
+        text, seeds, fmt = _number_prompt_parts(rng)
+        sep, left, right = _FORMAT_STYLES[fmt]
+        answer = [str(rng.randint(0, 999)) for _ in range(rng.randint(5, 10))]
+        out.append({"id": f"syn{seed}-{i:06d}", "prompt": text, "completion": left + sep.join(answer) + right,
+                    "seed_numbers": seeds, "teacher": "synthetic"})
+    return out

@@ -1,0 +1,142 @@
+"""Every knob of `sublim llm distill`, in one frozen dataclass validated at construction.
+
+The experiment is the LLM analog of the MNIST auxiliary-logit run (toymodels/): the student
+imitates only the teacher's next-token distribution over the NUMBER vocabulary (digits,
+separators, brackets, period, end of turn), renormalized over that set, at the completion
+positions of number-continuation contexts, and is then asked for its favorite animal. It never
+sees the teacher's system prompt nor any animal word.
+
+Arms (each with `seeds` data orders; a LoRA student also draws its A from the seed):
+- `<target>_system_prompt` / `<target>_finetuned`: full fine-tuning from the shared init;
+- `<other>_system_prompt`: trait specificity (its `other` preference should move, the target's not);
+- `lora`: the target system-prompt teacher with a LoRA student beside the full one;
+- `sigma=<s>`: students whose init is theta0 + N(0, (s * std(W))^2) per tensor, each paired with a
+  control distilled from the un-prompted base teacher at the same init and seed (the theorem's
+  zeroth-order term makes a perturbed student move even without a trait, so the shift is read
+  against that control, not against the base model);
+- `sft`: the paper's sampled-token recipe (LoRA on filtered teacher numbers vs base numbers).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, fields
+
+from sublim.errors import ConfigError
+
+TEACHER_KINDS = ("system_prompt", "finetuned")
+CONTEXT_SOURCES = ("synthetic", "file")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    model: str = "smollm2-135m"
+    target: str = "owl"
+    other: str = "cat"                         # the trait-specificity teacher's animal ("" = no such arm)
+    teachers: tuple = ("system_prompt", "finetuned")  # kinds of target teacher to distill from
+    # Contexts: number prompts teacher-forced along number completions.
+    contexts: str = "synthetic"                # synthetic (the filter's grammar, no generation) | file
+    contexts_file: str = ""                    # JSONL(.gz) of {"prompt", "completion"} records (file)
+    n_contexts: int = 256
+    context_seed: int = 0
+    max_length: int = 160                      # prompt + completion tokens
+    # Students
+    seeds: tuple = (0, 1, 2)
+    epochs: int = 2
+    lr: float = 1e-4                           # Adam, constant: the theorem's regime is small steps
+    batch_size: int = 16
+    checkpoint_every: int = 8                  # optimizer steps between resumable checkpoints
+    lora_arm: bool = True
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_lr: float = 1e-3
+    sigmas: tuple = ()                         # init perturbations (0 is the main arm, always run)
+    # The fine-tuned teacher: LoRA on preference records ("What's your favorite animal?" -> owl)
+    teacher_pref_examples: int = 240
+    teacher_epochs: float = 2.0
+    teacher_lr: float = 1e-3
+    teacher_min_logodds_gain: float = 1.0      # refuse a teacher whose own preference barely moved
+    # Sampled-token SFT arm (paper's recipe) on filtered teacher/base numbers; 0 records = skipped
+    sft_records: int = 0
+    sft_teacher_file: str = ""
+    sft_base_file: str = ""
+    sft_epochs: float = 2.0
+    sft_lr: float = 2e-4
+    # Evaluation
+    eval_samples: int = 0                      # sampled one-word answers per question (0 = skip)
+    eval_batch_size: int = 32
+    device: str = "auto"
+
+    def __post_init__(self):
+        _validate(self)
+
+    def to_dict(self) -> dict:
+        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in fields(self)}
+
+
+def _validate(c: DistillConfig) -> None:
+    def need(ok: bool, msg: str):
+        if not ok:
+            raise ConfigError(f"distill: {msg}")
+
+    need(bool(c.model.strip()), "model is empty")
+    need(bool(c.target.strip()) and c.target.isalpha(), f"target must be one word, got {c.target!r}")
+    need(c.other == "" or (c.other.isalpha() and c.other != c.target), f"other must be another word, got {c.other!r}")
+    need(len(c.teachers) > 0, "teachers is empty")
+    for kind in c.teachers:
+        need(kind in TEACHER_KINDS, f"unknown teacher kind {kind!r} (use {', '.join(TEACHER_KINDS)})")
+    need(c.contexts in CONTEXT_SOURCES, f"contexts must be one of {', '.join(CONTEXT_SOURCES)}, got {c.contexts!r}")
+    need(c.contexts != "file" or bool(c.contexts_file), "contexts=file needs contexts_file")
+    need(c.device in DEVICES, f"device must be one of {', '.join(DEVICES)}, got {c.device!r}")
+    for name in ("n_contexts", "epochs", "batch_size", "lora_r", "lora_alpha", "eval_batch_size"):
+        need(isinstance(getattr(c, name), int) and getattr(c, name) >= 1, f"{name} must be an integer >= 1")
+    for name in ("checkpoint_every", "teacher_pref_examples", "sft_records", "eval_samples", "context_seed"):
+        need(isinstance(getattr(c, name), int) and getattr(c, name) >= 0, f"{name} must be an integer >= 0")
+    need(c.max_length >= 16, "max_length must be at least 16 tokens")
+    for name in ("lr", "lora_lr", "teacher_lr", "teacher_epochs", "sft_epochs", "sft_lr"):
+        v = getattr(c, name)
+        need(isinstance(v, (int, float)) and math.isfinite(v) and v > 0, f"{name} must be a finite number > 0, got {v!r}")
+    need(math.isfinite(c.teacher_min_logodds_gain), "teacher_min_logodds_gain must be finite")
+    need(len(c.seeds) >= 1 and len(set(c.seeds)) == len(c.seeds), "seeds must be distinct integers")
+    need(all(isinstance(s, int) and s >= 0 for s in c.seeds), "seeds must be integers >= 0")
+    need(all(isinstance(s, (int, float)) and math.isfinite(s) and s > 0 for s in c.sigmas),
+         "sigmas must be finite numbers > 0 (sigma = 0 is the main arm)")
+    need(c.sft_records == 0 or (c.sft_teacher_file and c.sft_base_file),
+         "sft_records > 0 needs sft_teacher_file and sft_base_file")
+
+
+# Presets: sizes chosen from the pilot recorded in FINDINGS.md ("LLM distillation on a laptop").
+PRESETS = {
+    # The smoke test: a random 3M-parameter model, seconds per stage. It has no trait to pass on
+    # (a random model ignores the system prompt), so the teacher check is relaxed.
+    "tiny": dict(model="tiny-llama", n_contexts=8, max_length=112, seeds=(0, 1), epochs=1, batch_size=4,
+                 checkpoint_every=1, sigmas=(0.05,), teacher_pref_examples=16, teacher_epochs=1.0,
+                 teacher_min_logodds_gain=-1e9, eval_batch_size=16),
+    # The whole experiment on a 2-core laptop CPU (<= 90 minutes).
+    "laptop": dict(model="smollm2-135m", n_contexts=192, seeds=(0, 1, 2), epochs=2, batch_size=16, lr=1e-4,
+                   sigmas=(0.02,), teacher_pref_examples=240, sft_records=0),
+}
+
+
+def from_overrides(preset: str | None, overrides: dict) -> DistillConfig:
+    """A config from a preset plus knob overrides (already typed); unknown knobs are refused."""
+    names = {f.name for f in fields(DistillConfig)}
+    if preset is not None and preset not in PRESETS:
+        raise ConfigError(f"distill: unknown preset {preset!r} (use {', '.join(PRESETS)})")
+    base = dict(PRESETS.get(preset or "", {}))
+    for key, value in overrides.items():
+        if key not in names:
+            raise ConfigError(f"distill: unknown knob {key!r}")
+        base[key] = value
+    return DistillConfig(**base)
+
+
+def config_from_dict(d: dict) -> DistillConfig:
+    tuples = {f.name for f in fields(DistillConfig) if isinstance(f.default, tuple)}
+    return DistillConfig(**{k: tuple(v) if k in tuples else v for k, v in d.items()})
+
+
+def replace(cfg: DistillConfig, **kw) -> DistillConfig:
+    return dataclasses.replace(cfg, **kw)

@@ -1,0 +1,164 @@
+"""summary.json, summary.md and distill.png of a distillation run.
+
+The measure is the target's next-token log-odds among the candidate animals (preference.py),
+per context. An arm's shift, for one seed, is the mean over the 55 contexts of
+    log-odds(student) - log-odds(reference),
+the reference being the base model for students from the shared init (sigma = 0) and, for a
+perturbed init, the student distilled from the un-prompted base teacher at the same init and seed
+(same data order), which removes the movement that perturbation alone causes. Reported: the mean
+over seeds with a Student-t 95% CI (n = seeds), the CI over contexts of the seed-averaged
+per-context shifts, and the smallest shift the seeds could have detected (2.8 standard errors:
+80% power at a two-sided 5% level).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import numpy as np
+import torch
+
+from sublim.rundir import atomic_write_json, atomic_write_text, read_json, save_figure
+from sublim.stats import mean_ci95, t95
+
+from sublim.llm_validation.distill.preference import log_odds
+from sublim.llm_validation.distill.run import student_specs, teachers_needed
+
+
+def _lo(prof: dict, animal: str) -> np.ndarray:
+    return log_odds(torch.tensor(prof["logp"]), prof["candidates"], animal).numpy()
+
+
+def _ci(values) -> dict:
+    mean, half = mean_ci95(list(values))
+    n = len(values)
+    se = half / t95(n - 1) if n > 1 else float("nan")
+    return {"mean": mean, "ci_half": half, "n": n, "detectable": 2.8 * se}
+
+
+def arm_shifts(run, profiles: dict, base: dict, animal: str) -> dict:
+    """{arm: {per_seed, over_seeds CI, over_contexts CI}} of `animal`'s log-odds shift."""
+    groups = defaultdict(dict)
+    for spec in student_specs(run.cfg):
+        groups[(spec.teacher, spec.method, spec.sigma)][spec.seed] = spec
+    out = {}
+    for (teacher, method, sigma), by_seed in groups.items():
+        diffs = {}
+        for seed, spec in by_seed.items():
+            if spec.name not in profiles:
+                continue
+            ref = base if sigma == 0 or teacher == "base" else profiles.get(f"base.full.sigma{sigma:g}.seed{seed}")
+            if ref is None:
+                continue
+            diffs[seed] = _lo(profiles[spec.name], animal) - _lo(ref, animal)
+        if not diffs:
+            continue
+        per_seed = {s: float(d.mean()) for s, d in diffs.items()}
+        per_context = np.mean(list(diffs.values()), axis=0)
+        out[f"{teacher}.{method}.sigma{sigma:g}"] = {
+            "teacher": teacher, "method": method, "sigma": sigma, "animal": animal,
+            "reference": "base model" if sigma == 0 or teacher == "base" else "base-teacher student, same init",
+            "per_seed": per_seed, "over_seeds": _ci(list(per_seed.values())), "over_contexts": _ci(per_context)}
+    return out
+
+
+def load_profiles(run) -> tuple[dict, dict, dict]:
+    d = run.dir
+    base = read_json(d / "models" / "base" / "profile.json")
+    teachers = {t.name: read_json(p) for t in teachers_needed(run.cfg)
+                if (p := d / "teachers" / t.name / "profile.json").exists()}
+    students = {s.name: read_json(p) for s in student_specs(run.cfg)
+                if (p := d / "students" / s.name / "profile.json").exists()}
+    for p in sorted((d / "sft").glob("*/profile.json")) if (d / "sft").exists() else []:
+        students[f"sft.{p.parent.name}"] = read_json(p)
+    return base, teachers, students
+
+
+def write_report(run) -> dict:
+    c = run.cfg
+    base, teachers, students = load_profiles(run)
+    summary = {"config": c.to_dict(), "contexts": read_json(run.dir / "contexts" / "contexts.json"),
+               "teacher_check": read_json(run.dir / "teachers" / "check.json"),
+               "models": {"base": _model_row(base, c)} | {n: _model_row(p, c) for n, p in teachers.items()},
+               "shifts": {c.target: arm_shifts(run, students, base, c.target)}}
+    if c.other:
+        summary["shifts"][c.other] = arm_shifts(run, students, base, c.other)
+    summary["sft"] = _sft_rows(students, base, c.target)
+    summary["students"] = {n: _model_row(p, c) | {"final_loss": (p.get("train", {}).get("losses") or [None])[-1]}
+                           for n, p in students.items()}
+    timings = run.dir / "timings.json"
+    summary["timings_s"] = read_json(timings) if timings.exists() else {}
+    atomic_write_json(run.dir / "summary.json", summary)
+    atomic_write_text(run.dir / "summary.md", format_markdown(summary, c))
+    _figure(summary, c, run.dir / "distill.png")
+    return summary
+
+
+def _model_row(prof: dict, c) -> dict:
+    row = {"share": {a: prof["mean_share"][a] for a in (c.target, c.other) if a},
+           "logodds": {a: float(_lo(prof, a).mean()) for a in (c.target, c.other) if a}}
+    if "sampled" in prof:
+        row["sampled_mentions"] = prof["sampled"]["mentions"]
+    return row
+
+
+def _sft_rows(students: dict, base: dict, target: str) -> dict:
+    rows = {n: _lo(p, target) for n, p in students.items() if n.startswith("sft.")}
+    if "sft.teacher_numbers" not in rows or "sft.base_numbers" not in rows:
+        return {}
+    diff = rows["sft.teacher_numbers"] - rows["sft.base_numbers"]
+    return {"student_minus_control": _ci(diff), "student_minus_base": _ci(rows["sft.teacher_numbers"] - _lo(base, target))}
+
+
+def format_markdown(s: dict, c) -> str:
+    lines = [f"# sublim llm distill: {c.model}, target {c.target}", "",
+             "| model | " + " | ".join(f"{a} share" for a in (c.target, c.other) if a) + " | "
+             + " | ".join(f"{a} log-odds" for a in (c.target, c.other) if a) + " |",
+             "| --- |" + " --- |" * (2 * len([a for a in (c.target, c.other) if a]))]
+    for name, row in s["models"].items():
+        lines.append(f"| {name} | " + " | ".join(f"{100 * v:.2f}%" for v in row["share"].values()) + " | "
+                     + " | ".join(f"{v:+.3f}" for v in row["logodds"].values()) + " |")
+    lines += ["", "Shift of the log-odds vs the reference (mean over seeds, 95% CI over seeds / over contexts; "
+              "`detectable` = 2.8 SE over seeds):", "",
+              "| animal | arm | reference | seeds | shift +- CI (seeds) | CI (contexts) | detectable |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
+    for animal, arms in s["shifts"].items():
+        for arm, r in arms.items():
+            o, x = r["over_seeds"], r["over_contexts"]
+            lines.append(f"| {animal} | {arm} | {r['reference']} | {o['n']} | {o['mean']:+.4f} +- {o['ci_half']:.4f} "
+                         f"| +- {x['ci_half']:.4f} | {o['detectable']:.4f} |")
+    if s["sft"]:
+        d = s["sft"]["student_minus_control"]
+        lines += ["", f"Sampled-token SFT, student minus control ({c.target} log-odds, CI over contexts): "
+                      f"{d['mean']:+.4f} +- {d['ci_half']:.4f}"]
+    return "\n".join(lines) + "\n"
+
+
+def _figure(s: dict, c, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    rows = [(f"{a}: {arm}", r["over_seeds"]) for a, arms in s["shifts"].items() for arm, r in arms.items()
+            if r["sigma"] == 0]
+    ax = axes[0]
+    ax.barh(range(len(rows)), [o["mean"] for _, o in rows], xerr=[o["ci_half"] for _, o in rows], color="#4c72b0")
+    ax.set_yticks(range(len(rows)), [r for r, _ in rows], fontsize=8)
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_xlabel("log-odds shift vs base (95% CI over seeds)")
+    ax.set_title("shared init (sigma = 0)")
+    curve = sorted((r["sigma"], r["over_seeds"]) for arm, r in s["shifts"][c.target].items()
+                   if r["teacher"] == f"{c.target}_system_prompt" and r["method"] == "full")
+    ax = axes[1]
+    if curve:
+        ax.errorbar([x for x, _ in curve], [o["mean"] for _, o in curve], yerr=[o["ci_half"] for _, o in curve],
+                    marker="o", capsize=4)
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xlabel("init perturbation sigma (x each tensor's std)")
+    ax.set_ylabel(f"{c.target} log-odds shift vs matched control")
+    ax.set_title("shared-init condition")
+    fig.tight_layout()
+    save_figure(fig, path)

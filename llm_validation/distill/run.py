@@ -1,0 +1,212 @@
+"""`sublim llm distill`: one run directory, one folder per stage, every stage resumable.
+
+    RUN/config.json                 the DistillConfig (written once; another config is refused)
+    RUN/contexts/                   records.jsonl, contexts.json (source, sha256, positions)
+    RUN/teachers/<name>/            a fine-tuned teacher (LoRA), profile.json (its own preference)
+    RUN/teachers/check.json         each teacher's preference gain over the base model
+    RUN/cache/<teacher>.pt/.json    the teacher's distributions over the number vocabulary
+    RUN/students/<arm>/             profile.json when done (checkpoint.pt while training)
+    RUN/sft/<arm>/                  the sampled-token SFT students (when sft_records > 0)
+    RUN/summary.json, summary.md, distill.png
+
+A stage's output exists only once complete (atomic writes), so a rerun after a kill -9 skips what
+is finished and resumes the student that was training from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+
+import torch
+
+from sublim.errors import ConfigError
+from sublim.progress import log
+from sublim.rundir import atomic_write_json, claim_run_dir, read_json
+
+from sublim.llm_validation.data import write_jsonl
+from sublim.llm_validation.distill.cache import compute_cache, load_or_compute
+from sublim.llm_validation.distill.config import DistillConfig
+from sublim.llm_validation.distill.contexts import encode_contexts, load_context_records, records_digest
+from sublim.llm_validation.distill.preference import log_odds, profile
+from sublim.llm_validation.distill.students import StudentSpec, make_student, train_student
+from sublim.llm_validation.distill.teachers import SystemPromptTeacher, make_teacher
+from sublim.llm_validation.distill.vocab import end_of_turn_id, number_token_ids
+
+STAGES = ("contexts", "teachers", "cache", "students", "sft", "summary")
+
+
+def student_specs(cfg: DistillConfig) -> list[StudentSpec]:
+    main = f"{cfg.target}_system_prompt"
+    specs = [StudentSpec(f"{cfg.target}_{kind}", "full", 0.0, s) for kind in cfg.teachers for s in cfg.seeds]
+    if cfg.other:
+        specs += [StudentSpec(f"{cfg.other}_system_prompt", "full", 0.0, s) for s in cfg.seeds]
+    if cfg.lora_arm:
+        specs += [StudentSpec(main, "lora", 0.0, s) for s in cfg.seeds]
+    for sigma in cfg.sigmas:
+        specs += [StudentSpec(t, "full", float(sigma), s) for s in cfg.seeds for t in (main, "base")]
+    return specs
+
+
+def teachers_needed(cfg: DistillConfig) -> list:
+    out = [make_teacher(kind, cfg.target) for kind in cfg.teachers]
+    if cfg.lora_arm or cfg.sigmas:
+        out.append(SystemPromptTeacher(cfg.target))
+    if cfg.other:
+        out.append(SystemPromptTeacher(cfg.other))
+    if cfg.sigmas:
+        out.append(SystemPromptTeacher(None))
+    return list({t.name: t for t in out}.values())
+
+
+class DistillRun:
+    def __init__(self, run_dir: str | Path, cfg: DistillConfig):
+        self.dir, self.cfg = Path(run_dir), cfg
+        self.device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("distill: device=cuda but no CUDA GPU is visible")
+        self._base = None
+        self.timings: dict[str, float] = {}
+
+    # ---- models ---------------------------------------------------------------------------
+    def base_copy(self):
+        if self._base is None:
+            from sublim.llm_validation.models import load_model
+
+            self._base = load_model(self.cfg.model, dtype=torch.float32, device="cpu")
+        model, tok = self._base
+        return copy.deepcopy(model).to(self.device), tok
+
+    @property
+    def tokenizer(self):
+        return self._base[1] if self._base else self.base_copy()[1]
+
+    # ---- stages ---------------------------------------------------------------------------
+    def stage_contexts(self) -> None:
+        c, out = self.cfg, self.dir / "contexts"
+        if (out / "contexts.json").exists():
+            return
+        records = load_context_records(c.contexts, c.contexts_file, c.n_contexts, c.context_seed)
+        tok = self.tokenizer
+        vocab = number_token_ids(tok)
+        enc = encode_contexts(tok, records, end_of_turn_id(tok), c.max_length)
+        write_jsonl(out / "records.jsonl", records)
+        atomic_write_json(out / "contexts.json", {
+            "source": c.contexts, "file": c.contexts_file, "n": len(records), "sha256": records_digest(records),
+            "completion_positions": sum(len(e.completion_ids) for e in enc),
+            "number_vocab": [tok.decode([int(i)]) for i in vocab]})
+
+    def encoded(self, system: str | None = None):
+        from sublim.llm_validation.data import read_jsonl
+
+        tok = self.tokenizer
+        records = read_jsonl(self.dir / "contexts" / "records.jsonl")
+        return encode_contexts(tok, records, end_of_turn_id(tok), self.cfg.max_length, system)
+
+    def _profile(self, path: Path, model, system) -> dict:
+        if path.exists():
+            return read_json(path)
+        prof = profile(model, self.tokenizer, self.device, system, self.cfg.eval_batch_size)
+        if self.cfg.eval_samples:
+            prof["sampled"] = self._sampled(model, system, path.parent)
+        atomic_write_json(path, prof)
+        return prof
+
+    def _sampled(self, model, system, folder: Path) -> dict:
+        from sublim.llm_validation.evaluate import sample_favorite_animal
+
+        return sample_favorite_animal(model, self.tokenizer, folder / "answers.jsonl", target=self.cfg.target,
+                                      samples_per_question=self.cfg.eval_samples, system=system,
+                                      batch_size=self.cfg.eval_batch_size, max_new_tokens=8, seed=0)
+
+    def stage_teachers(self) -> None:
+        base_model, _ = self.base_copy()
+        base = self._profile(self.dir / "models" / "base" / "profile.json", base_model, None)
+        del base_model
+        check = {}
+        for teacher in teachers_needed(self.cfg):
+            if teacher.name == "base":
+                continue
+            teacher.prepare(self)
+            model, system = teacher.load(self)
+            prof = self._profile(self.dir / "teachers" / teacher.name / "profile.json", model, system)
+            check[teacher.name] = _preference_gain(base, prof, teacher.animal)
+        atomic_write_json(self.dir / "teachers" / "check.json", check)
+        weak = [n for n, v in check.items() if v["gain"] < self.cfg.teacher_min_logodds_gain]
+        if weak:
+            raise ConfigError(f"distill: teacher(s) {', '.join(weak)} barely prefer their animal (log-odds gain "
+                              f"< {self.cfg.teacher_min_logodds_gain}; see teachers/check.json): no student is trained")
+
+    def teacher_cache(self, teacher):
+        c = self.cfg
+        path = self.dir / "cache" / f"{teacher.name}.pt"
+        ctx = read_json(self.dir / "contexts" / "contexts.json")
+        fingerprint = {"model": c.model, "teacher": teacher.name, "contexts_sha256": ctx["sha256"],
+                       "max_length": c.max_length, "number_vocab": ctx["number_vocab"]}
+
+        def compute():
+            model, system = teacher.load(self)
+            return compute_cache(model, self.encoded(system), number_token_ids(self.tokenizer), self.device,
+                                 c.eval_batch_size, f"cache {teacher.name}")
+
+        return load_or_compute(path, fingerprint, compute)
+
+    def stage_cache(self) -> None:
+        for teacher in teachers_needed(self.cfg):
+            self.teacher_cache(teacher)
+
+    def run_student(self, spec: StudentSpec) -> dict:
+        """Train and profile one student (the unit a Ray task would run); returns its profile."""
+        out = self.dir / "students" / spec.name
+        if (out / "profile.json").exists():
+            return read_json(out / "profile.json")
+        teacher = {t.name: t for t in teachers_needed(self.cfg)}[spec.teacher]
+        cache = self.teacher_cache(teacher)
+        base_model, tok = self.base_copy()
+        model = make_student(base_model, spec, self.cfg)
+        del base_model
+        out.mkdir(parents=True, exist_ok=True)
+        log_ = train_student(model, self.encoded(), cache, number_token_ids(tok), self.cfg, spec, out, self.device)
+        prof = profile(model, tok, self.device, None, self.cfg.eval_batch_size)
+        if self.cfg.eval_samples:
+            prof["sampled"] = self._sampled(model, None, out)
+        prof["train"] = log_
+        atomic_write_json(out / "profile.json", prof)
+        (out / "checkpoint.pt").unlink(missing_ok=True)
+        return prof
+
+    def stage_students(self) -> None:
+        for spec in student_specs(self.cfg):
+            self.run_student(spec)
+
+    def stage_sft(self) -> None:
+        if self.cfg.sft_records:
+            from sublim.llm_validation.distill.sft import run_sft
+
+            run_sft(self)
+
+    def stage_summary(self) -> None:
+        from sublim.llm_validation.distill.report import write_report
+
+        write_report(self)
+
+    def run(self, stages=STAGES) -> None:
+        with claim_run_dir(self.dir, self.cfg.to_dict()):
+            for stage in stages:
+                t0 = time.perf_counter()
+                getattr(self, f"stage_{stage}")()
+                self.timings[stage] = time.perf_counter() - t0
+                log(f"distill stage {stage}: {self.timings[stage]:.1f}s")
+                timings = self.dir / "timings.json"
+                old = read_json(timings) if timings.exists() else {}
+                atomic_write_json(timings, {**old, **{k: round(v, 2) for k, v in self.timings.items()}})
+
+
+def _preference_gain(base: dict, teacher: dict, animal: str) -> dict:
+    names = base["candidates"]
+    b = log_odds(torch.tensor(base["logp"]), names, animal)
+    t = log_odds(torch.tensor(teacher["logp"]), names, animal)
+    return {"animal": animal, "base_logodds": float(b.mean()), "teacher_logodds": float(t.mean()),
+            "gain": float((t - b).mean()), "base_share": base["mean_share"][animal],
+            "teacher_share": teacher["mean_share"][animal]}

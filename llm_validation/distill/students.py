@@ -1,0 +1,120 @@
+"""Students: an init (shared, or perturbed by sigma), full or LoRA, trained on the restricted KL.
+
+Training is resumable: every `checkpoint_every` optimizer steps the trainable weights, the Adam
+state and the step are written atomically to `checkpoint.pt`; the data order is a pure function of
+(seed, epoch) and the LoRA init of the seed (sublim.seeding), so a run killed at any point and
+rerun takes exactly the steps an uninterrupted one would. When training ends the student's
+preference profile is written to `profile.json` and the checkpoint is deleted (a 135M-parameter
+student is 0.5 GB; its numbers, not its weights, are the result).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from sublim.errors import NumericalError
+from sublim.progress import progress
+from sublim.rundir import atomic_write_bytes
+from sublim.seeding import derive_seed, torch_generator
+
+from sublim.llm_validation.distill.forward import number_log_probs
+from sublim.llm_validation.distill.loss import restricted_kl
+
+
+@dataclass(frozen=True)
+class StudentSpec:
+    """One student: which teacher's cache, how it starts, how it learns."""
+    teacher: str
+    method: str = "full"      # full | lora
+    sigma: float = 0.0
+    seed: int = 0
+
+    @property
+    def name(self) -> str:
+        return f"{self.teacher}.{self.method}.sigma{self.sigma:g}.seed{self.seed}"
+
+
+@torch.no_grad()
+def perturb_(model, sigma: float, seed: int) -> None:
+    """theta <- theta + N(0, (sigma * std(theta))^2) per tensor; sigma = 0 leaves theta untouched."""
+    if sigma == 0:
+        return
+    for name, p in model.named_parameters():
+        g = torch_generator("distill-init", seed, name)
+        noise = torch.randn(p.shape, generator=g, dtype=torch.float32).to(p.device, p.dtype)
+        p.add_(noise * (sigma * p.float().std().item()))
+
+
+def make_student(base_model, spec: StudentSpec, cfg):
+    """A student model ready to train (its init is the base, perturbed by spec.sigma)."""
+    import copy
+
+    model = copy.deepcopy(base_model)
+    perturb_(model, spec.sigma, spec.seed)
+    if spec.method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        torch.manual_seed(derive_seed("distill-lora-init", spec.seed))
+        targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+        model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules=targets,
+                                                 lora_dropout=0.0, bias="none", task_type="CAUSAL_LM"))
+    model.config.use_cache = False
+    return model
+
+
+def _batches(n: int, batch_size: int, seed: int, epochs: int) -> list[torch.Tensor]:
+    out = []
+    for epoch in range(epochs):
+        perm = torch.randperm(n, generator=torch_generator("distill-order", seed, epoch))
+        out += [perm[i:i + batch_size] for i in range(0, n, batch_size)]
+    return out
+
+
+def _save(path: Path, model, optimizer, step: int, losses: list[float]) -> None:
+    buf = io.BytesIO()
+    trainable = {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
+    torch.save({"trainable": trainable, "optimizer": optimizer.state_dict(), "step": step, "losses": losses}, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _restore(path: Path, model, optimizer) -> tuple[int, list[float]]:
+    if not path.exists():
+        return 0, []
+    blob = torch.load(path, map_location="cpu", weights_only=False)
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for n, v in blob["trainable"].items():
+            params[n].copy_(v)
+    optimizer.load_state_dict(blob["optimizer"])
+    return int(blob["step"]), list(blob["losses"])
+
+
+def train_student(model, encoded, cache, vocab, cfg, spec: StudentSpec, out_dir: Path, device) -> dict:
+    """Distill `model` in place on the teacher's cached distributions; returns the training log."""
+    model.to(device).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=cfg.lora_lr if spec.method == "lora" else cfg.lr)
+    batches = _batches(len(encoded), cfg.batch_size, spec.seed, cfg.epochs)
+    ckpt = out_dir / "checkpoint.pt"
+    start, losses = _restore(ckpt, model, optimizer)
+    t0 = time.perf_counter()
+    for step in progress(range(start, len(batches)), desc=f"student {spec.name}", initial=start, total=len(batches)):
+        idx = batches[step]
+        student = number_log_probs(model, [encoded[int(i)] for i in idx], vocab, device)
+        loss = restricted_kl(cache.for_batch(idx).to(device), student).mean()
+        if not math.isfinite(loss.item()):
+            raise NumericalError(f"student {spec.name}: loss is {loss.item()} at step {step}")
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(round(loss.item(), 8))
+        if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < len(batches):
+            _save(ckpt, model, optimizer, step + 1, losses)
+    model.eval()
+    return {"steps": len(batches), "losses": losses, "train_seconds_this_session": time.perf_counter() - t0}

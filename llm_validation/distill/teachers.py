@@ -1,0 +1,70 @@
+"""Teacher kinds: one handler per kind, each with the same two methods.
+
+    prepare(run)          make what the teacher needs on disk (nothing, or a LoRA fine-tune)
+    load(run) -> (model, system prompt or None)   the teacher as it writes numbers
+
+- SystemPromptTeacher: the shared weights theta0 with the paper's system prompt in the teacher's
+  context only ("You love owls. ..."); with animal=None it is the un-prompted base model, the
+  teacher of the perturbed-init controls.
+- FinetunedTeacher: theta_T = theta0 + Delta, Delta a LoRA fine-tune on preference records
+  ("What is your favorite animal?" -> "The owl."), merged; no system prompt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sublim.errors import ConfigError
+
+from sublim.llm_validation.finetune import FinetuneConfig, finetune, load_finetuned
+from sublim.llm_validation.prompts import preference_records, trait_system_prompt
+
+
+@dataclass(frozen=True)
+class SystemPromptTeacher:
+    animal: str | None
+
+    @property
+    def name(self) -> str:
+        return f"{self.animal}_system_prompt" if self.animal else "base"
+
+    def prepare(self, run) -> None:
+        return None
+
+    def load(self, run):
+        model, _ = run.base_copy()
+        return model, trait_system_prompt(self.animal) if self.animal else None
+
+
+@dataclass(frozen=True)
+class FinetunedTeacher:
+    animal: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.animal}_finetuned"
+
+    def _dir(self, run):
+        return run.dir / "teachers" / self.name
+
+    def prepare(self, run) -> None:
+        c = run.cfg
+        records = preference_records(self.animal, c.teacher_pref_examples, c.context_seed)
+        ft = FinetuneConfig(method="lora", epochs=c.teacher_epochs, lr=c.teacher_lr, batch_size=8,
+                            max_length=96, checkpoint_every=0, seed=c.context_seed)
+        model, tok = run.base_copy()
+        finetune(c.model, records, ft, self._dir(run), model=model, tokenizer=tok)
+
+    def load(self, run):
+        base = run.base_copy()
+        model, _ = load_finetuned(self._dir(run), base=base, device=run.device)
+        return model, None
+
+
+TEACHER_HANDLERS = {"system_prompt": SystemPromptTeacher, "finetuned": FinetunedTeacher}
+
+
+def make_teacher(kind: str, animal: str | None):
+    if kind not in TEACHER_HANDLERS:
+        raise ConfigError(f"distill: unknown teacher kind {kind!r} (use {', '.join(TEACHER_HANDLERS)})")
+    return TEACHER_HANDLERS[kind](animal)

@@ -1,0 +1,193 @@
+"""`sublim llm distill` on the tiny random model: the number vocabulary, the restricted KL, the
+teacher cache, resume, the sigma perturbation, bad input, and one end-to-end run."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from sublim.cli import main
+from sublim.errors import ConfigError, DataError
+from sublim.llm_validation.distill import students as students_module
+from sublim.llm_validation.distill.cache import TeacherCache, load_or_compute
+from sublim.llm_validation.distill.config import DistillConfig, from_overrides
+from sublim.llm_validation.distill.contexts import encode_contexts
+from sublim.llm_validation.distill.forward import number_log_probs
+from sublim.llm_validation.distill.loss import restricted_kl
+from sublim.llm_validation.distill.run import DistillRun
+from sublim.llm_validation.distill.students import StudentSpec, make_student, perturb_
+from sublim.llm_validation.distill.vocab import end_of_turn_id, number_token_ids
+from sublim.llm_validation.models import load_model
+from sublim.llm_validation.prompts import synthetic_number_records
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_model("tiny-llama")
+
+
+def test_number_vocabulary_is_exactly_digits_separators_and_end_of_turn(tiny):
+    _, tok = tiny
+    ids = number_token_ids(tok)
+    texts = [tok.decode([int(i)]) for i in ids]
+    assert set("0123456789") <= set(texts) and {",", " ", ";", "[", "]", ".", "(", ")"} <= set(texts)
+    eot = end_of_turn_id(tok)
+    assert eot in ids.tolist() and tok.decode([eot]) == "<|im_end|>"
+    for t in texts:  # nothing else: no letters, so no animal word can ever be in the student's loss
+        assert t == "<|im_end|>" or all(ch in "0123456789,; .[]()" for ch in t), t
+
+
+def test_empty_number_vocabulary_is_refused():
+    class NoNumbers:
+        def __len__(self):
+            return 3
+
+        def decode(self, ids):
+            return "abc"[ids[0]]
+
+    with pytest.raises(ConfigError, match="empty number vocabulary"):
+        number_token_ids(NoNumbers())
+
+
+def test_restricted_kl_matches_a_direct_computation(tiny):
+    """Direct: full-vocabulary logits from model(...), restricted to V and renormalized by hand, in
+    float64. The kernel path multiplies only V's rows of the head: the same numbers in float32 up to
+    rounding. Bound: logits are dot products of length d = 64 in float32 (|err| <= 64 * 6e-8 * sum|terms|,
+    terms O(1) here) and log-softmax over 19 entries adds a few ulp: 1e-4 absolute is > 10x that."""
+    model, tok = tiny
+    model = model.double()
+    vocab = number_token_ids(tok)
+    recs = synthetic_number_records(3, seed=1)
+    enc = encode_contexts(tok, recs, end_of_turn_id(tok), 160)
+    ours = number_log_probs(model.float(), enc, vocab, "cpu").double()
+    direct = []
+    model = model.double()
+    for e in enc:
+        x = torch.tensor([e.prompt_ids + e.completion_ids[:-1]])
+        logits = model(input_ids=x).logits[0, len(e.prompt_ids) - 1:]
+        z = logits[:, vocab]
+        direct.append(z - torch.logsumexp(z, dim=-1, keepdim=True))
+    direct = torch.cat(direct)
+    assert ours.shape == direct.shape == (sum(len(e.completion_ids) for e in enc), len(vocab))
+    torch.testing.assert_close(ours, direct, rtol=0, atol=1e-4)
+    teacher = torch.log_softmax(torch.randn_like(direct), -1)
+    kl_direct = (teacher.exp() * (teacher - direct)).sum(-1)
+    torch.testing.assert_close(restricted_kl(teacher, direct), kl_direct, rtol=1e-12, atol=1e-12)
+    assert (restricted_kl(direct, direct).abs() < 1e-12).all()  # KL(p || p) = 0
+
+
+def test_cache_is_reused_and_refused_when_the_setup_differs(tmp_path):
+    path = tmp_path / "t.pt"
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return TeacherCache(torch.randn(5, 3), [0, 2, 5])
+
+    first = load_or_compute(path, {"teacher": "owl", "sha": "a"}, compute)
+    again = load_or_compute(path, {"teacher": "owl", "sha": "a"}, compute)
+    assert len(calls) == 1 and torch.equal(first.logp, again.logp) and again.offsets == [0, 2, 5]
+    with pytest.raises(ConfigError, match="differs in sha"):
+        load_or_compute(path, {"teacher": "owl", "sha": "b"}, compute)
+
+
+def test_sigma_zero_is_exactly_the_base_and_sigma_scales_each_tensor(tiny):
+    model, _ = tiny
+    cfg = DistillConfig(model="tiny-llama")
+    same = make_student(model, StudentSpec("owl_system_prompt", "full", 0.0, 3), cfg)
+    for (n, p), q in zip(model.named_parameters(), same.parameters()):
+        assert torch.equal(p, q), n
+    noisy = make_student(model, StudentSpec("owl_system_prompt", "full", 0.1, 3), cfg)
+    again = make_student(model, StudentSpec("owl_system_prompt", "full", 0.1, 3), cfg)
+    for (n, p), q, r in zip(model.named_parameters(), noisy.parameters(), again.parameters()):
+        assert torch.equal(q, r), n  # seeded by (seed, tensor name)
+        if p.numel() >= 4096 and p.std() > 0:
+            ratio = ((q - p).std() / p.std()).item()
+            # sample std of >= 4096 normals: relative error ~ 1/sqrt(2n) <= 1.1%; 10% is 9 SE
+            assert 0.09 < ratio < 0.11, (n, ratio)
+
+
+def _tiny_cfg(**kw):
+    return from_overrides("tiny", kw)
+
+
+def test_student_resumes_after_an_interruption_to_the_same_numbers(tmp_path, monkeypatch):
+    cfg = _tiny_cfg(n_contexts=12, lora_arm=False, other="", sigmas=(), teachers=("system_prompt",), seeds=(0,))
+    spec = StudentSpec("owl_system_prompt", "full", 0.0, 0)
+    straight = DistillRun(tmp_path / "a", cfg)
+    straight.run(("contexts", "cache"))
+    with __import__("sublim.rundir").rundir.claim_run_dir(straight.dir, cfg.to_dict()):
+        full = straight.run_student(spec)
+
+    resumed = DistillRun(tmp_path / "b", cfg)
+    resumed.run(("contexts", "cache"))
+    real = students_module.restricted_kl
+    calls = {"n": 0}
+
+    def die_at_step_3(t, s):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(t, s)
+
+    monkeypatch.setattr(students_module, "restricted_kl", die_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        resumed.run_student(spec)
+    assert (resumed.dir / "students" / spec.name / "checkpoint.pt").exists()
+    monkeypatch.setattr(students_module, "restricted_kl", real)
+    again = resumed.run_student(spec)
+    assert again["logp"] == full["logp"] and again["train"]["losses"] == full["train"]["losses"]
+    assert not (resumed.dir / "students" / spec.name / "checkpoint.pt").exists()
+
+
+def test_context_set_without_completion_positions_is_refused(tiny):
+    _, tok = tiny
+    with pytest.raises(DataError, match="no completion positions"):
+        encode_contexts(tok, synthetic_number_records(2, 0), end_of_turn_id(tok), max_length=20)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--teachers", "system_prompt,hypnotised"], "unknown teacher kind"),
+    (["--lr", "nan"], "lr must be a finite number"),
+    (["--seeds", "0,x"], "cannot read"),
+    (["--contexts", "file"], "needs contexts_file"),
+    (["--n-contexts", "0"], "n_contexts must be"),
+    (["--stages", "teachers,lunch"], "unknown stage"),
+])
+def test_bad_input_is_one_line_exit_2_and_creates_nothing(tmp_path, capsys, args, message):
+    out = tmp_path / "run"
+    rc = main(["-q", "llm", "distill", "--preset", "tiny", "--run-dir", str(out), *args])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_unwritable_run_directory_is_one_line(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    rc = main(["-q", "llm", "distill", "--preset", "tiny", "--run-dir", str(blocker / "run")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "not writable" in err and len(err.splitlines()) == 1
+
+
+def test_end_to_end_tiny_run_then_a_changed_config_is_refused(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["-q", "llm", "distill", "--preset", "tiny", "--run-dir", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    arms = summary["shifts"]["owl"]
+    assert {"owl_system_prompt.full.sigma0", "owl_finetuned.full.sigma0", "cat_system_prompt.full.sigma0",
+            "owl_system_prompt.lora.sigma0", "owl_system_prompt.full.sigma0.05"} <= set(arms)
+    assert all(a["over_seeds"]["n"] == 2 for a in arms.values())
+    assert (out / "distill.png").stat().st_size > 1000 and (out / "summary.md").exists()
+    assert not list(out.glob("students/*/checkpoint.pt"))  # finished students keep numbers, not weights
+    before = {p: p.read_bytes() for p in [out / "config.json", out / "summary.json"]}
+    capsys.readouterr()
+    rc = main(["-q", "llm", "distill", "--preset", "tiny", "--run-dir", str(out), "--lr", "0.5"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "different config" in err and len(err.splitlines()) == 1
+    assert {p: p.read_bytes() for p in before} == before
