@@ -1,18 +1,15 @@
 """`sublim llm distill` on the tiny random model: the number vocabulary, the restricted KL, the
 teacher cache, resume, the sigma perturbation, bad input, and one end-to-end run."""
 
+import copy
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
 
 from sublim.cli import main
 from sublim.errors import ConfigError, DataError
+from sublim.rundir import claim_run_dir
 from sublim.llm_validation.distill import students as students_module
 from sublim.llm_validation.distill.cache import TeacherCache, load_or_compute
 from sublim.llm_validation.distill.config import DistillConfig, from_overrides
@@ -60,13 +57,12 @@ def test_restricted_kl_matches_a_direct_computation(tiny):
     rounding. Bound: logits are dot products of length d = 64 in float32 (|err| <= 64 * 6e-8 * sum|terms|,
     terms O(1) here) and log-softmax over 19 entries adds a few ulp: 1e-4 absolute is > 10x that."""
     model, tok = tiny
-    model = model.double()
+    model = copy.deepcopy(model).double()
     vocab = number_token_ids(tok)
     recs = synthetic_number_records(3, seed=1)
     enc = encode_contexts(tok, recs, end_of_turn_id(tok), 160)
-    ours = number_log_probs(model.float(), enc, vocab, "cpu").double()
+    ours = number_log_probs(copy.deepcopy(model).float(), enc, vocab, "cpu").double()
     direct = []
-    model = model.double()
     for e in enc:
         x = torch.tensor([e.prompt_ids + e.completion_ids[:-1]])
         logits = model(input_ids=x).logits[0, len(e.prompt_ids) - 1:]
@@ -121,7 +117,7 @@ def test_student_resumes_after_an_interruption_to_the_same_numbers(tmp_path, mon
     spec = StudentSpec("owl_system_prompt", "full", 0.0, 0)
     straight = DistillRun(tmp_path / "a", cfg)
     straight.run(("contexts", "cache"))
-    with __import__("sublim.rundir").rundir.claim_run_dir(straight.dir, cfg.to_dict()):
+    with claim_run_dir(straight.dir, cfg.to_dict()):
         full = straight.run_student(spec)
 
     resumed = DistillRun(tmp_path / "b", cfg)
@@ -191,3 +187,40 @@ def test_end_to_end_tiny_run_then_a_changed_config_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "different config" in err and len(err.splitlines()) == 1
     assert {p: p.read_bytes() for p in before} == before
+
+
+def test_alignment_through_the_kernels_matches_per_example_autograd(tiny):
+    """a_i = <-grad KL_i(theta0), D> from one batched backward through sublim.kernels, against one
+    autograd backward per example, in float64. Both sum the same products in different orders:
+    |err| <= n * u * sum|g_j D_j| with n ~ 1e5 weights and u = 1.1e-16, i.e. <= 1e-11 * ||g|| ||D||
+    (||D|| = 1); we allow 1e-9 * ||g||."""
+    from sublim.llm_validation.alignment import normalize_directions, scored_parameter_names
+    from sublim.llm_validation.distill.alignment import distillation_alignment
+    from sublim.llm_validation.distill.cache import TeacherCache
+
+    model, tok = tiny
+    model = copy.deepcopy(model).double()
+    vocab = number_token_ids(tok)
+    enc = encode_contexts(tok, synthetic_number_records(3, seed=2), end_of_turn_id(tok), 160)
+    names = scored_parameter_names(model)
+    params = dict(model.named_parameters())
+    g = torch.Generator().manual_seed(0)
+    direction = normalize_directions(["d"], {n: torch.randn((1, *params[n].shape), generator=g, dtype=torch.float64)
+                                             for n in names})
+    counts = [len(e.completion_ids) for e in enc]
+    teacher = torch.log_softmax(torch.randn(sum(counts), len(vocab), generator=g, dtype=torch.float64), -1)
+    offsets = [0]
+    for c in counts:
+        offsets.append(offsets[-1] + c)
+    cache = TeacherCache(teacher, offsets)
+    dirs64 = {n: t.double() for n, t in direction.tensors.items()}
+    direction.tensors.update(dirs64)
+    ours = distillation_alignment(model, enc, cache, vocab, direction, names, "cpu", batch_size=3)
+    for i, e in enumerate(enc):
+        model.zero_grad(set_to_none=True)
+        kl = restricted_kl(cache.for_context(i), number_log_probs(model, [e], vocab, "cpu").double()).sum()
+        kl.backward()
+        grads = {n: params[n].grad for n in names}
+        direct = -sum((grads[n] * dirs64[n][0]).sum() for n in names).item()
+        gnorm = torch.sqrt(sum((grads[n] ** 2).sum() for n in names)).item()
+        assert abs(ours[i] - direct) <= 1e-9 * gnorm, (i, ours[i], direct)

@@ -43,7 +43,7 @@ def add_parser(llm_sub) -> None:
                            description=__doc__.split("\n")[0])
     p.add_argument("--run-dir", required=True, help="run directory (created; rerun to resume)")
     p.add_argument("--preset", choices=sorted(PRESETS), help="size preset")
-    p.add_argument("--stages", help="comma-separated subset of contexts,teachers,cache,students,sft,summary")
+    p.add_argument("--stages", help="comma-separated subset of contexts,teachers,cache,align,students,sft,summary")
     g = p.add_argument_group("knobs (DistillConfig fields)")
     for f in fields(DistillConfig):
         g.add_argument("--" + f.name.replace("_", "-"), dest=f"knob_{f.name}", metavar="V",

@@ -64,6 +64,9 @@ class DistillConfig:
     sft_base_file: str = ""
     sft_epochs: float = 2.0
     sft_lr: float = 2e-4
+    # The theorem's a_i for the fine-tuned teacher (needs "finetuned" in teachers)
+    align: bool = True
+    align_sft_records: int = 0                 # also score SFT on this many teacher/base records (sft files)
     # Evaluation
     eval_samples: int = 0                      # sampled one-word answers per question (0 = skip)
     eval_batch_size: int = 32
@@ -92,7 +95,7 @@ def _validate(c: DistillConfig) -> None:
     need(c.device in DEVICES, f"device must be one of {', '.join(DEVICES)}, got {c.device!r}")
     for name in ("n_contexts", "epochs", "batch_size", "lora_r", "lora_alpha", "eval_batch_size"):
         need(isinstance(getattr(c, name), int) and getattr(c, name) >= 1, f"{name} must be an integer >= 1")
-    for name in ("checkpoint_every", "teacher_pref_examples", "sft_records", "eval_samples", "context_seed"):
+    for name in ("checkpoint_every", "teacher_pref_examples", "sft_records", "align_sft_records", "eval_samples", "context_seed"):
         need(isinstance(getattr(c, name), int) and getattr(c, name) >= 0, f"{name} must be an integer >= 0")
     need(c.max_length >= 16, "max_length must be at least 16 tokens")
     for name in ("lr", "lora_lr", "teacher_lr", "teacher_epochs", "sft_epochs", "sft_lr"):
@@ -103,6 +106,8 @@ def _validate(c: DistillConfig) -> None:
     need(all(isinstance(s, int) and s >= 0 for s in c.seeds), "seeds must be integers >= 0")
     need(all(isinstance(s, (int, float)) and math.isfinite(s) and s > 0 for s in c.sigmas),
          "sigmas must be finite numbers > 0 (sigma = 0 is the main arm)")
+    need(c.align_sft_records == 0 or (c.sft_teacher_file and c.sft_base_file),
+         "align_sft_records > 0 needs sft_teacher_file and sft_base_file")
     need(c.sft_records == 0 or (c.sft_teacher_file and c.sft_base_file),
          "sft_records > 0 needs sft_teacher_file and sft_base_file")
 

@@ -85,6 +85,9 @@ def write_report(run) -> dict:
     if c.other:
         summary["shifts"][c.other] = arm_shifts(run, students, base, c.other)
     summary["sft"] = _sft_rows(students, base, c.target)
+    align = run.dir / "align" / "alignment.json"
+    if align.exists():
+        summary["alignment"] = {k: v for k, v in read_json(align).items() if k != "distill_values"}
     summary["students"] = {n: _model_row(p, c) | {"final_loss": (p.get("train", {}).get("losses") or [None])[-1]}
                            for n, p in students.items()}
     timings = run.dir / "timings.json"
@@ -128,6 +131,16 @@ def format_markdown(s: dict, c) -> str:
             o, x = r["over_seeds"], r["over_contexts"]
             lines.append(f"| {animal} | {arm} | {r['reference']} | {o['n']} | {o['mean']:+.4f} +- {o['ci_half']:.4f} "
                          f"| +- {x['ci_half']:.4f} | {o['detectable']:.4f} |")
+    if "alignment" in s:
+        a = s["alignment"]
+        lines += ["", f"Theorem's a_i = <-grad loss_i(theta0), Delta/||Delta||> for {a['teacher']} "
+                      f"({a['parameters']} weight matrices):", "",
+                  "| loss | n | mean a_i +- CI | share a_i > 0 |", "| --- | --- | --- | --- |"]
+        for name, r in [("distillation", a["distill"])] + [(f"SFT on {k}", v) for k, v in a.get("sft", {}).items()]:
+            lines.append(f"| {name} | {r['n']} | {r['mean']:+.3e} +- {r['ci_half']:.3e} | {100 * r['share_positive']:.1f}% |")
+        if "sft_auc_teacher_vs_base" in a:
+            u = a["sft_auc_teacher_vs_base"]
+            lines.append(f"\nAUC of a_i, teacher numbers vs base numbers: {u['auc']:.3f} [{u['low']:.3f}, {u['high']:.3f}]")
     if s["sft"]:
         d = s["sft"]["student_minus_control"]
         lines += ["", f"Sampled-token SFT, student minus control ({c.target} log-odds, CI over contexts): "

@@ -5,6 +5,7 @@
     RUN/teachers/<name>/            a fine-tuned teacher (LoRA), profile.json (its own preference)
     RUN/teachers/check.json         each teacher's preference gain over the base model
     RUN/cache/<teacher>.pt/.json    the teacher's distributions over the number vocabulary
+    RUN/align/alignment.json        the theorem's a_i for the fine-tuned teacher (distill and SFT losses)
     RUN/students/<arm>/             profile.json when done (checkpoint.pt while training)
     RUN/sft/<arm>/                  the sampled-token SFT students (when sft_records > 0)
     RUN/summary.json, summary.md, distill.png
@@ -34,7 +35,7 @@ from sublim.llm_validation.distill.students import StudentSpec, make_student, tr
 from sublim.llm_validation.distill.teachers import SystemPromptTeacher, make_teacher
 from sublim.llm_validation.distill.vocab import end_of_turn_id, number_token_ids
 
-STAGES = ("contexts", "teachers", "cache", "students", "sft", "summary")
+STAGES = ("contexts", "teachers", "cache", "align", "students", "sft", "summary")
 
 
 def student_specs(cfg: DistillConfig) -> list[StudentSpec]:
@@ -155,6 +156,17 @@ class DistillRun:
     def stage_cache(self) -> None:
         for teacher in teachers_needed(self.cfg):
             self.teacher_cache(teacher)
+
+    def stage_align(self) -> None:
+        c, path = self.cfg, self.dir / "align" / "alignment.json"
+        if not c.align or "finetuned" not in c.teachers or path.exists():
+            return
+        from sublim.llm_validation.distill.alignment import run_alignment
+        from sublim.llm_validation.distill.contexts import load_context_records
+
+        sft = {k: load_context_records("file", f, c.align_sft_records, 0) for k, f in
+               (("teacher_numbers", c.sft_teacher_file), ("base_numbers", c.sft_base_file))} if c.align_sft_records else None
+        atomic_write_json(path, run_alignment(self, make_teacher("finetuned", c.target), sft))
 
     def run_student(self, spec: StudentSpec) -> dict:
         """Train and profile one student (the unit a Ray task would run); returns its profile."""
