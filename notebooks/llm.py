@@ -253,3 +253,35 @@ if have_align:
             lines.append(f"- {name}: difference of mean a_i {d['diff']:+.3g} +- {d['ci95']:.2g}; ROC AUC "
                          f"{auc['auc']:.3f} [{auc['low']:.3f}, {auc['high']:.3f}] (0.5 = not separated).")
     display(Markdown("\n".join(lines)))
+
+# %% [markdown]
+# ## 4. Number-token logit distillation (`sublim llm distill`)
+#
+# The LLM analog of the MNIST auxiliary-logit experiment: the student imitates only the teacher's
+# next-token distribution over the number vocabulary (digits, separators, end of turn) along number
+# contexts, and is then asked for its favorite animal. Arms: the owl teachers (system prompt,
+# LoRA fine-tune), a cat teacher (trait specificity), a LoRA student, and students whose init is
+# perturbed by sigma x each tensor's std (the shared-init condition). `DISTILL_RUN_DIR` points at a
+# finished run; by default the laptop run committed in `llm_validation/results/` is read, and
+# without it the tiny smoke run is made (**its numbers measure nothing**: a random model has no
+# trait to pass on).
+
+# %%
+DISTILL_RUN_DIR = Path(env("DISTILL_RUN_DIR", "../llm_validation/results/distill_laptop"))
+if not (DISTILL_RUN_DIR / "summary.json").exists():
+    DISTILL_RUN_DIR = RUNS_ROOT / "distill_tiny"
+    rc = sublim_main([*QUIET, "llm", "distill", "--preset", "tiny", "--run-dir", str(DISTILL_RUN_DIR)])
+    assert rc == 0, f"sublim llm distill exited with {rc}"
+distill = read_json(DISTILL_RUN_DIR / "summary.json")
+display(Markdown((DISTILL_RUN_DIR / "summary.md").read_text()))
+display(Image(filename=str(DISTILL_RUN_DIR / "distill.png")))
+
+# %%
+tgt = distill["config"]["target"]
+main_arm = distill["shifts"][tgt].get(f"{tgt}_system_prompt.full.sigma0")
+if main_arm:
+    o = main_arm["over_seeds"]
+    verdict = ("above zero" if o["mean"] - o["ci_half"] > 0 else "below zero" if o["mean"] + o["ci_half"] < 0
+               else f"not distinguishable from zero (the seeds could detect about {o['detectable']:.3f})")
+    display(Markdown(f"Main arm ({tgt} system-prompt teacher, full fine-tuning, shared init): the student's "
+                     f"{tgt} log-odds moved by {o['mean']:+.4f} +- {o['ci_half']:.4f} over {o['n']} seeds, {verdict}."))

@@ -3,6 +3,11 @@ teacher cache, resume, the sigma perturbation, bad input, and one end-to-end run
 
 import copy
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -224,3 +229,33 @@ def test_alignment_through_the_kernels_matches_per_example_autograd(tiny):
         direct = -sum((grads[n] * dirs64[n][0]).sum() for n in names).item()
         gnorm = torch.sqrt(sum((grads[n] ** 2).sum() for n in names)).item()
         assert abs(ours[i] - direct) <= 1e-9 * gnorm, (i, ours[i], direct)
+
+
+def _distill_cmd(out):
+    return [sys.executable, "-m", "sublim.cli", "-q", "llm", "distill", "--preset", "tiny", "--run-dir", str(out),
+            "--lora-arm", "false", "--other", ""]
+
+
+def _numbers(out):
+    s = json.loads((out / "summary.json").read_text())
+    s.pop("timings_s")  # wall times: the one legitimately different field
+    return s
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_when", ["contexts/contexts.json", "students"])
+def test_kill_9_then_rerun_gives_the_same_numbers(tmp_path, kill_when):
+    """A real SIGKILL of `sublim llm distill` (after the contexts stage, or while students train),
+    then the same command: the summary equals an uninterrupted run's (timings aside)."""
+    env = {**os.environ, "SUBLIM_QUIET": "1", "OMP_NUM_THREADS": "1"}
+    subprocess.run(_distill_cmd(tmp_path / "straight"), env=env, check=True, capture_output=True, timeout=900)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_distill_cmd(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while not (killed / kill_when).exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "summary.json").exists()
+    subprocess.run(_distill_cmd(killed), env=env, check=True, capture_output=True, timeout=900)
+    assert _numbers(killed) == _numbers(tmp_path / "straight")
