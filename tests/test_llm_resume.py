@@ -79,6 +79,10 @@ def test_generation_resume_skips_finished_prompts(tmp_path, monkeypatch):
     records = generate_completions(model, tok, prompts, out, max_new_tokens=3, batch_size=4)
     assert sorted(r["id"] for r in records) == sorted(p["id"] for p in prompts)
     assert records[:4] == first  # finished records are kept as they were
+    # ... and the resumed file is the uninterrupted one, byte for byte (batches fixed by position,
+    # each seeded from its ids: nothing depends on how much was done before the crash).
+    generate_completions(model, tok, prompts, tmp_path / "straight.jsonl", max_new_tokens=3, batch_size=4)
+    assert out.read_bytes() == (tmp_path / "straight.jsonl").read_bytes()
     assert all({"completion", "stopped", "n_tokens"} <= r.keys() for r in records)
     # Sharded by rank: two "processes" split the prompts, the reader merges their files.
     shard_out = tmp_path / "sharded.jsonl"
