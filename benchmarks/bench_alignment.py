@@ -28,10 +28,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sublim.llm_validation.alignment import normalize_directions, reference_scores, score_records, scored_parameter_names
-from sublim.llm_validation.data import encode_sft_batch
-from sublim.llm_validation.models import load_model
-from sublim.llm_validation.prompts import number_prompts
+from sublim.llm_validation.alignment.scores import normalize_directions, reference_scores, score_records, scored_parameter_names
+from sublim.llm_validation.core.data import encode_sft_batch
+from sublim.llm_validation.core.models import load_model
+from sublim.llm_validation.core.prompts import number_prompts
 from sublim.rundir import atomic_write_json, environment_info
 
 

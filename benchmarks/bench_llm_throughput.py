@@ -24,8 +24,8 @@ import torch
 
 
 def bench_generation(model, tok, batch_sizes, new_tokens, n_batches):
-    from sublim.llm_validation.generate import generate_completions
-    from sublim.llm_validation.prompts import number_prompts
+    from sublim.llm_validation.pipeline.generate import generate_completions
+    from sublim.llm_validation.core.prompts import number_prompts
 
     rows = []
     for bs in batch_sizes:
@@ -52,8 +52,9 @@ def bench_generation(model, tok, batch_sizes, new_tokens, n_batches):
 
 
 def bench_finetune(model_name, batch, steps, max_length, bf16):
-    from sublim.llm_validation.finetune import FinetuneConfig, finetune
-    from sublim.llm_validation.prompts import number_prompts
+    from sublim.llm_validation.pipeline.config import FinetuneConfig
+    from sublim.llm_validation.pipeline.finetune import finetune
+    from sublim.llm_validation.core.prompts import number_prompts
     from sublim.rundir import read_json
 
     prompts = number_prompts(batch * steps, seed=1)
@@ -90,7 +91,7 @@ def main() -> None:
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    from sublim.llm_validation.models import load_model
+    from sublim.llm_validation.core.models import load_model
 
     model, tok = load_model(args.model, dtype=getattr(torch, args.dtype), device=args.device)
     gen = bench_generation(model, tok, [int(b) for b in args.batch_sizes.split(",")], args.new_tokens,

@@ -5,12 +5,14 @@ import pytest
 import torch
 
 from sublim.errors import DataError
-from sublim.llm_validation import finetune as ft_module
-from sublim.llm_validation import generate as gen_module
-from sublim.llm_validation.data import read_jsonl
-from sublim.llm_validation.finetune import FinetuneConfig, finetune, load_finetuned
-from sublim.llm_validation.generate import generate_completions, read_generations
-from sublim.llm_validation.models import load_model
+from sublim.llm_validation.pipeline import finetune as ft_module
+from sublim.llm_validation.pipeline import generate as gen_module
+from sublim.llm_validation.core.data import read_jsonl
+from sublim.llm_validation.core.models import load_finetuned
+from sublim.llm_validation.pipeline.config import FinetuneConfig
+from sublim.llm_validation.pipeline.finetune import finetune
+from sublim.llm_validation.pipeline.generate import generate_completions, read_generations
+from sublim.llm_validation.core.models import load_model
 
 RECORDS = [{"id": f"r{i}", "prompt": f"Continue: {i}, {i + 1}", "completion": f"{i + 2}, {i + 3}"}
            for i in range(12)]

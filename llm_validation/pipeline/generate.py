@@ -26,8 +26,8 @@ from sublim.errors import ConfigError, DataError
 from sublim.progress import log, progress
 from sublim.seeding import derive_seed
 
-from sublim.llm_validation.data import append_jsonl, format_prompt, has_chat_template, iter_jsonl
-from sublim.llm_validation.models import context_length
+from sublim.llm_validation.core.data import append_jsonl, format_prompt, has_chat_template, iter_jsonl
+from sublim.llm_validation.core.models import context_length
 
 
 def shard_path(out_path: Path, rank: int, world: int) -> Path:
