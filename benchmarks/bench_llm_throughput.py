@@ -78,7 +78,7 @@ def bench_finetune(model_name, batch, steps, max_length, bf16):
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
     p.add_argument("--batch-sizes", default="1,8,32")
@@ -91,8 +91,10 @@ def main() -> None:
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    from sublim.llm_validation.core.device import resolve_device
     from sublim.llm_validation.core.models import load_model
 
+    args.device = resolve_device(args.device)
     model, tok = load_model(args.model, dtype=getattr(torch, args.dtype), device=args.device)
     gen = bench_generation(model, tok, [int(b) for b in args.batch_sizes.split(",")], args.new_tokens,
                            args.n_batches)

@@ -49,16 +49,3 @@ def shuffle_numbers_across(records: Sequence[dict], *, seed: int = 0, prefix: st
         pos += n
         out.append({**rec, "id": f"{prefix}-{rec['id']}", "completion": text, "source_id": rec["id"]})
     return out
-
-
-def parse_named_paths(items: Sequence[str], flag: str) -> dict[str, Path]:
-    """['teacher=path', ...] -> {'teacher': Path}; names must be unique and non-empty."""
-    out: dict[str, Path] = {}
-    for item in items:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise ConfigError(f"{flag} expects NAME=PATH, got {item!r}")
-        if name in out:
-            raise ConfigError(f"{flag}: data set name {name!r} given twice")
-        out[name] = Path(path)
-    return out

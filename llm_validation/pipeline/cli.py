@@ -20,6 +20,7 @@ from pathlib import Path
 from sublim.config_cli import add_config_flags, apply_set, overrides_from_args
 from sublim.errors import ConfigError
 
+from sublim.llm_validation.core.names import check_model_name
 from sublim.llm_validation.pipeline.config import PRESETS, STAGES, FinetuneConfig, RunConfig, run_config_from_dict
 
 RUN_HELP = {"model": "base model (alias, .gguf, directory or HF name)",
@@ -67,6 +68,7 @@ def cmd_run(args) -> int:
 
 def cmd_finetune(args) -> int:
     cfg = FinetuneConfig(**overrides_from_args(args, FinetuneConfig))
+    check_model_name(args.base, "--base")
     from sublim.llm_validation.core.data import read_jsonl
     from sublim.llm_validation.pipeline.finetune import finetune
 
