@@ -34,7 +34,7 @@ import torch
 from sublim.errors import ConfigError, DataError, NumericalError, SublimError
 from sublim.progress import log, progress
 from sublim.rundir import atomic_write_json, check_run_config, claim_run_dir, read_json
-from sublim.seeding import torch_generator
+from sublim.seeding import derive_seed, torch_generator
 
 from sublim.llm_validation.core.data import append_jsonl, encode_sft_batch, read_jsonl, validate_records
 from sublim.llm_validation.core.models import load_model
@@ -147,7 +147,7 @@ def _prepare(base_model, records, cfg: FinetuneConfig, model, tokenizer):
         model, tokenizer = load_model(base_model, dtype=getattr(torch, cfg.dtype))
     elif tokenizer is None:
         raise ConfigError("finetune: pass the tokenizer together with a preloaded model")
-    torch.manual_seed(cfg.seed)  # LoRA init (B = 0, A random): identical on every rank
+    torch.manual_seed(derive_seed("lora-init", cfg.seed))  # LoRA init (B = 0, A random): identical on every rank
     if cfg.method == "lora":
         model = _apply_lora(model, cfg)
     model.config.use_cache = False
