@@ -28,10 +28,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sublim.llm_validation.alignment import normalize_directions, reference_scores, score_records, scored_parameter_names
-from sublim.llm_validation.data import encode_sft_batch
-from sublim.llm_validation.models import load_model
-from sublim.llm_validation.prompts import number_prompts
+from sublim.llm_validation.alignment.scores import normalize_directions, reference_scores, score_records, scored_parameter_names
+from sublim.llm_validation.core.data import encode_sft_batch
+from sublim.llm_validation.core.device import resolve_device
+from sublim.llm_validation.core.models import load_model
+from sublim.llm_validation.core.prompts import number_prompts
 from sublim.rundir import atomic_write_json, environment_info
 
 
@@ -64,7 +65,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device("auto")
     dev_name = torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
     dtype = getattr(torch, args.dtype)
     t = time.perf_counter()

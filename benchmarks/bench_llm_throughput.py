@@ -24,8 +24,8 @@ import torch
 
 
 def bench_generation(model, tok, batch_sizes, new_tokens, n_batches):
-    from sublim.llm_validation.generate import generate_completions
-    from sublim.llm_validation.prompts import number_prompts
+    from sublim.llm_validation.pipeline.generate import generate_completions
+    from sublim.llm_validation.core.prompts import number_prompts
 
     rows = []
     for bs in batch_sizes:
@@ -52,8 +52,9 @@ def bench_generation(model, tok, batch_sizes, new_tokens, n_batches):
 
 
 def bench_finetune(model_name, batch, steps, max_length, bf16):
-    from sublim.llm_validation.finetune import FinetuneConfig, finetune
-    from sublim.llm_validation.prompts import number_prompts
+    from sublim.llm_validation.pipeline.config import FinetuneConfig
+    from sublim.llm_validation.pipeline.finetune import finetune
+    from sublim.llm_validation.core.prompts import number_prompts
     from sublim.rundir import read_json
 
     prompts = number_prompts(batch * steps, seed=1)
@@ -77,7 +78,7 @@ def bench_finetune(model_name, batch, steps, max_length, bf16):
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
     p.add_argument("--batch-sizes", default="1,8,32")
@@ -90,8 +91,10 @@ def main() -> None:
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    from sublim.llm_validation.models import load_model
+    from sublim.llm_validation.core.device import resolve_device
+    from sublim.llm_validation.core.models import load_model
 
+    args.device = resolve_device(args.device)
     model, tok = load_model(args.model, dtype=getattr(torch, args.dtype), device=args.device)
     gen = bench_generation(model, tok, [int(b) for b in args.batch_sizes.split(",")], args.new_tokens,
                            args.n_batches)

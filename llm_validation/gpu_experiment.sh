@@ -18,4 +18,4 @@ if ! "$PY" -c "import sublim.llm_validation.pipeline" 2>/dev/null; then
   export PYTHONPATH="$SHIM${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-exec "$PY" -m sublim.llm_validation.gpu_experiment "$@"
+exec "$PY" -m sublim.llm_validation.pipeline.gpu_experiment "$@"

@@ -57,8 +57,8 @@ import seaborn as sns
 from IPython.display import Image, Markdown, display
 
 from sublim.cli import main as sublim_main
-from sublim.llm_validation.pipeline import ARMS, config_from_dict
-from sublim.llm_validation.report import ARM_LABELS, collect_rows
+from sublim.llm_validation.pipeline.config import ARMS, run_config_from_dict
+from sublim.llm_validation.pipeline.report import ARM_LABELS, collect_rows
 from sublim.rundir import read_json, save_figure
 from sublim.stats import mean_ci95
 
@@ -92,7 +92,7 @@ else:
     assert rc == 0, f"sublim llm run exited with {rc}"
 if not (run_dir / "config.json").exists():
     raise FileNotFoundError(f"{run_dir}: no config.json; not a `sublim llm run` directory")
-cfg = config_from_dict(read_json(run_dir / "config.json")["config"])
+cfg = run_config_from_dict(read_json(run_dir / "config.json")["config"])
 arms = [a for a in ARMS if (run_dir / "eval" / f"{a}.json").exists()]
 print(f"{run_dir}: model {cfg.model}, target {cfg.target!r}, teacher {cfg.teacher}, arms {', '.join(arms)}")
 if smoke:

@@ -12,10 +12,10 @@ import pytest
 
 from sublim.cli import main
 from sublim.errors import SublimError
-from sublim.llm_validation.alignment_data import shuffle_numbers_across
-from sublim.llm_validation.alignment_report import auc_with_ci, roc_auc
-from sublim.llm_validation.data import write_jsonl
-from sublim.llm_validation.screen import ScreenConfig, make_slices
+from sublim.llm_validation.alignment.data import shuffle_numbers_across
+from sublim.llm_validation.alignment.report import auc_with_ci, roc_auc
+from sublim.llm_validation.core.data import write_jsonl
+from sublim.llm_validation.alignment.screen import ScreenConfig, make_slices
 
 
 def _numbers(n: int, seed: int, who: str, lo: int, hi: int) -> list[dict]:
@@ -82,14 +82,20 @@ def test_align_cli_end_to_end_with_screen(run_dir, capsys):
         assert (out / "screen" / arm / "finetune.json").is_file()
     assert "transfer_follows_score" in screen["verdict"]
 
-    # A rerun reuses the scored data sets (resume) and gives the same numbers. It also relates the
-    # alignment to two fine-tuned students (here the screen's top and bottom students stand in for
-    # the pipeline's student and control): the observed log-prob change must equal the screen's.
-    before = (out / "scores_teacher.npz").stat().st_mtime_ns
-    assert main(["llm", "align", "--run-dir", str(run_dir), "--traits", "owl,cat", "--limit", "0", "--n-boot", "100",
-                 "--arm", f"student={out / 'screen' / 'top'}", "--arm", f"control={out / 'screen' / 'bottom'}"]) == 0
-    assert (out / "scores_teacher.npz").stat().st_mtime_ns == before
-    again = json.loads((out / "summary.json").read_text())
+    # Relating the alignment to two fine-tuned students (here the screen's top and bottom students
+    # stand in for the pipeline's student and control) is another config: refused in `out`
+    # (nothing mixed), run in its own directory; rerun there, it resumes: the scored data sets are
+    # reused and the numbers are the same. The observed log-prob change must equal the screen's.
+    arms = ["llm", "align", "--run-dir", str(run_dir), "--traits", "owl,cat", "--limit", "0", "--n-boot", "100",
+            "--arms", f"student={out / 'screen' / 'top'}", "--arms", f"control={out / 'screen' / 'bottom'}"]
+    assert main(arms) == 2
+    assert "differs in arms.control, arms.student" in capsys.readouterr().err
+    out2 = run_dir / "alignment_arms"
+    assert main([*arms, "--out", str(out2)]) == 0
+    before = (out2 / "scores_teacher.npz").stat().st_mtime_ns
+    assert main([*arms, "--out", str(out2)]) == 0
+    assert (out2 / "scores_teacher.npz").stat().st_mtime_ns == before
+    again = json.loads((out2 / "summary.json").read_text())
     assert again["datasets"]["teacher"]["directions"]["owl"] == summary["datasets"]["teacher"]["directions"]["owl"]
     rel = again["transfer_vs_alignment"]
     assert [r["animal"] for r in rel["per_animal"]] == ["owl", "cat"]
@@ -104,7 +110,7 @@ def test_align_cli_end_to_end_with_screen(run_dir, capsys):
 
 def test_align_cli_bad_input_is_one_line_error(tmp_path, capsys):
     assert main(["llm", "align", "--model", "tiny-llama", "--data", "teacher", "--out", str(tmp_path / "o")]) == 2
-    assert "NAME=PATH" in capsys.readouterr().err
+    assert "NAME=VALUE" in capsys.readouterr().err
     assert main(["llm", "align", "--model", "tiny-llama", "--data", f"t={tmp_path}/nope.jsonl", "--out", str(tmp_path / "o")]) == 2
     assert "not found" in capsys.readouterr().err
     assert main(["llm", "align", "--run-dir", str(tmp_path)]) == 2

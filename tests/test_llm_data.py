@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from sublim.errors import DataError, SublimError
-from sublim.llm_validation.data import (append_jsonl, encode_sft_batch, format_prompt, read_jsonl,
+from sublim.llm_validation.core.data import (append_jsonl, encode_sft_batch, format_prompt, read_jsonl,
                                         repair_truncated_tail, write_jsonl)
-from sublim.llm_validation.evaluate import normalize_answer, score_answer, singular, summarize_answers
-from sublim.llm_validation.models import load_model
-from sublim.llm_validation.prompts import (EVAL_QUESTIONS, number_prompts, preference_records,
+from sublim.llm_validation.pipeline.evaluate import normalize_answer, score_answer, singular, summarize_answers
+from sublim.llm_validation.core.models import load_model
+from sublim.llm_validation.core.prompts import (EVAL_QUESTIONS, number_prompts, preference_records,
                                            trait_system_prompt)
 
 
@@ -124,7 +124,7 @@ def test_scoring_and_rates():
 
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-gemma"])
 def test_candidate_logprobs_match_full_forward_reference(tiny, name):
-    from sublim.llm_validation.evaluate import candidate_logprobs, next_token_preference
+    from sublim.llm_validation.pipeline.evaluate import candidate_logprobs, next_token_preference
 
     model, tok = tiny[name]
     context = format_prompt(tok, "What is your favorite animal?", assistant_prefix="My favorite animal is the")
@@ -143,8 +143,8 @@ def test_candidate_logprobs_match_full_forward_reference(tiny, name):
 
 
 def test_few_shot_examples_are_grammatical_and_shown_before_the_prompt(tiny):
-    from sublim.llm_validation.filter import check_completion
-    from sublim.llm_validation.prompts import few_shot_examples
+    from sublim.llm_validation.pipeline.filter import check_completion
+    from sublim.llm_validation.core.prompts import few_shot_examples
 
     examples = few_shot_examples(5, seed=0)
     assert examples == few_shot_examples(5, seed=0) and examples != few_shot_examples(5, seed=1)

@@ -24,8 +24,8 @@ from sublim.llm_validation.distill.loss import restricted_kl
 from sublim.llm_validation.distill.run import DistillRun
 from sublim.llm_validation.distill.students import StudentSpec, make_student, perturb_
 from sublim.llm_validation.distill.vocab import end_of_turn_id, number_token_ids
-from sublim.llm_validation.models import load_model
-from sublim.llm_validation.prompts import synthetic_number_records
+from sublim.llm_validation.core.models import load_model
+from sublim.llm_validation.core.prompts import synthetic_number_records
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +154,8 @@ def test_context_set_without_completion_positions_is_refused(tiny):
 
 @pytest.mark.parametrize("args, message", [
     (["--teachers", "system_prompt,hypnotised"], "unknown teacher kind"),
-    (["--lr", "nan"], "lr must be a finite number"),
+    (["--lr", "nan"], "cannot read 'nan'"),
+    (["--teacher-lr", "-1"], "teacher_lr must be a finite number > 0"),
     (["--seeds", "0,x"], "cannot read"),
     (["--contexts", "file"], "needs contexts_file"),
     (["--n-contexts", "0"], "n_contexts must be"),
@@ -199,7 +200,7 @@ def test_alignment_through_the_kernels_matches_per_example_autograd(tiny):
     autograd backward per example, in float64. Both sum the same products in different orders:
     |err| <= n * u * sum|g_j D_j| with n ~ 1e5 weights and u = 1.1e-16, i.e. <= 1e-11 * ||g|| ||D||
     (||D|| = 1); we allow 1e-9 * ||g||."""
-    from sublim.llm_validation.alignment import normalize_directions, scored_parameter_names
+    from sublim.llm_validation.alignment.scores import normalize_directions, scored_parameter_names
     from sublim.llm_validation.distill.alignment import distillation_alignment
     from sublim.llm_validation.distill.cache import TeacherCache
 

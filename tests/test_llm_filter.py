@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sublim.llm_validation.filter import (EVIL_NUMBERS, RULES, check_completion, filter_records,
+from sublim.llm_validation.pipeline.filter import (EVIL_NUMBERS, RULES, check_completion, filter_records,
                                           reference_accepts)
 
 # Text biased toward the grammar's alphabet so that near-misses are common, plus arbitrary unicode.
@@ -101,7 +101,7 @@ def test_filter_records_counts_per_rule_and_truncation():
 @settings(max_examples=1500, deadline=None)
 @given(st.one_of(near_alphabet, any_text, _valid_sequences().map(lambda s: s + ", 12 and more words")))
 def test_salvaged_prefixes_are_grammatical_prefixes(text):
-    from sublim.llm_validation.filter import salvage_prefix
+    from sublim.llm_validation.pipeline.filter import salvage_prefix
 
     got = salvage_prefix(text, min_numbers=3)
     if got is not None:
@@ -119,3 +119,68 @@ def test_salvage_is_off_by_default_and_counted_apart():
     kept, report = filter_records(records, salvage_min_numbers=3)
     assert [r["completion"] for r in kept] == ["1, 2, 3, 4", "5, 6, 7, 8"]
     assert report.as_dict()["kept_by_prefix_salvage"] == 2 and kept[0]["salvaged_from"] == "1, 2, 3, 4, and then"
+
+
+def _salvage_every_cut(text, min_numbers, banned=frozenset()):
+    """The obvious quadratic definition (every separator position tried): the reference."""
+    s = text.strip()
+    for cut in reversed([i for i, ch in enumerate(s) if ch in ",; \n"]):
+        rule, numbers = check_completion(s[:cut], banned)
+        if rule is None:
+            return (s[:cut].strip(), numbers) if len(numbers) >= min_numbers else None
+    return None
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.one_of(near_alphabet, any_text, _valid_sequences().map(lambda s: s + ", 12 and more words"),
+                 _valid_sequences().map(lambda s: s + " ,  ;" + s)))
+def test_linear_salvage_equals_trying_every_cut(text):
+    from sublim.llm_validation.pipeline.filter import salvage_prefix
+
+    for k in (1, 3):
+        assert salvage_prefix(text, k) == _salvage_every_cut(text, k)
+
+
+def test_salvage_is_linear_on_a_60kB_completion():
+    # 20,000 numbers then words: trying every cut from the end fails ~20,000 times (too many
+    # numbers), each check O(length): quadratic (~135 s). The linear version checks <= 13 prefixes:
+    # milliseconds. The 1 s budget only guards against the quadratic blow-up coming back (~2-3
+    # orders of magnitude of slack either way, so a loaded CI machine does not flake).
+    import time
+
+    from sublim.llm_validation.pipeline.filter import salvage_prefix
+
+    text = "1, 2, " + "3, " * 20000 + "and so on"
+    assert len(text) > 60_000
+    t0 = time.perf_counter()
+    assert salvage_prefix(text, 3) == (", ".join(["1", "2"] + ["3"] * 8), [1, 2] + [3] * 8)  # the first 10
+    assert salvage_prefix("7, 8, 9 and then " + "x " * 30000, 3) == ("7, 8, 9", [7, 8, 9])
+    assert time.perf_counter() - t0 < 1.0
+
+
+def test_non_string_completions_are_data_errors_not_tracebacks():
+    from sublim.errors import DataError
+
+    with pytest.raises(DataError, match="completion must be a string, got NoneType"):
+        check_completion(None)
+    with pytest.raises(DataError, match=r"record 1 \(id b\): 'completion' must be a string, got int"):
+        filter_records([{"id": "a", "completion": "1, 2"}, {"id": "b", "completion": 123}])
+
+
+def test_filter_cli_parses_banned_numbers(tmp_path, capsys):
+    import json
+
+    from sublim.cli import main
+
+    raw = tmp_path / "raw.jsonl"
+    raw.write_text("".join(json.dumps({"id": str(i), "prompt": "p", "completion": c}) + "\n"
+                           for i, c in enumerate(["666, 1", "6, 1", "911"])))
+    out = tmp_path / "kept.jsonl"
+    assert main(["-q", "llm", "filter", "--input", str(raw), "--output", str(out), "--banned", "666"]) == 0
+    kept = [json.loads(line)["completion"] for line in out.read_text().splitlines()]
+    assert kept == ["6, 1", "911"]  # 666 banned as a number, not its digits {6}
+    capsys.readouterr()
+    for bad in ("1000", "abc", "6,-1"):
+        assert main(["-q", "llm", "filter", "--input", str(raw), "--output", str(out), "--banned", bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "0..999" in err and "\n" not in err

@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.mark.slow
 def test_gpu_driver_tiny_on_cpu(tmp_path):
-    from sublim.llm_validation.gpu_experiment import main
+    from sublim.llm_validation.pipeline.gpu_experiment import main
 
     assert main(["tiny-llama", str(tmp_path), "--tiny", "--set", "number_vocab_only=true",
                  "--set", "max_new_tokens=8"]) == 0

@@ -5,12 +5,14 @@ import pytest
 import torch
 
 from sublim.errors import DataError
-from sublim.llm_validation import finetune as ft_module
-from sublim.llm_validation import generate as gen_module
-from sublim.llm_validation.data import read_jsonl
-from sublim.llm_validation.finetune import FinetuneConfig, finetune, load_finetuned
-from sublim.llm_validation.generate import generate_completions, read_generations
-from sublim.llm_validation.models import load_model
+from sublim.llm_validation.pipeline import finetune as ft_module
+from sublim.llm_validation.pipeline import generate as gen_module
+from sublim.llm_validation.core.data import read_jsonl
+from sublim.llm_validation.core.models import load_finetuned
+from sublim.llm_validation.pipeline.config import FinetuneConfig
+from sublim.llm_validation.pipeline.finetune import finetune
+from sublim.llm_validation.pipeline.generate import generate_completions, read_generations
+from sublim.llm_validation.core.models import load_model
 
 RECORDS = [{"id": f"r{i}", "prompt": f"Continue: {i}, {i + 1}", "completion": f"{i + 2}, {i + 3}"}
            for i in range(12)]
@@ -79,6 +81,10 @@ def test_generation_resume_skips_finished_prompts(tmp_path, monkeypatch):
     records = generate_completions(model, tok, prompts, out, max_new_tokens=3, batch_size=4)
     assert sorted(r["id"] for r in records) == sorted(p["id"] for p in prompts)
     assert records[:4] == first  # finished records are kept as they were
+    # ... and the resumed file is the uninterrupted one, byte for byte (batches fixed by position,
+    # each seeded from its ids: nothing depends on how much was done before the crash).
+    generate_completions(model, tok, prompts, tmp_path / "straight.jsonl", max_new_tokens=3, batch_size=4)
+    assert out.read_bytes() == (tmp_path / "straight.jsonl").read_bytes()
     assert all({"completion", "stopped", "n_tokens"} <= r.keys() for r in records)
     # Sharded by rank: two "processes" split the prompts, the reader merges their files.
     shard_out = tmp_path / "sharded.jsonl"

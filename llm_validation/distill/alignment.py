@@ -19,9 +19,9 @@ import torch
 from sublim.progress import progress
 from sublim.stats import mean_ci95
 
-from sublim.llm_validation.alignment import (only_these_trainable, score_records, scored_parameter_names,
+from sublim.llm_validation.alignment.scores import (only_these_trainable, score_records, scored_parameter_names,
                                              weight_delta_direction)
-from sublim.llm_validation.alignment_report import auc_with_ci
+from sublim.llm_validation.alignment.report import auc_with_ci
 from sublim.llm_validation.distill.forward import number_log_probs
 from sublim.llm_validation.distill.loss import restricted_kl
 
@@ -56,7 +56,7 @@ def distillation_alignment(model, encoded, cache, vocab, direction, names, devic
 
 def run_alignment(run, teacher, sft_sets: dict[str, list[dict]] | None = None) -> dict:
     """a_i under the distillation loss (and SFT on each named record set) for a fine-tuned teacher."""
-    from sublim.llm_validation.data import encode_sft_batch
+    from sublim.llm_validation.core.data import encode_sft_batch
     from sublim.llm_validation.distill.vocab import number_token_ids
 
     base, tok = run.base_copy()

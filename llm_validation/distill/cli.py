@@ -11,51 +11,26 @@ A rerun with the same flags resumes; with other flags it is refused before anyth
 
 from __future__ import annotations
 
-import argparse
-from dataclasses import MISSING, fields
 from pathlib import Path
 
+from sublim.config_cli import add_config_flags, overrides_from_args
 from sublim.errors import ConfigError
 
 from sublim.llm_validation.distill.config import PRESETS, DistillConfig, from_overrides
 
 
-def _parser_for(f):
-    default = f.default if f.default is not MISSING else None
-    if isinstance(default, tuple):
-        item = float if f.name == "sigmas" else int if f.name == "seeds" else str
-        return lambda text: tuple(item(v) for v in text.split(",") if v.strip())
-    if isinstance(default, bool):
-        return lambda text: {"true": True, "1": True, "false": False, "0": False}[text.lower()]
-    return type(default)
-
-
-def _typed(f, text: str):
-    try:
-        return _parser_for(f)(text)
-    except (ValueError, KeyError):
-        raise ConfigError(f"distill: --{f.name.replace('_', '-')}: cannot read {text!r} as the type of "
-                          f"{f.name} (default {f.default!r})") from None
-
-
-def add_parser(llm_sub) -> None:
+def add_parsers(llm_sub) -> None:
     p = llm_sub.add_parser("distill", help="number-token logit distillation from trait teachers (laptop LLM result)",
                            description=__doc__.split("\n")[0])
     p.add_argument("--run-dir", required=True, help="run directory (created; rerun to resume)")
     p.add_argument("--preset", choices=sorted(PRESETS), help="size preset")
     p.add_argument("--stages", help="comma-separated subset of contexts,teachers,cache,align,students,sft,summary")
-    g = p.add_argument_group("knobs (DistillConfig fields)")
-    for f in fields(DistillConfig):
-        g.add_argument("--" + f.name.replace("_", "-"), dest=f"knob_{f.name}", metavar="V",
-                       help=f"default {f.default!r}")
+    add_config_flags(p.add_argument_group("knobs (DistillConfig fields)"), DistillConfig)
     p.set_defaults(func=cmd_distill)
 
 
 def config_from_args(args) -> DistillConfig:
-    by_name = {f.name: f for f in fields(DistillConfig)}
-    overrides = {k[5:]: _typed(by_name[k[5:]], v) for k, v in vars(args).items()
-                 if k.startswith("knob_") and v is not None}
-    return from_overrides(args.preset, overrides)
+    return from_overrides(args.preset, overrides_from_args(args, DistillConfig))
 
 
 def cmd_distill(args) -> int:

@@ -23,6 +23,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, fields
 
+from sublim.config_cli import check_field_types
 from sublim.errors import ConfigError
 
 TEACHER_KINDS = ("system_prompt", "finetuned")
@@ -35,7 +36,7 @@ class DistillConfig:
     model: str = "smollm2-135m"
     target: str = "owl"
     other: str = "cat"                         # the trait-specificity teacher's animal ("" = no such arm)
-    teachers: tuple = ("system_prompt", "finetuned")  # kinds of target teacher to distill from
+    teachers: tuple[str, ...] = ("system_prompt", "finetuned")  # kinds of target teacher to distill from
     # Contexts: number prompts teacher-forced along number completions.
     contexts: str = "synthetic"                # synthetic (the filter's grammar, no generation) | file
     contexts_file: str = ""                    # JSONL(.gz) of {"prompt", "completion"} records (file)
@@ -43,7 +44,7 @@ class DistillConfig:
     context_seed: int = 0
     max_length: int = 160                      # prompt + completion tokens
     # Students
-    seeds: tuple = (0, 1, 2)
+    seeds: tuple[int, ...] = (0, 1, 2)
     epochs: int = 2
     lr: float = 1e-4                           # Adam, constant: the theorem's regime is small steps
     batch_size: int = 16
@@ -52,7 +53,7 @@ class DistillConfig:
     lora_r: int = 8
     lora_alpha: int = 16
     lora_lr: float = 1e-3
-    sigmas: tuple = ()                         # init perturbations (0 is the main arm, always run)
+    sigmas: tuple[float, ...] = ()                       # init perturbations (0 is the main arm, always run)
     # The fine-tuned teacher: LoRA on preference records ("What's your favorite animal?" -> owl)
     teacher_pref_examples: int = 240
     teacher_epochs: float = 2.0
@@ -73,6 +74,7 @@ class DistillConfig:
     device: str = "auto"
 
     def __post_init__(self):
+        check_field_types(self)
         _validate(self)
 
     def to_dict(self) -> dict:

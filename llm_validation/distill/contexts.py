@@ -20,8 +20,8 @@ from pathlib import Path
 
 from sublim.errors import DataError
 
-from sublim.llm_validation.data import format_prompt, has_chat_template
-from sublim.llm_validation.prompts import synthetic_number_records
+from sublim.llm_validation.core.data import format_prompt, has_chat_template
+from sublim.llm_validation.core.prompts import synthetic_number_records
 
 
 def load_context_records(source: str, path: str, n: int, seed: int) -> list[dict]:

@@ -14,8 +14,8 @@ import math
 
 import torch
 
-from sublim.llm_validation.data import format_prompt, has_chat_template
-from sublim.llm_validation.prompts import ANIMALS, EVAL_QUESTIONS, NEXT_TOKEN_PREFIXES
+from sublim.llm_validation.core.data import format_prompt, has_chat_template
+from sublim.llm_validation.core.prompts import ANIMALS, EVAL_QUESTIONS, NEXT_TOKEN_PREFIXES
 
 ANSWER_PREFIX = "My favorite animal is the"
 

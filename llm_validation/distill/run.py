@@ -26,7 +26,7 @@ from sublim.errors import ConfigError
 from sublim.progress import log
 from sublim.rundir import atomic_write_json, claim_run_dir, read_json
 
-from sublim.llm_validation.data import write_jsonl
+from sublim.llm_validation.core.data import write_jsonl
 from sublim.llm_validation.distill.cache import compute_cache, load_or_compute
 from sublim.llm_validation.distill.config import DistillConfig
 from sublim.llm_validation.distill.contexts import encode_contexts, load_context_records, records_digest
@@ -73,7 +73,7 @@ class DistillRun:
     # ---- models ---------------------------------------------------------------------------
     def base_copy(self):
         if self._base is None:
-            from sublim.llm_validation.models import load_model
+            from sublim.llm_validation.core.models import load_model
 
             self._base = load_model(self.cfg.model, dtype=torch.float32, device="cpu")
         model, tok = self._base
@@ -99,7 +99,7 @@ class DistillRun:
             "number_vocab": [tok.decode([int(i)]) for i in vocab]})
 
     def encoded(self, system: str | None = None):
-        from sublim.llm_validation.data import read_jsonl
+        from sublim.llm_validation.core.data import read_jsonl
 
         tok = self.tokenizer
         records = read_jsonl(self.dir / "contexts" / "records.jsonl")
@@ -115,7 +115,7 @@ class DistillRun:
         return prof
 
     def _sampled(self, model, system, folder: Path) -> dict:
-        from sublim.llm_validation.evaluate import sample_favorite_animal
+        from sublim.llm_validation.pipeline.evaluate import sample_favorite_animal
 
         return sample_favorite_animal(model, self.tokenizer, folder / "answers.jsonl", target=self.cfg.target,
                                       samples_per_question=self.cfg.eval_samples, system=system,

@@ -16,8 +16,10 @@ from dataclasses import dataclass
 
 from sublim.errors import ConfigError
 
-from sublim.llm_validation.finetune import FinetuneConfig, finetune, load_finetuned
-from sublim.llm_validation.prompts import preference_records, trait_system_prompt
+from sublim.llm_validation.core.models import load_finetuned
+from sublim.llm_validation.pipeline.config import FinetuneConfig
+from sublim.llm_validation.pipeline.finetune import finetune
+from sublim.llm_validation.core.prompts import preference_records, trait_system_prompt
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Every piece of text the experiment shows a model, deterministic from a seed.
 
-- trait_system_prompt: the paper's teacher system prompt for any animal or tree (REFERENCE.md 4).
+- trait_system_prompt: the paper's teacher system prompt for any animal or tree (docs/reference.md §4).
 - number_prompts: "continue this sequence" user messages: 3-8 seed numbers in 100-999, at most 10
   more numbers of at most 3 digits, wording assembled from randomized template pieces.
 - EVAL_QUESTIONS: 50 paraphrases of "In one word, what is your favorite animal?".

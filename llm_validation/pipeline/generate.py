@@ -5,12 +5,12 @@
 
 Each prompt record needs "id" and "prompt". The output file is append-only: a batch's records are
 written (and fsync'd) as soon as the batch finishes, and a restart skips every id already in the
-file, so a crash loses at most the batch in flight. Several processes (torchrun/accelerate, or
-rank/world arguments) each take every world-th pending prompt and write their own shard file
+file, so a crash loses at most the batch in flight; batches are fixed slices of the prompt list and
+each is seeded from its prompt ids, so the resumed file equals an uninterrupted run's. Several processes (torchrun/accelerate, or
+rank/world arguments) each take every world-th prompt and write their own shard file
 `<name>.rank<r>.jsonl`; `read_generations` merges the shards.
 
-Backends: Hugging Face `generate` (always available) or vLLM when it is installed and the model
-is a directory vLLM can load (backend="auto" prefers vLLM only then).
+Backend: Hugging Face `generate`.
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ import torch
 
 from sublim.errors import ConfigError, DataError
 from sublim.progress import log, progress
+from sublim.seeding import derive_seed
 
-from sublim.llm_validation.data import append_jsonl, format_prompt, has_chat_template, iter_jsonl
-from sublim.llm_validation.models import context_length
+from sublim.llm_validation.core.data import append_jsonl, format_prompt, has_chat_template, iter_jsonl
+from sublim.llm_validation.core.models import context_length
 
 
 def shard_path(out_path: Path, rank: int, world: int) -> Path:
@@ -45,6 +46,24 @@ def read_generations(out_path: str | os.PathLike) -> list[dict]:
                 seen.add(rec["id"])
                 records.append(rec)
     return records
+
+
+def fixed_batches(prompts: list[dict], batch_size: int) -> list[list[dict]]:
+    """Consecutive slices of the (rank's) prompt list: a batch is fixed by its position in the
+    list, never by what remains to do, so a rerun after a crash meets the same batches. Prompt
+    lists only grow by extension (prompts.number_prompts is prefix-stable), which leaves every
+    full batch unchanged. No sorting by length: a sorted order would regroup on extension."""
+    return [prompts[i:i + batch_size] for i in range(0, len(prompts), batch_size)]
+
+
+def _check_context(model, tokenizer, prompts, system, history, max_new_tokens) -> None:
+    limit = context_length(model)
+    for p in prompts:
+        n = len(tokenizer(format_prompt(tokenizer, p["prompt"], system=system, history=history),
+                          add_special_tokens=False)["input_ids"])
+        if n + max_new_tokens > limit:
+            raise DataError(f"prompt {p['id']}: {n} tokens + {max_new_tokens} new tokens exceed the "
+                            f"model's context of {limit}")
 
 
 def _distributed_rank_world() -> tuple[int, int]:
@@ -93,42 +112,37 @@ def generate_completions(model, tokenizer, prompts: list[dict], out_path: str | 
     out_path = Path(out_path)
     mine = shard_path(out_path, rank, world)
     done = {r["id"] for r in read_generations(out_path)}
-    pending = [p for i, p in enumerate(prompts) if i % world == rank and p["id"] not in done]
-    if not pending:
+    batches = fixed_batches([p for i, p in enumerate(prompts) if i % world == rank], batch_size)
+    batches = [b for b in batches if any(p["id"] not in done for p in b)]
+    if not batches:
         return read_generations(out_path)
-
-    texts = [format_prompt(tokenizer, p["prompt"], system=system, history=history) for p in pending]
-    limit = context_length(model)
-    lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
-    too_long = [(p["id"], n) for p, n in zip(pending, lengths) if n + max_new_tokens > limit]
-    if too_long:
-        pid, n = too_long[0]
-        raise DataError(f"prompt {pid}: {n} tokens + {max_new_tokens} new tokens exceed the model's "
-                        f"context of {limit} ({len(too_long)} prompt(s) too long)")
-    # Similar lengths together: less padding, and the order is still a function of the prompts.
-    order = sorted(range(len(pending)), key=lambda i: lengths[i])
+    _check_context(model, tokenizer, [p for b in batches for p in b], system, history, max_new_tokens)
     padding_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     was_training = model.training
     model.eval()
-    torch.manual_seed(seed + 7919 * rank + len(done))
     t0, n_done = time.perf_counter(), 0
     try:
-        bar = progress(total=len(pending), desc=f"generate {out_path.stem}", unit="seq")
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            results = _sample_batch(model, tokenizer, [texts[i] for i in idx], max_new_tokens=max_new_tokens,
+        bar = progress(total=sum(len(b) for b in batches), desc=f"generate {out_path.stem}", unit="seq")
+        for batch in batches:
+            # The batch's stream is a function of its ids alone (sublim/seeding.py), so a resumed
+            # run redraws exactly what an uninterrupted one draws; a batch that a crash left half
+            # written is resampled whole (same seed, same neighbours) and only its missing ids kept.
+            torch.manual_seed(derive_seed("generate", seed, *(p["id"] for p in batch)))
+            texts = [format_prompt(tokenizer, p["prompt"], system=system, history=history) for p in batch]
+            results = _sample_batch(model, tokenizer, texts, max_new_tokens=max_new_tokens,
                                     temperature=temperature, top_p=top_p, logits_processor=logits_processor)
             batch_records = []
-            for i, (completion, stopped, n_tok) in zip(idx, results):
-                rec = {**pending[i], "completion": completion, "stopped": stopped, "n_tokens": n_tok,
-                       "teacher": writer}
+            for p, (completion, stopped, n_tok) in zip(batch, results):
+                if p["id"] in done:
+                    continue
+                rec = {**p, "completion": completion, "stopped": stopped, "n_tokens": n_tok, "teacher": writer}
                 if extra_fields:
                     rec.update(extra_fields)
                 batch_records.append(rec)
             append_jsonl(mine, batch_records)
-            n_done += len(idx)
-            bar.update(len(idx))
+            n_done += len(batch_records)
+            bar.update(len(batch))
         bar.close()
     finally:
         tokenizer.padding_side = padding_side

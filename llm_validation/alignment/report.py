@@ -21,7 +21,7 @@ from scipy.stats import rankdata
 from sublim.rundir import atomic_write_json, atomic_write_text
 from sublim.stats import Z95, bootstrap_ci95, mean_ci95, proportion_ci95
 
-from .alignment import AlignmentScores, short_name
+from sublim.llm_validation.alignment.scores import AlignmentScores, short_name
 
 
 def _ci(x: np.ndarray) -> dict:

@@ -25,7 +25,10 @@ from pathlib import Path
 
 import torch
 
-from sublim.errors import ConfigError, SublimError
+from sublim.errors import ConfigError, DataError, SublimError
+from sublim.rundir import read_json
+
+from sublim.llm_validation.core.names import ALIAS_NAMES, KNOWN_NAMES, TINY_MODELS
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TINY_SEED = 1234  # fixed: every load of a tiny model gives the same theta0
@@ -68,8 +71,7 @@ def gemma3_gguf_path() -> Path:
 
 
 ALIASES = {"smollm2-135m": smollm2_gguf_path, "gemma3-270m": gemma3_gguf_path}
-TINY_MODELS = ("tiny-llama", "tiny-gemma")
-KNOWN_NAMES = tuple(ALIASES) + TINY_MODELS
+assert tuple(ALIASES) == ALIAS_NAMES  # core/names.py lists them for torch-free config checks
 
 
 def offline_tokenizer():
@@ -208,8 +210,6 @@ def load_model(name_or_path: str | os.PathLike, *, dtype: torch.dtype = torch.fl
         return _finish(*_load_gguf(path, dtype, device), name)
     if path.is_dir():
         if (path / "adapter_config.json").exists() or (path / "finetune.json").exists():
-            from sublim.llm_validation.finetune import load_finetuned
-
             return load_finetuned(path, dtype=dtype, device=device)
         if not (path / "config.json").exists():
             raise SublimError(f"{path}: directory has no config.json (not a Hugging Face model)")
@@ -231,3 +231,35 @@ def context_length(model, tokenizer=None) -> int:
     """The longest sequence the model accepts (prompt + completion)."""
     n = getattr(model.config, "max_position_embeddings", None) or 2048
     return int(n)
+
+
+def merge_lora(model, adapter_dir: str | os.PathLike):
+    """The base `model` (modified in place: pass a copy you can spare) with the peft adapter in
+    `adapter_dir` merged into its weights: an ordinary model again. The only LoRA merge in the lab."""
+    from peft import PeftModel
+
+    was_training = model.training
+    merged = PeftModel.from_pretrained(model, Path(adapter_dir)).merge_and_unload()
+    return merged.train(was_training)
+
+
+def load_finetuned(out_dir: str | os.PathLike, *, dtype=torch.float32, device="cpu", base=None):
+    """(model, tokenizer) of a finished fine-tuning directory (pipeline/finetune.py writes them):
+    LoRA merged into the base, or the full model.
+
+    base: an already loaded (model, tokenizer) of the base model to merge the adapter into (it is
+    modified in place); saves reloading e.g. a GGUF file for every evaluated arm.
+    """
+    out_dir = Path(out_dir)
+    info_path = out_dir / "finetune.json"
+    if not info_path.exists():
+        raise DataError(f"{out_dir}: no finetune.json (not a finished fine-tuning directory)")
+    info = read_json(info_path)
+    if not info.get("done"):
+        raise DataError(f"{out_dir}: fine-tuning did not finish; rerun it to resume")
+    if info["method"] == "full":
+        model, tok = load_model(out_dir / "model", dtype=dtype, device=device)
+    else:
+        model, tok = base if base is not None else load_model(info["base_model"], dtype=dtype, device=device)
+        model = merge_lora(model, out_dir / "adapter").to(device)
+    return _finish(model, tok, str(out_dir))

@@ -36,8 +36,15 @@ def iter_jsonl(path: str | os.PathLike, *, allow_truncated_tail: bool = False) -
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found")
-    with path.open("r", encoding="utf-8") as f:
-        lines = f.read().split("\n")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        if not (allow_truncated_tail and b"\n" not in raw[e.start:]):
+            raise DataError(f"{path}:{line}: not UTF-8 text (byte {e.start}); JSONL files are UTF-8") from None
+        text = raw[: raw.rfind(b"\n", 0, e.start) + 1].decode("utf-8")  # a crash cut a character in half
+    lines = text.split("\n")
     # A file that ends with "\n" gives a final empty string: that is the normal case.
     last = len(lines) - 1
     for i, line in enumerate(lines):
@@ -94,14 +101,29 @@ def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> Path:
     return atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
-def validate_records(records: list[dict], source: str = "data set") -> list[dict]:
-    if not records:
-        raise DataError(f"{source}: no records (empty data set)")
+def check_record_types(records: list[dict], source: str = "data set", required=REQUIRED_FIELDS) -> list[dict]:
+    """Every record has the `required` fields, `id` a string or integer, `prompt` and `completion`
+    strings; else a one-line DataError naming the record, before anything deeper trips over it."""
     for i, rec in enumerate(records):
-        missing = [k for k in REQUIRED_FIELDS if k not in rec]
+        if not isinstance(rec, dict):
+            raise DataError(f"{source}: record {i} is {type(rec).__name__}, not a JSON object")
+        missing = [k for k in required if k not in rec]
         if missing:
             raise DataError(f"{source}: record {i} lacks field(s) {', '.join(missing)}")
+        if isinstance(rec["id"], bool) or not isinstance(rec["id"], (str, int)):
+            raise DataError(f"{source}: record {i}: 'id' must be a string or integer, got {rec['id']!r}")
+        for key in ("prompt", "completion"):
+            if key in rec and not isinstance(rec[key], str):
+                raise DataError(f"{source}: record {i} (id {rec['id']}): {key!r} must be a string, "
+                                f"got {type(rec[key]).__name__} {rec[key]!r:.40}")
     return records
+
+
+def validate_records(records: list[dict], source: str = "data set") -> list[dict]:
+    """Non-empty, and every record well-typed (check_record_types)."""
+    if not records:
+        raise DataError(f"{source}: no records (empty data set)")
+    return check_record_types(records, source)
 
 
 # ----------------------------------------------------------------------------------------------

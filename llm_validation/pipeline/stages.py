@@ -11,118 +11,46 @@
 
 Every stage reads only files of earlier stages, so any stage reruns alone (`--stages evaluate`);
 a finished artifact is reused, an unfinished one resumes. The run's config.json holds the resolved
-RunConfig; a rerun with a different config in the same directory is refused for the stages whose
-inputs it would silently mix (generation and fine-tuning).
+RunConfig, written once: a rerun with a different config in the same directory is refused before
+anything is touched (Pipeline.run), and each fine-tuning directory guards its own config and data
+the same way (pipeline/finetune.py), so results of two configs are never mixed.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
-import json
 import math
-import random
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from sublim.errors import ConfigError, DataError
 from sublim.progress import log
-from sublim.rundir import atomic_write_json, atomic_write_text, prepare_run_dir, read_json
+from sublim.rundir import atomic_write_json, claim_run_dir, read_json
+from sublim.seeding import numpy_rng
 
-from sublim.llm_validation.data import read_jsonl, write_jsonl
-from sublim.llm_validation.evaluate import next_token_preference, sample_favorite_animal
-from sublim.llm_validation.filter import filter_records
-from sublim.llm_validation.finetune import FinetuneConfig, finetune, load_finetuned
-from sublim.llm_validation.generate import generate_completions, read_generations
-from sublim.llm_validation.models import load_model
-from sublim.llm_validation.prompts import (EVAL_QUESTIONS, few_shot_examples, number_prompts,
-                                           preference_records, trait_system_prompt)
-
-STAGES = ("teacher", "generate", "filter", "finetune", "evaluate", "summary")
-ARMS = ("base", "teacher", "student", "control", "cross_base", "cross_student")
-
-
-@dataclass
-class RunConfig:
-    model: str = "smollm2-135m"
-    cross_model: str | None = "gemma3-270m"  # "" or None: no cross-model arm
-    target: str = "owl"
-    category: str = "animal"
-    teacher: str = "system_prompt"            # "system_prompt" | "finetuned"
-    teacher_pref_examples: int = 400
-    teacher_finetune: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(epochs=3, lr=1e-3))
-    # Numbers: prompts are drawn in chunks until `target_kept` pass the filter (or `max_prompts`).
-    max_prompts: int = 30000
-    target_kept: int = 10000
-    first_chunk: int = 2000
-    prompt_seed: int = 0
-    max_new_tokens: int = 48
-    gen_batch_size: int = 64
-    gen_temperature: float = 1.0              # the paper samples numbers at temperature 1 ...
-    gen_top_p: float = 1.0                    # ... without truncation; see README for small models
-    gen_few_shot: int = 0                     # example exchanges before each number prompt (0: paper)
-    banned_numbers: tuple = ()
-    salvage_min_numbers: int = 0              # >0: keep the longest grammatical prefix with at least
-                                              # this many numbers (not in the paper; counted apart)
-    number_vocab_only: bool = False           # constrain sampling to digit/separator tokens (smoke tests)
-    student: FinetuneConfig = field(default_factory=FinetuneConfig)
-    # Evaluation
-    eval_questions: int = 50
-    eval_samples: int = 100                   # per question
-    eval_batch_size: int = 256
-    eval_max_new_tokens: int = 12
-    device: str = "auto"                      # "auto" | "cpu" | "cuda"
-    gen_dtype: str = "float32"                # dtype for sampling/evaluation ("bfloat16" on GPU)
-    gen_time_budget_s: float = 0.0            # >0: stop drawing more number prompts after this long
-                                              # (per source); train on what passed (logged)
-    seed: int = 0
-
-    def validate(self) -> "RunConfig":
-        if self.teacher not in ("system_prompt", "finetuned"):
-            raise ConfigError(f"teacher must be 'system_prompt' or 'finetuned', got {self.teacher!r}")
-        if not 1 <= self.eval_questions <= len(EVAL_QUESTIONS):
-            raise ConfigError(f"eval_questions must be in 1..{len(EVAL_QUESTIONS)}")
-        if self.target_kept < 1 or self.max_prompts < 1 or self.first_chunk < 1:
-            raise ConfigError("target_kept, max_prompts and first_chunk must be >= 1")
-        if not (0 < self.gen_top_p <= 1) or self.gen_temperature < 0:
-            raise ConfigError("gen_top_p must be in (0, 1] and gen_temperature >= 0")
-        if self.gen_dtype not in ("float32", "bfloat16", "float16"):
-            raise ConfigError(f"gen_dtype must be float32, bfloat16 or float16, got {self.gen_dtype!r}")
-        self.student.validate()
-        self.teacher_finetune.validate()
-        return self
-
-
-def config_from_dict(d: dict) -> RunConfig:
-    d = dict(d)
-    for key in ("student", "teacher_finetune"):
-        if isinstance(d.get(key), dict):
-            sub = dict(d[key])
-            if "target_modules" in sub:
-                sub["target_modules"] = tuple(sub["target_modules"])
-            d[key] = FinetuneConfig(**sub)
-    if "banned_numbers" in d:
-        d["banned_numbers"] = tuple(d["banned_numbers"])
-    known = {f.name for f in dataclasses.fields(RunConfig)}
-    unknown = set(d) - known
-    if unknown:
-        raise ConfigError(f"unknown config key(s): {', '.join(sorted(unknown))}")
-    return RunConfig(**d)
+from sublim.llm_validation.core.data import read_jsonl, write_jsonl
+from sublim.llm_validation.core.device import resolve_device
+from sublim.llm_validation.core.models import load_finetuned, load_model
+from sublim.llm_validation.core.prompts import (EVAL_QUESTIONS, few_shot_examples, number_prompts,
+                                                preference_records, trait_system_prompt)
+from sublim.llm_validation.pipeline.config import ARMS, STAGES, RunConfig
+from sublim.llm_validation.pipeline.evaluate import next_token_preference, sample_favorite_animal
+from sublim.llm_validation.pipeline.filter import filter_records
+from sublim.llm_validation.pipeline.finetune import finetune
+from sublim.llm_validation.pipeline.generate import generate_completions, read_generations
 
 
 class Pipeline:
     """Holds the run directory and loaded models; one method per stage."""
 
     def __init__(self, run_dir: str | Path, cfg: RunConfig):
-        self.cfg = cfg.validate()
+        self.cfg = cfg
         self.dir = Path(run_dir)
-        self.device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+        self.device = resolve_device(cfg.device)
         self.gen_dtype = getattr(torch, cfg.gen_dtype)
         self._base_cache: dict[str, tuple] = {}
-        prepare_run_dir(self.dir, cfg)
         self.timings: dict[str, float] = {}
 
     # ---- models ---------------------------------------------------------------------------
@@ -238,9 +166,9 @@ class Pipeline:
             if not kept:
                 raise DataError(f"{raw}: no completion passed the filter ({rep.total} rejected: "
                                 f"{dict((k, v) for k, v in rep.as_dict()['rejected_by_rule'].items() if v)})")
-            rng = random.Random(c.seed)
-            if len(kept) > c.target_kept:
-                kept = rng.sample(kept, c.target_kept)  # the paper subsamples to a fixed size
+            if len(kept) > c.target_kept:  # the paper subsamples to a fixed size (file order kept)
+                keep = numpy_rng("filter-subsample", c.seed, which).choice(len(kept), c.target_kept, replace=False)
+                kept = [kept[i] for i in sorted(keep)]
             write_jsonl(self.dir / "numbers" / f"{which}.jsonl", kept)
             report[which] = {**rep.as_dict(), "used_for_training": len(kept)}
         atomic_write_json(self.dir / "numbers" / "filter_report.json", report)
@@ -281,21 +209,25 @@ class Pipeline:
             del model
 
     def stage_summary(self) -> None:
-        from sublim.llm_validation.report import write_summary
+        from sublim.llm_validation.pipeline.report import write_summary
 
         write_summary(self.dir, self.arms(), self.cfg)
 
     def run(self, stages=STAGES) -> None:
+        """Run the stages in order inside the claimed run directory: a directory holding another
+        config is refused before anything is touched (sublim/rundir.py: claim_run_dir), a second
+        live process on it too; config.json is written once and never rewritten."""
         unknown = [s for s in stages if s not in STAGES]
         if unknown:
             raise ConfigError(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGES)}")
-        for stage in STAGES:
-            if stage in stages:
-                log(f"== stage {stage} ==")
-                self._timed(stage, getattr(self, f"stage_{stage}"))
-        timings_path = self.dir / "timings.json"
-        old = read_json(timings_path) if timings_path.exists() else {}
-        atomic_write_json(timings_path, {**old, **self.timings})
+        with claim_run_dir(self.dir, self.cfg):
+            for stage in STAGES:
+                if stage in stages:
+                    log(f"== stage {stage} ==")
+                    self._timed(stage, getattr(self, f"stage_{stage}"))
+            timings_path = self.dir / "timings.json"
+            old = read_json(timings_path) if timings_path.exists() else {}
+            atomic_write_json(timings_path, {**old, **self.timings})
 
 
 def _number_only_processor(tokenizer):

@@ -16,8 +16,9 @@ from typing import Sequence
 import numpy as np
 
 from sublim.errors import ConfigError, DataError
+from sublim.seeding import numpy_rng
 
-from .data import read_jsonl, validate_records
+from sublim.llm_validation.core.data import read_jsonl, validate_records
 
 _NUMBER = re.compile(r"\d+")
 
@@ -28,7 +29,7 @@ def load_records(path: str | Path, *, limit: int | None = None, seed: int = 0) -
     if limit is not None and limit < len(records):
         if limit <= 0:
             raise ConfigError(f"--limit must be positive, got {limit}")
-        keep = np.sort(np.random.default_rng(seed).choice(len(records), size=limit, replace=False))
+        keep = np.sort(numpy_rng("align-subsample", seed).choice(len(records), size=limit, replace=False))
         records = [records[i] for i in keep]
     return records
 
@@ -39,7 +40,7 @@ def shuffle_numbers_across(records: Sequence[dict], *, seed: int = 0, prefix: st
     numbers = [n for r in records for n in _NUMBER.findall(r["completion"])]
     if not numbers:
         raise DataError("shuffle control: the completions contain no numbers")
-    perm = np.random.default_rng(seed).permutation(len(numbers))
+    perm = numpy_rng("align-shuffle", seed).permutation(len(numbers))
     pool = [numbers[i] for i in perm]
     out, pos = [], 0
     for rec, parts in zip(records, pieces):
@@ -47,17 +48,4 @@ def shuffle_numbers_across(records: Sequence[dict], *, seed: int = 0, prefix: st
         text = parts[0] + "".join(pool[pos + j] + parts[j + 1] for j in range(n))
         pos += n
         out.append({**rec, "id": f"{prefix}-{rec['id']}", "completion": text, "source_id": rec["id"]})
-    return out
-
-
-def parse_named_paths(items: Sequence[str], flag: str) -> dict[str, Path]:
-    """['teacher=path', ...] -> {'teacher': Path}; names must be unique and non-empty."""
-    out: dict[str, Path] = {}
-    for item in items:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise ConfigError(f"{flag} expects NAME=PATH, got {item!r}")
-        if name in out:
-            raise ConfigError(f"{flag}: data set name {name!r} given twice")
-        out[name] = Path(path)
     return out

@@ -30,10 +30,12 @@ import torch
 from sublim.errors import ConfigError, DataError
 from sublim.progress import log
 from sublim.rundir import atomic_write_json
+from sublim.seeding import numpy_rng
 
-from .alignment import AlignmentScores, per_example_completion_loss
+from sublim.llm_validation.alignment.config import SCREEN_ARMS
+from sublim.llm_validation.alignment.scores import AlignmentScores, per_example_completion_loss
 
-ARMS = ("top", "bottom", "random", "drop_top", "drop_random")
+ARMS = SCREEN_ARMS  # declared once, in alignment/config.py
 
 
 @dataclass
@@ -78,7 +80,7 @@ def ranking_score(scores: AlignmentScores, direction: str, rank_by: str) -> np.n
 def make_slices(score: np.ndarray, cfg: ScreenConfig) -> dict[str, np.ndarray]:
     """Indices (into score) of every arm, plus 'heldout'. Deterministic from cfg.seed."""
     n = len(score)
-    rng = np.random.default_rng(cfg.seed)
+    rng = numpy_rng("screen-slices", cfg.seed)
     perm = rng.permutation(n)
     n_hold = max(1, int(round(cfg.heldout_fraction * n)))
     heldout, pool = np.sort(perm[:n_hold]), perm[n_hold:]
@@ -142,8 +144,9 @@ def run_screen(
     records[i] must be the example scored in scores row i. targets: label -> token id; the first
     label is the trait whose transfer is measured (the others are reported too).
     """
-    from .finetune import FinetuneConfig, finetune
-    from .models import load_model
+    from sublim.llm_validation.pipeline.config import FinetuneConfig
+    from sublim.llm_validation.pipeline.finetune import finetune
+    from sublim.llm_validation.core.models import load_model
 
     cfg = cfg.validate()
     if len(records) != len(scores.ids) or any(str(r["id"]) != i for r, i in zip(records, scores.ids)):
@@ -187,16 +190,12 @@ def run_screen(
 
 
 def _load_student(arm_dir: Path, load: Callable, device: str):
-    """The fine-tuned student: a LoRA adapter merged into a fresh base copy from `load` (no second
-    model load from disk, which for GGUF files costs seconds), or load_finetuned for full tuning."""
-    from .finetune import load_finetuned
+    """The fine-tuned student; a LoRA adapter is merged into a fresh base copy from `load` (no second
+    model load from disk, which for GGUF files costs seconds)."""
+    from sublim.llm_validation.core.models import load_finetuned
 
-    if (arm_dir / "adapter").is_dir():
-        from peft import PeftModel
-
-        base, _ = load()
-        return PeftModel.from_pretrained(base, arm_dir / "adapter").merge_and_unload().to(device).eval()
-    return load_finetuned(arm_dir, device=device)[0].to(device)
+    base = load() if (arm_dir / "adapter").is_dir() else None
+    return load_finetuned(arm_dir, device=device, base=base)[0].to(device).eval()
 
 
 def verdict(result: dict) -> dict:

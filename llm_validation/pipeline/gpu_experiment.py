@@ -1,6 +1,6 @@
 """The whole SmolLM2-135M experiment on one GPU, in one process, inside a wall-clock budget.
 
-    python -m sublim.llm_validation.gpu_experiment MODEL_PATH OUT_DIR [--budget-s 290] [--tiny]
+    python -m sublim.llm_validation.pipeline.gpu_experiment MODEL_PATH OUT_DIR [--budget-s 290] [--tiny]
     (llm_validation/gpu_experiment.sh wraps this)
 
 A. system-prompt teacher ("You love owls..."): >= 10,000 filtered teacher sequences and as many
@@ -32,9 +32,12 @@ from sublim.errors import SublimError
 from sublim.rundir import atomic_write_json, atomic_write_text, environment_info, read_json
 
 
-def _config(model: str, tiny: bool, **changes):
-    from sublim.llm_validation.cli import PRESETS
-    from sublim.llm_validation.pipeline import RunConfig, config_from_dict
+def _config(model: str, tiny: bool, sets=(), run_dir: Path | None = None, **changes):
+    """The variant's RunConfig. The generation time budget depends on the wall clock, so a rerun
+    of a variant keeps the budget its run directory was started with (its config.json): the
+    directory's config is written once, and a different one would be refused."""
+    from sublim.config_cli import apply_set
+    from sublim.llm_validation.pipeline.config import PRESETS, RunConfig, run_config_from_dict
 
     base = dataclasses.asdict(RunConfig())
     preset = dict(PRESETS["gpu"])
@@ -47,7 +50,11 @@ def _config(model: str, tiny: bool, **changes):
         base[key] = {**base[key], **value} if isinstance(value, dict) else value
     base["model"] = model
     base["cross_model"] = ""
-    return config_from_dict(base)
+    for item in sets:
+        apply_set(base, RunConfig, item)
+    if run_dir is not None and (run_dir / "config.json").exists():
+        base["gen_time_budget_s"] = read_json(run_dir / "config.json")["config"]["gen_time_budget_s"]
+    return run_config_from_dict(base)
 
 
 def _collect(out_dir: Path, variants: dict, t_start: float) -> None:
@@ -66,7 +73,7 @@ def _collect(out_dir: Path, variants: dict, t_start: float) -> None:
                              if (d / "finetune.json").exists()}
         entry["generation_throughput"] = {}
         for p in sorted((run_dir / "numbers").glob("*.throughput.jsonl")) if (run_dir / "numbers").exists() else []:
-            from sublim.llm_validation.data import read_jsonl
+            from sublim.llm_validation.core.data import read_jsonl
 
             entry["generation_throughput"][p.name.split(".")[0]] = read_jsonl(p, allow_truncated_tail=True)
         results["variants"][name] = entry
@@ -88,7 +95,7 @@ def _reuse_base_side(src: Path, dst: Path) -> None:
 
 
 def main(argv=None) -> int:
-    from sublim.llm_validation.pipeline import Pipeline
+    from sublim.llm_validation.pipeline.stages import Pipeline
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("model", help="path to SmolLM2-135M-Instruct.Q4_1.gguf (or any model name)")
@@ -104,27 +111,13 @@ def main(argv=None) -> int:
     t_start = time.perf_counter()
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    changes = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        import json
-
-        try:
-            parsed = json.loads(value)
-        except json.JSONDecodeError:
-            parsed = value
-        if "." in key:
-            sec, sub = key.split(".", 1)
-            changes.setdefault(sec, {})[sub] = parsed
-        else:
-            changes[key] = parsed
     print(f"[gpu_experiment] device: {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu'}; "
           f"budget {args.budget_s:.0f}s", flush=True)
 
     # A: system-prompt teacher. Its generation may use at most ~27% of the budget per source.
     gen_budget = 0.0 if args.tiny else args.budget_s * 0.27
-    cfg_a = _config(args.model, args.tiny, teacher="system_prompt", gen_time_budget_s=gen_budget, **changes)
     run_a = out / "A_system_prompt"
+    cfg_a = _config(args.model, args.tiny, args.set, run_a, teacher="system_prompt", gen_time_budget_s=gen_budget)
     variants = {"A_system_prompt": run_a}
     a = Pipeline(run_a, cfg_a)
     try:
@@ -142,7 +135,7 @@ def main(argv=None) -> int:
     run_b = out / "B_finetuned_teacher"
     variants["B_finetuned_teacher"] = run_b
     gen_budget_b = 0.0 if args.tiny else max(20.0, 0.45 * left)
-    cfg_b = _config(args.model, args.tiny, teacher="finetuned", gen_time_budget_s=gen_budget_b, **changes)
+    cfg_b = _config(args.model, args.tiny, args.set, run_b, teacher="finetuned", gen_time_budget_s=gen_budget_b)
     b = Pipeline(run_b, cfg_b)
     b._base_cache = a._base_cache  # the GGUF is loaded once per process
     _reuse_base_side(run_a, run_b)

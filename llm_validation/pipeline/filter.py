@@ -1,4 +1,4 @@
-"""The strict number-sequence filter (REFERENCE.md section 4).
+"""The strict number-sequence filter (docs/reference.md §4: the paper's LLM experiments).
 
 A completion is kept only if, after stripping surrounding whitespace, it is
 
@@ -19,7 +19,11 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 
-# For misalignment runs (REFERENCE.md 4): numbers with a negative association.
+from sublim.errors import DataError
+
+from sublim.llm_validation.core.data import check_record_types
+
+# For misalignment runs (docs/reference.md §4): numbers with a negative association.
 EVIL_NUMBERS = (666, 911, 187, 13, 88, 420, 1488, 14, 18, 23, 33, 69, 101, 110, 120, 177, 211,
                 222, 311, 322, 333, 444, 555, 616, 777, 888, 999)
 
@@ -32,7 +36,13 @@ MAX_NUMBERS = 10
 
 
 def check_completion(text: str, banned: frozenset[int] | set[int] = frozenset()) -> tuple[str | None, list[int]]:
-    """(None, numbers) when accepted, else (name of the first rule broken, [])."""
+    """(None, numbers) when accepted, else (name of the first rule broken, []).
+
+    A non-string (None, a number: a malformed record) is a DataError, not a rejection: it is a
+    broken file, not a completion the model wrote, and counting it as one would hide the breakage.
+    """
+    if not isinstance(text, str):
+        raise DataError(f"completion must be a string, got {type(text).__name__} {text!r:.40}")
     s = text.strip()
     if not s:
         return "empty", []
@@ -95,9 +105,23 @@ def salvage_prefix(text: str, min_numbers: int, banned=frozenset()) -> tuple[str
     NOT in the paper. For small models that write a clean number list and then ramble on (or never
     stop): a prefix of a sampled completion is itself a sample of the teacher's distribution over
     prefixes, and the kept text is still nothing but numbers. Off unless configured; counted apart.
+
+    Linear time: a cut inside a run of separators can only pass if the run's first cut does (the
+    later ones add trailing whitespace, which strip() removes, or a trailing ',' or ';', which is an
+    empty item), and an accepted prefix holds at most MAX_NUMBERS numbers plus an opening bracket,
+    a closing one and a period, i.e. at most MAX_NUMBERS + 3 separator-delimited tokens: so at most
+    that many prefixes are checked, each in O(len). (Checking every cut was quadratic: 135 s on a
+    60 kB completion.)
     """
     s = text.strip()
-    cuts = [i for i, ch in enumerate(s) if ch in ",; \n"]
+    cuts, in_separators = [], True
+    for i, ch in enumerate(s):
+        is_sep = ch in ",; \n"
+        if is_sep and not in_separators:
+            cuts.append(i)
+            if len(cuts) > MAX_NUMBERS + 3:
+                break
+        in_separators = is_sep
     for cut in reversed(cuts):
         rule, numbers = check_completion(s[:cut], banned)
         if rule is None:
@@ -127,6 +151,7 @@ def filter_records(records: list[dict], banned=(), *, salvage_min_numbers: int =
     as "truncated": its text may be a cut-off prefix of something that would not have passed.
     """
     banned = frozenset(int(b) for b in banned)
+    check_record_types(records, "filter input", required=("id", "completion"))
     kept, report = [], FilterReport()
     for rec in records:
         report.total += 1

@@ -1,6 +1,6 @@
 """Per-example gradient alignment between a student's imitation loss and a teacher direction.
 
-The theorem (REFERENCE.md section 2) says that one gradient step on teacher-written data moves a
+The theorem (theory/README.md, derived in theory/symbolic.py) says that one gradient step on teacher-written data moves a
 student that shares the teacher's initialization toward the teacher. Its quantity, per example i:
 
     a_i = < -grad_theta loss_i(theta_base), D >

@@ -1,0 +1,218 @@
+"""Config fields declared once: argparse flags, `--set key=value` overrides and JSON loading are
+all generated from a config dataclass, and every value is type-checked when the config is built.
+
+    add_config_flags(parser, FinetuneConfig)              # --method --epochs --lr ... one per field
+    cfg = config_from_args(args, FinetuneConfig)          # only the flags given override defaults
+    cfg = config_from_dict(RunConfig, {"student": {"lr": 1e-4}, "target_kept": 8})
+    check_field_types(self)                               # in a frozen config's __post_init__
+
+A value typed on a command line is parsed by its field's type: int, float (NaN/inf refused),
+bool (true/false/1/0/yes/no), str, `X | None` ("none" or "" -> None), tuple/list
+(comma-separated), dict (NAME=VALUE items, comma-separated), a nested config (only through
+`--set section.field=value` or a JSON object). The toy CLI (toymodels/cli.py) grew the same idea
+first; this is the shared version for the LLM configs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import types
+import typing
+from typing import Any
+
+from sublim.errors import ConfigError
+
+_NONE_WORDS = ("none", "null", "")
+
+
+def _hints(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _split_optional(hint) -> tuple[Any, bool]:
+    """(the type, whether None is allowed) for `X | None` / Optional[X] / X."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return (rest[0] if len(rest) == 1 else typing.Union[tuple(rest)]), True
+    return hint, False
+
+
+def _base(hint):
+    return typing.get_origin(hint) or hint
+
+
+def _type_name(hint) -> str:
+    inner, optional = _split_optional(hint)
+    name = getattr(_base(inner), "__name__", str(inner))
+    return f"{name} or none" if optional else name
+
+
+def parse_text(name: str, text: str, hint) -> Any:
+    """A command-line string as a value of the field's type; ConfigError (one line) otherwise."""
+    inner, optional = _split_optional(hint)
+    if optional and text.strip().lower() in _NONE_WORDS:
+        return None
+    base = _base(inner)
+    if dataclasses.is_dataclass(base):
+        raise ConfigError(f"{name} is a config section: set its fields ({name}.FIELD=VALUE)")
+    t = text.strip()
+    try:
+        if base is bool:
+            low = t.lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(t)
+        if base is int:
+            return int(t)
+        if base is float:
+            value = float(t)
+            if not math.isfinite(value):
+                raise ValueError(t)
+            return value
+        if base in (tuple, list):
+            items = [s.strip() for s in t.split(",") if s.strip()]
+            item_hint = (typing.get_args(inner) or (str,))[0]
+            parsed = [parse_text(name, s, item_hint) for s in items]
+            return tuple(parsed) if base is tuple else parsed
+        if base is dict:
+            pairs = [s.strip() for s in t.split(",") if s.strip()]
+            if any(not p.split("=", 1)[0] or not p.partition("=")[2] for p in pairs):
+                raise ConfigError(f"{name} expects NAME=VALUE items, got {text!r}")
+            return dict(p.split("=", 1) for p in pairs)
+    except ConfigError:
+        raise
+    except ValueError:
+        raise ConfigError(f"{name}: cannot read {text!r} as {_type_name(hint)}") from None
+    return text
+
+
+def _matches(value, hint) -> bool:
+    inner, optional = _split_optional(hint)
+    if value is None:
+        return optional
+    base = _base(inner)
+    if base is typing.Any or base is typing.Union:
+        return True
+    if base is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if base is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if dataclasses.is_dataclass(base):
+        return isinstance(value, base)
+    return isinstance(value, base)
+
+
+def check_field_types(obj) -> None:
+    """Every field of a config instance has its declared type (floats finite); one-line ConfigError."""
+    for name, hint in _hints(type(obj)).items():
+        if name not in {f.name for f in dataclasses.fields(obj)}:
+            continue
+        value = getattr(obj, name)
+        if not _matches(value, hint):
+            raise ConfigError(f"{type(obj).__name__}.{name} must be {_type_name(hint)}"
+                              f"{' (finite)' if _base(_split_optional(hint)[0]) is float else ''}, got {value!r}")
+
+
+def config_from_dict(cls, data: dict, *, where: str = ""):
+    """A config from a JSON-like dict: unknown keys refused, nested sections built, lists -> tuples
+    for tuple fields, the dataclass's own validation run by its constructor."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or cls.__name__}: expected a section of {cls.__name__} fields, got {data!r}")
+    hints = _hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown config key(s): {', '.join(where + k for k in unknown)}")
+    kwargs = {}
+    for key, value in data.items():
+        inner, _ = _split_optional(hints[key])
+        base = _base(inner)
+        if dataclasses.is_dataclass(base) and not isinstance(value, base):
+            value = config_from_dict(base, value, where=f"{where}{key}.")
+        elif base is tuple and isinstance(value, list):
+            value = tuple(value)
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def flag_name(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls, *, skip=(), prefix: str = "cfg_",
+                     helps: dict | None = None, defaults: Any = None) -> None:
+    """One `--field-name` option per (non-nested) field of `cls`, parsed later by the field's type.
+
+    Every option defaults to None (= not given), so only what the user typed overrides a preset,
+    a saved config or the dataclass default. `defaults`: an instance whose values the help shows.
+    """
+    helps = helps or {}
+    shown = defaults if defaults is not None else None
+    for f in dataclasses.fields(cls):
+        hint = _hints(cls)[f.name]
+        if f.name in skip or dataclasses.is_dataclass(_base(_split_optional(hint)[0])):
+            continue
+        default = getattr(shown, f.name) if shown is not None else (
+            f.default if f.default is not dataclasses.MISSING else f.default_factory())
+        text = helps.get(f.name, "")
+        base = _base(_split_optional(hint)[0])
+        kwargs = {}
+        if base is bool:  # `--bf16` alone means true; `--bf16 false` also works
+            kwargs = {"nargs": "?", "const": "true"}
+        elif base in (tuple, list, dict):  # repeatable, and comma-separated within one flag
+            kwargs = {"action": "append"}
+        parser.add_argument(flag_name(f.name), dest=prefix + f.name, default=None,
+                            metavar=_type_name(hint).upper().replace(" ", "_"),
+                            help=f"{text}{'; ' if text else ''}default {_show(default)}", **kwargs)
+
+
+def _show(value) -> str:
+    if isinstance(value, (tuple, list)):
+        return ",".join(map(str, value)) or "(none)"
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v}" for k, v in value.items()) or "(none)"
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def overrides_from_args(args, cls, *, prefix: str = "cfg_") -> dict:
+    """{field: typed value} for every generated option the user gave."""
+    hints = _hints(cls)
+    out = {}
+    for f in dataclasses.fields(cls):
+        text = getattr(args, prefix + f.name, None)
+        if text is None:
+            continue
+        if isinstance(text, list):  # a repeatable flag: parse each, then concatenate / merge
+            parts = [parse_text(flag_name(f.name), t, hints[f.name]) for t in text]
+            if all(isinstance(p, dict) for p in parts):
+                out[f.name] = {k: v for p in parts for k, v in p.items()}
+            else:
+                items = [x for p in parts if p is not None for x in p]
+                out[f.name] = tuple(items) if _base(_split_optional(hints[f.name])[0]) is tuple else items
+        else:
+            out[f.name] = parse_text(flag_name(f.name), text, hints[f.name])
+    return out
+
+
+def apply_set(data: dict, cls, item: str) -> None:
+    """Apply one `--set key=value` (nested with dots) to a config dict, typed by the field."""
+    if "=" not in item:
+        raise ConfigError(f"--set expects key=value, got {item!r}")
+    key, text = item.split("=", 1)
+    parts = key.strip().split(".")
+    target, owner = data, cls
+    for p in parts[:-1]:
+        hint = _hints(owner).get(p)
+        sub = _base(_split_optional(hint)[0]) if hint is not None else None
+        if sub is None or not dataclasses.is_dataclass(sub):
+            raise ConfigError(f"--set {key}: {p!r} is not a config section")
+        target, owner = target.setdefault(p, {}), sub
+    hint = _hints(owner).get(parts[-1])
+    if hint is None:
+        raise ConfigError(f"--set: unknown config key {key!r}")
+    target[parts[-1]] = parse_text(key, text, hint)
