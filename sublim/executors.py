@@ -31,6 +31,7 @@ One backend class per executor, all with the same `run` signature; `run_tasks` p
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -168,7 +169,9 @@ def _connect(ray, address: str | None) -> None:
                  logging_level=logging.ERROR)
     except (ConnectionError, RuntimeError, ValueError) as e:
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
-        raise SublimError(f"cannot connect to {where}: {_first_line(e)}") from None
+        hint = ("; if the cluster uses token authentication, set RAY_AUTH_MODE=token and its token "
+                "(RAY_AUTH_TOKEN, or ~/.ray/auth_token)") if address and "RAY_AUTH_MODE" not in os.environ else ""
+        raise SublimError(f"cannot connect to {where}: {_first_line(e)}{hint}") from None
 
 
 def _first_line(e: BaseException) -> str:
