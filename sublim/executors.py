@@ -17,7 +17,7 @@ arms of `sublim llm distill` next):
   driver loses only the tasks in flight; the caller resumes by submitting only missing keys.
 - `resources` is what ONE task needs: a `Resources` for every task, or a dict key -> Resources.
   Ray places the task on a node with that much free; the local executor runs tasks one after
-  another in this process and only checks that a GPU request has a GPU. A task that uses torch
+  another in this process, whatever they ask for. A task that uses torch
   should call torch.set_num_threads itself (to its cpus): results can depend on the thread count,
   and Ray sets OMP_NUM_THREADS only when torch is imported after that.
 - A task that raises a SublimError stops the run with that one-line error (results delivered
@@ -72,9 +72,7 @@ class LocalExecutor:
 
     def run(self, tasks: Mapping[str, Task], *, resources=None, on_result: OnResult | None = None,
             desc: str = "tasks") -> dict[str, Any]:
-        results = {}
-        if any(_resources_of(resources, k).gpus for k in tasks):
-            _require_local_gpu()
+        results = {}  # resources are Ray's business: here a task simply uses this machine
         with progress(total=len(tasks), desc=desc, unit="task") as bar:
             for key, (fn, args) in tasks.items():
                 results[key] = fn(*args)
@@ -82,13 +80,6 @@ class LocalExecutor:
                     on_result(key, results[key])
                 bar.update()
         return results
-
-
-def _require_local_gpu() -> None:
-    import torch
-
-    if not torch.cuda.is_available():
-        raise ConfigError("these tasks ask for a GPU and this machine has none visible to torch")
 
 
 def _run_quietly(fn: Callable[..., Any], *args) -> Any:
