@@ -10,6 +10,9 @@ The Ray overhead is the difference of the fits:
 With --cpus-per-cell equal to the machine's cores both executors run one cell at a time, so the
 difference is pure overhead; with 1 CPU per cell Ray runs cores-many cells at once and the local
 executor one 1-thread cell after another (what parallel cells buy on this machine).
+Sweep wall times on a shared machine are noisy, so the fixed cost is also taken apart directly
+(ray_phases): starting the instance, a cold worker's first task (imports torch and sublim, loads
+MNIST), the round trip of an empty task on a warm worker, and stopping the instance.
 
     python benchmarks/bench_sweep_executor.py     # writes benchmarks/results/sweep_executor_cpu.json
 """
@@ -60,6 +63,38 @@ def fit(points: list[tuple[int, float]]) -> tuple[float, float]:
     return float(fixed), float(per_cell)
 
 
+def _warm_worker() -> int:
+    """What a cold worker pays before its first cell: the imports and MNIST."""
+    from sublim.toymodels import sweep
+    from sublim.toymodels.config import from_overrides
+
+    sweep.cached_mnist(sweep._MNIST_CACHE, from_overrides(TINY))
+    return os.getpid()
+
+
+def _empty_task() -> int:
+    return os.getpid()
+
+
+def ray_phases(round_trips: int = 30) -> dict:
+    """Seconds of each fixed step of a Ray sweep with a private local instance."""
+    import ray
+
+    t0 = time.perf_counter()
+    ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    t1 = time.perf_counter()
+    ray.get(ray.remote(_warm_worker).options(num_cpus=1).remote())
+    t2 = time.perf_counter()
+    empty = ray.remote(_empty_task).options(num_cpus=1)
+    for _ in range(round_trips):  # one at a time: the latency a cell's scheduling adds
+        ray.get(empty.remote())
+    t3 = time.perf_counter()
+    ray.shutdown()
+    t4 = time.perf_counter()
+    return {"start_instance_s": t1 - t0, "cold_worker_first_task_s": t2 - t1,
+            "empty_task_round_trip_s": (t3 - t2) / round_trips, "stop_instance_s": t4 - t3}
+
+
 def cpu_model() -> str:
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
@@ -89,21 +124,24 @@ def main() -> int:
     from sublim.rundir import atomic_write_json, environment_info
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", default="4,8", help="sweep sizes (cells) to fit over")
+    p.add_argument("--sizes", default="2,8", help="sweep sizes (cells) to fit over")
     p.add_argument("--cpus", default=f"{os.cpu_count()},1", help="CPUs (threads) per cell settings")
-    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/sweep_executor_cpu.json"))
     args = p.parse_args()
     set_quiet(True)
     sizes = [int(s) for s in args.sizes.split(",")]
     timed_sweep("local", 1, 1)  # untimed: this process's one-time costs (lazy imports, first kernels)
+    phases = [ray_phases() for _ in range(args.repeats)]
     settings = [measure(int(c), sizes, args.repeats) for c in args.cpus.split(",")]
     import ray
 
     env = {**environment_info(), "cpu_model": cpu_model(), "cores": os.cpu_count(), "ray": ray.__version__}
     atomic_write_json(args.out, {"config": {"cell": TINY, "sizes": sizes, "repeats": args.repeats,
                                             "ray_address": None, "command": " ".join(sys.argv)},
-                                 "environment": env, "settings": settings})
+                                 "environment": env, "ray_phases": phases, "settings": settings})
+    for ph in phases:
+        print("ray phases: " + ", ".join(f"{k} {v:.3f}" for k, v in ph.items()))
     for s in settings:
         o = s["ray_overhead"]
         print(f"cpus/cell {s['cpus_per_cell']}: ray overhead fixed {o['fixed_s']:+.1f} s, "

@@ -155,6 +155,9 @@ def _import_ray():
 def _connect(ray, address: str | None) -> None:
     # "local" forces a new private instance: a bare ray.init() would silently join whatever
     # cluster `ray start` left running on this machine.
+    # Ray's status lines (and its note that token auth is on, Ray's default) are not ours to print:
+    # the driver shows one bar; failures still come through as errors.
+    logging.getLogger("ray").setLevel(logging.ERROR)
     try:
         ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
                  logging_level=logging.ERROR)
