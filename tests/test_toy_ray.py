@@ -158,8 +158,9 @@ def test_killed_driver_rerun_computes_only_missing_cells(cluster, local_cells, t
     rerun = finish(driver(address, out, "--cpus-per-cell", "2"))
     assert f"{len(CELLS) - len(kept)} cell(s) computed now" in rerun
     assert {p.stem: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json") if p.stem in kept} == kept
-    # 2 threads here vs 1 in the reference: equal only because width 16 is too small for the
-    # thread count to change any reduction's order (checked); the per-cell count is recorded.
+    # 2 threads here vs 1 in the reference: torch does not promise equal floats across thread
+    # counts, but on the CPUs measured (FINDINGS.md) 1 and 2 threads agree bitwise, up to width
+    # 256; the thread count is in each cell file, so only the numbers are compared.
     got, want = results_of(out), results_of(local_cells)
     assert {k: v["per_model"] for k, v in got.items()} == {k: v["per_model"] for k, v in want.items()}
 

@@ -88,9 +88,10 @@ _MNIST_CACHE: dict = {}
 def compute_cell(cfg: ToyConfig, name: str, desc: str, threads: int, data=None) -> dict:
     """One cell, wherever it runs (this process or a Ray worker); returns what its file holds.
 
-    The thread count is set here, not left to the host: float32 results can differ in the last
-    bits between thread counts (measured: width 256, 1 vs 2 threads), so a cell's numbers are a
-    function of its config and `threads`, on whichever executor and node it lands.
+    The thread count is set here, not left to the host (a Ray worker would get Ray's default):
+    torch does not promise thread-count-independent float results (on our 2-core CPU 1 and 2
+    threads gave bitwise identical cells, FINDINGS.md), so a cell's numbers are pinned to its
+    config and `threads`, on whichever executor and node it lands.
     """
     import torch
 
