@@ -131,12 +131,14 @@ def main() -> int:
     args = p.parse_args()
     set_quiet(True)
     sizes = [int(s) for s in args.sizes.split(",")]
+    load_before = os.getloadavg()[0]  # other users of a shared machine inflate every number
     timed_sweep("local", 1, 1)  # untimed: this process's one-time costs (lazy imports, first kernels)
     phases = [ray_phases() for _ in range(args.repeats)]
     settings = [measure(int(c), sizes, args.repeats) for c in args.cpus.split(",")]
     import ray
 
-    env = {**environment_info(), "cpu_model": cpu_model(), "cores": os.cpu_count(), "ray": ray.__version__}
+    env = {**environment_info(), "cpu_model": cpu_model(), "cores": os.cpu_count(), "ray": ray.__version__,
+           "loadavg_1min_before": load_before, "loadavg_1min_after": os.getloadavg()[0]}
     atomic_write_json(args.out, {"config": {"cell": TINY, "sizes": sizes, "repeats": args.repeats,
                                             "ray_address": None, "command": " ".join(sys.argv)},
                                  "environment": env, "ray_phases": phases, "settings": settings})

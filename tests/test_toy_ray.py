@@ -61,7 +61,7 @@ def cluster(tmp_path_factory, ray_auth):
     temp_dir = tmp_path_factory.mktemp("ray")  # private: sessions, logs, sockets of this cluster only
     cmd = [str(RAY_BIN), "start", "--head", "--port", str(port), "--num-cpus", "2", "--num-gpus", "0",
            "--node-ip-address", "127.0.0.1", "--temp-dir", str(temp_dir), "--include-dashboard=false",
-           "--disable-usage-stats"]
+           "--include-log-monitor=false", "--disable-usage-stats"]  # nothing to watch: drivers log nothing
     # A new session: every process of the cluster (GCS, raylet, workers) inherits this group.
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
