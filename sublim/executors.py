@@ -161,11 +161,11 @@ def _connect(ray, address: str | None) -> None:
     try:
         ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
                  logging_level=logging.ERROR)
-    except (ConnectionError, RuntimeError, ValueError) as e:
-        where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+    except Exception as e:  # Ray raises bare Exception too (e.g. "node timed out during startup")
+        where = f"connect to the Ray cluster at {address}" if address else "start a local Ray instance"
         hint = ("; if the cluster uses token authentication, set RAY_AUTH_MODE=token and its token "
                 "(RAY_AUTH_TOKEN, or ~/.ray/auth_token)") if address and "RAY_AUTH_MODE" not in os.environ else ""
-        raise SublimError(f"cannot connect to {where}: {_first_line(e)}{hint}") from None
+        raise SublimError(f"cannot {where}: {_first_line(e)}{hint}") from None
 
 
 def _first_line(e: BaseException) -> str:
