@@ -18,8 +18,8 @@ arms of `sublim llm distill` next):
 - `resources` is what ONE task needs: a `Resources` for every task, or a dict key -> Resources.
   Ray places the task on a node with that much free; the local executor runs tasks one after
   another in this process, whatever they ask for. A task that uses torch
-  should call torch.set_num_threads itself (to its cpus): results can depend on the thread count,
-  and Ray sets OMP_NUM_THREADS only when torch is imported after that.
+  should call torch.set_num_threads itself (to its cpus): torch does not promise results that are
+  independent of the thread count, and what a Ray worker would otherwise get is Ray's choice.
 - A task that raises a SublimError stops the run with that one-line error (results delivered
   before it are kept). A Ray worker or node that dies is retried by Ray (`max_retries`); the
   task must therefore be safe to run twice, which it is when only the driver writes.
