@@ -6,6 +6,7 @@ ones given override the paper defaults. Examples:
     sublim toy                                   # paper settings, 10 models, ~3-4 min on 2 CPU cores
     sublim toy --n-models 100 --device cuda --fast-matmul tf32
     sublim toy sweep --grid n_aux=1,3,10 --grid width=128,256 --seeds 0,1 --out runs/toy_sweep/m_width
+    sublim toy sweep --grid n_aux=1,3,10 --seeds 0,1,2 --executor ray --address auto --cpus-per-cell 2
 """
 
 from __future__ import annotations
@@ -70,6 +71,14 @@ def add_parser(subparsers) -> None:
                    help="a knob and its values (repeatable), e.g. --grid n_aux=1,3,10")
     s.add_argument("--seeds", default=None, metavar="S1,S2", help="seeds per cell (pooled in the summary)")
     s.add_argument("--out", default=None, help="sweep directory (default runs/toy_sweep/<timestamp>)")
+    s.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="where missing cells run: local (this process, one after another) or ray "
+                        "(one Ray task per cell; needs sublim-lab[ray])")
+    s.add_argument("--address", default=None, metavar="auto|HOST:PORT",
+                   help="Ray cluster to join (default: start a private local Ray instance)")
+    s.add_argument("--cpus-per-cell", type=int, default=None, metavar="N",
+                   help="torch threads per cell, and the CPUs each Ray task asks for "
+                        "(default: torch's thread count here, i.e. all cores)")
     _add_knobs(s)
     s.set_defaults(func=run_sweep_cmd)
     _one_line_errors(s, "toy sweep")
@@ -105,7 +114,8 @@ def run_sweep_cmd(args) -> int:
         raise ConfigError("sweep needs at least one --grid knob=v1,v2 (or --seeds)")
     grid = parse_grid(specs)
     out = Path(args.out or f"runs/toy_sweep/{_timestamp()}")
-    rows, computed = run_sweep(out, base, grid)
+    rows, computed = run_sweep(out, base, grid, executor=args.executor, address=args.address,
+                               cpus_per_cell=args.cpus_per_cell)
     print(format_table(rows, grid))
     print(f"{len(computed)} cell(s) computed now; results in {out}")
     return 0

@@ -5,7 +5,9 @@ finished cell, written atomically: config, summary, per-model numbers), and at t
 summary.csv / summary.json and one plot per swept knob. A killed sweep rerun with the same
 --out skips every cell whose file exists (after checking its stored config is the one asked
 for) and computes only the missing ones. A cell whose training diverges is recorded as such
-(a diverging lr is a result too) and not retried.
+(a diverging lr is a result too) and not retried. Missing cells run on an executor
+(sublim.executors): here, one after another, or as Ray tasks across machines; either way the
+results come back to this process, which alone writes the files.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from sublim.errors import ConfigError, NumericalError, SublimError
+from sublim.executors import Resources, run_tasks
 from sublim.progress import log
 from sublim.rundir import atomic_write_bytes, atomic_write_json, atomic_write_text, prepare_run_dir, read_json
 from sublim.stats import mean_ci95
@@ -77,8 +80,61 @@ def run_cell(cfg: ToyConfig, desc: str, data) -> dict:
     return {"summary": summarize(result), "per_model": per_model_rows(result)}
 
 
-def run_sweep(out: Path, base: ToyConfig, grid: dict[str, list], data=None) -> tuple[list[dict], list[str]]:
-    """Run (or resume) every cell; returns (summary table rows, names of cells computed now)."""
+# MNIST loaded (and checksummed) once per process and path: once per sweep on the local
+# executor, once per worker process on Ray (workers are reused across cells).
+_MNIST_CACHE: dict = {}
+
+
+def compute_cell(cfg: ToyConfig, name: str, desc: str, threads: int, data=None) -> dict:
+    """One cell, wherever it runs (this process or a Ray worker); returns what its file holds.
+
+    The thread count is set here, not left to the host (a Ray worker would get Ray's default):
+    torch does not promise thread-count-independent float results (on our 2-core CPU 1 and 2
+    threads gave bitwise identical cells, FINDINGS.md), so a cell's numbers are pinned to its
+    config and `threads`, on whichever executor and node it lands.
+    """
+    import torch
+
+    log(f"[{desc}] {name}: running")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        result = run_cell(cfg, desc, data or cached_mnist(_MNIST_CACHE, cfg))
+    finally:
+        torch.set_num_threads(before)  # the local executor runs cells in the caller's process
+    return {**result, "torch_threads": threads}
+
+
+def cell_resources(cfg: ToyConfig, threads: int) -> Resources:
+    return Resources(cpus=threads, gpus=1 if cfg.device.startswith("cuda") else 0)
+
+
+def default_threads() -> int:
+    """Today's behaviour: what torch uses in this process (all cores unless told otherwise)."""
+    import torch
+
+    return torch.get_num_threads()
+
+
+def check_executor_args(executor: str, configs: list[ToyConfig], data, threads: int) -> None:
+    if not (isinstance(threads, int) and threads > 0):
+        raise ConfigError(f"cpus per cell must be a positive integer, got {threads!r}")
+    if executor == "local":
+        return
+    if data is not None:  # 200 MB of MNIST per task would dwarf the work; workers load their own
+        raise ConfigError("preloaded data is for the local executor; Ray workers load MNIST themselves")
+    if any(c.device.startswith("cuda:") for c in configs):
+        raise ConfigError("with --executor ray use --device cuda: Ray gives each cell one GPU and "
+                          "makes it the task's cuda device")
+
+
+def run_sweep(out: Path, base: ToyConfig, grid: dict[str, list], data=None, *, executor: str = "local",
+              address: str | None = None, cpus_per_cell: int | None = None) -> tuple[list[dict], list[str]]:
+    """Run (or resume) every cell; returns (summary table rows, names of cells computed now).
+
+    Missing cells run on `executor` (sublim.executors: "local" in this process, "ray" on a
+    cluster); each finished cell comes back here and is written by this process, atomically.
+    """
     out = Path(out)
     cells = grid_cells(grid)
     configs = []
@@ -87,12 +143,12 @@ def run_sweep(out: Path, base: ToyConfig, grid: dict[str, list], data=None) -> t
             configs.append(from_overrides(overrides, base))
         except ConfigError as e:
             raise ConfigError(f"grid cell {cell_name(overrides)}: {e}") from None
+    threads = cpus_per_cell or default_threads()
+    check_executor_args(executor, configs, data, threads)
     prepare_run_dir(out, {"base": base.to_dict(), "grid": {k: [format_value(v) for v in vs] for k, vs in grid.items()}})
-    computed = []
-    records = []
-    mnist_cache = {}  # load (and checksum) MNIST once per path, not once per cell
-    for i, (overrides, cfg) in enumerate(zip(cells, configs)):
-        name = cell_name(overrides)
+    names = [cell_name(overrides) for overrides in cells]
+    records, tasks, resources = {}, {}, {}
+    for i, (name, cfg) in enumerate(zip(names, configs)):
         path = out / "cells" / f"{name}.json"
         if path.exists():
             rec = read_json(path)
@@ -100,16 +156,22 @@ def run_sweep(out: Path, base: ToyConfig, grid: dict[str, list], data=None) -> t
                 raise SublimError(f"{path}: holds a cell with a different config than this sweep asks for; "
                                   "use a new --out or delete that file")
             log(f"[{i + 1}/{len(cells)}] {name}: done earlier, kept")
+            records[name] = rec
         else:
-            log(f"[{i + 1}/{len(cells)}] {name}: running")
-            rec = {"overrides": {k: format_value(v) for k, v in overrides.items()}, "config": cfg.to_dict(),
-                   **run_cell(cfg, f"{i + 1}/{len(cells)}", data or cached_mnist(mnist_cache, cfg))}
-            atomic_write_json(path, rec)
-            computed.append(name)
-        records.append((overrides, rec))
-    rows = aggregate(records, grid)
+            tasks[name] = (compute_cell, (cfg, name, f"{i + 1}/{len(cells)}", threads, data))
+            resources[name] = cell_resources(cfg, threads)
+    by_name = dict(zip(names, zip(cells, configs)))
+
+    def save(name: str, result: dict) -> None:  # on the driver, as each cell finishes
+        overrides, cfg = by_name[name]
+        records[name] = {"overrides": {k: format_value(v) for k, v in overrides.items()}, "config": cfg.to_dict(),
+                         **result}
+        atomic_write_json(out / "cells" / f"{name}.json", records[name])
+
+    run_tasks(tasks, executor=executor, address=address, resources=resources, on_result=save, desc="cells")
+    rows = aggregate([(overrides, records[name]) for overrides, name in zip(cells, names)], grid)
     write_summary(out, rows, grid)
-    return rows, computed
+    return rows, list(tasks)
 
 
 def aggregate(records: list[tuple[dict, dict]], grid: dict[str, list]) -> list[dict]:
