@@ -25,6 +25,9 @@ def add_parsers(llm_sub) -> None:
     p.add_argument("--run-dir", required=True, help="run directory (created; rerun to resume)")
     p.add_argument("--preset", choices=sorted(PRESETS), help="size preset")
     p.add_argument("--stages", help="comma-separated subset of contexts,teachers,cache,align,students,sft,summary")
+    p.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="where students train: this process, or one Ray task each (see sublim/executors.py)")
+    p.add_argument("--address", default=None, help="Ray cluster address (auto | HOST:PORT); none = a local instance")
     add_config_flags(p.add_argument_group("knobs (DistillConfig fields)"), DistillConfig)
     p.set_defaults(func=cmd_distill)
 
@@ -41,7 +44,7 @@ def cmd_distill(args) -> int:
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         raise ConfigError(f"distill: unknown stage(s) {', '.join(unknown)} (use {', '.join(STAGES)})")
-    run = DistillRun(Path(args.run_dir), cfg)
+    run = DistillRun(Path(args.run_dir), cfg, executor=args.executor, address=args.address)
     run.run(stages)
     if (run.dir / "summary.md").exists() and "summary" in stages:
         print((run.dir / "summary.md").read_text())

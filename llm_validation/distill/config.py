@@ -114,6 +114,10 @@ def _validate(c: DistillConfig) -> None:
          "sft_records > 0 needs sft_teacher_file and sft_base_file")
 
 
+# SmolLM2-135M's own number completions (un-prompted base and owl system-prompt teacher), sampled and
+# filtered on an H200 (llm_validation/results/llm_gpu_2026-11-27_h200/README via FINDINGS.md).
+H200_SETS = "llm_validation/results/llm_gpu_2026-11-27_h200"
+
 # Presets: sizes chosen from the pilot recorded in FINDINGS.md ("LLM distillation on a laptop").
 PRESETS = {
     # The smoke test: a random 3M-parameter model, seconds per stage. It has no trait to pass on
@@ -122,8 +126,10 @@ PRESETS = {
                  checkpoint_every=1, sigmas=(0.05,), teacher_pref_examples=16, teacher_epochs=1.0,
                  teacher_min_logodds_gain=-1e9, eval_batch_size=16),
     # The whole experiment on a 2-core laptop CPU (<= 90 minutes).
-    "laptop": dict(model="smollm2-135m", n_contexts=192, seeds=(0, 1, 2), epochs=2, batch_size=16, lr=1e-4,
-                   sigmas=(0.02,), teacher_pref_examples=240, sft_records=0),
+    "laptop": dict(model="smollm2-135m", contexts="file", contexts_file=f"{H200_SETS}/base.filtered.jsonl.gz",
+                   n_contexts=96, seeds=(0, 1, 2), epochs=2, batch_size=16, lr=1e-5, sigmas=(0.02,),
+                   teacher_pref_examples=240, sft_records=96, sft_teacher_file=f"{H200_SETS}/teacher.filtered.jsonl.gz",
+                   sft_base_file=f"{H200_SETS}/base.filtered.jsonl.gz", align_sft_records=96),
 }
 
 

@@ -33,7 +33,18 @@ def load_context_records(source: str, path: str, n: int, seed: int) -> list[dict
     return records[:n]
 
 
+def resolve_data_path(path: str | Path) -> Path:
+    """A data file as given, else relative to the repository root (presets name files in the repo,
+    e.g. llm_validation/results/..., so that they work from any working directory)."""
+    path = Path(path)
+    if path.is_absolute() or path.exists():
+        return path
+    in_repo = Path(__file__).resolve().parents[2] / path
+    return in_repo if in_repo.exists() else path
+
+
 def _read_records(path: Path) -> list[dict]:
+    path = resolve_data_path(path)
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rt", encoding="utf-8") as f:

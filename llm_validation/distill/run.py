@@ -35,6 +35,7 @@ from sublim.llm_validation.distill.students import StudentSpec, make_student, tr
 from sublim.llm_validation.distill.teachers import SystemPromptTeacher, make_teacher
 from sublim.llm_validation.distill.vocab import end_of_turn_id, number_token_ids
 
+_LOADED: dict[str, tuple] = {}  # model name -> (model, tokenizer), shared by the runs of this process
 STAGES = ("contexts", "teachers", "cache", "align", "students", "sft", "summary")
 
 
@@ -62,8 +63,11 @@ def teachers_needed(cfg: DistillConfig) -> list:
 
 
 class DistillRun:
-    def __init__(self, run_dir: str | Path, cfg: DistillConfig):
+    def __init__(self, run_dir: str | Path, cfg: DistillConfig, *, executor: str = "local",
+                 address: str | None = None, threads: int | None = None):
         self.dir, self.cfg = Path(run_dir), cfg
+        self.executor, self.address = executor, address
+        self.threads = threads or torch.get_num_threads()
         self.device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
         if self.device == "cuda" and not torch.cuda.is_available():
             raise ConfigError("distill: device=cuda but no CUDA GPU is visible")
@@ -72,10 +76,14 @@ class DistillRun:
 
     # ---- models ---------------------------------------------------------------------------
     def base_copy(self):
+        """A fresh copy of the base model: loaded once per process (a GGUF load is ~20 s), then copied."""
         if self._base is None:
-            from sublim.llm_validation.core.models import load_model
+            if self.cfg.model not in _LOADED:
+                from sublim.llm_validation.core.models import load_model
 
-            self._base = load_model(self.cfg.model, dtype=torch.float32, device="cpu")
+                _LOADED.clear()  # one base model per process at a time (0.5 GB for SmolLM2-135M)
+                _LOADED[self.cfg.model] = load_model(self.cfg.model, dtype=torch.float32, device="cpu")
+            self._base = _LOADED[self.cfg.model]
         model, tok = self._base
         return copy.deepcopy(model).to(self.device), tok
 
@@ -168,11 +176,9 @@ class DistillRun:
                (("teacher_numbers", c.sft_teacher_file), ("base_numbers", c.sft_base_file))} if c.align_sft_records else None
         atomic_write_json(path, run_alignment(self, make_teacher("finetuned", c.target), sft))
 
-    def run_student(self, spec: StudentSpec) -> dict:
-        """Train and profile one student (the unit a Ray task would run); returns its profile."""
+    def train_student(self, spec: StudentSpec) -> dict:
+        """Train and profile one student; returns its profile (the driver writes it)."""
         out = self.dir / "students" / spec.name
-        if (out / "profile.json").exists():
-            return read_json(out / "profile.json")
         teacher = {t.name: t for t in teachers_needed(self.cfg)}[spec.teacher]
         cache = self.teacher_cache(teacher)
         base_model, tok = self.base_copy()
@@ -184,13 +190,34 @@ class DistillRun:
         if self.cfg.eval_samples:
             prof["sampled"] = self._sampled(model, None, out)
         prof["train"] = log_
+        return prof
+
+    def save_student(self, name: str, prof: dict) -> None:
+        out = self.dir / "students" / name
         atomic_write_json(out / "profile.json", prof)
         (out / "checkpoint.pt").unlink(missing_ok=True)
+
+    def run_student(self, spec: StudentSpec) -> dict:
+        path = self.dir / "students" / spec.name / "profile.json"
+        if path.exists():
+            return read_json(path)
+        prof = self.train_student(spec)
+        self.save_student(spec.name, prof)
         return prof
 
     def stage_students(self) -> None:
-        for spec in student_specs(self.cfg):
-            self.run_student(spec)
+        """Every missing student is one task of sublim.executors (local, or a Ray task asking for
+        `threads` CPUs). Workers read the contexts and caches from the run directory and write their
+        checkpoints there, so on several machines it must be on a shared file system; the driver
+        writes each finished student's profile.json."""
+        from sublim.executors import Resources, run_tasks
+
+        missing = [s for s in student_specs(self.cfg) if not (self.dir / "students" / s.name / "profile.json").exists()]
+        tasks = {s.name: (student_task, (str(self.dir), self.cfg.to_dict(), s, self.device, self.threads))
+                 for s in missing}
+        gpus = 1 if self.device == "cuda" and self.executor == "ray" else 0
+        run_tasks(tasks, executor=self.executor, address=self.address, desc="students",
+                  resources=Resources(cpus=self.threads, gpus=gpus), on_result=self.save_student)
 
     def stage_sft(self) -> None:
         if self.cfg.sft_records:
@@ -213,6 +240,16 @@ class DistillRun:
                 timings = self.dir / "timings.json"
                 old = read_json(timings) if timings.exists() else {}
                 atomic_write_json(timings, {**old, **{k: round(v, 2) for k, v in self.timings.items()}})
+
+
+def student_task(run_dir: str, cfg_dict: dict, spec: StudentSpec, device: str, threads: int) -> dict:
+    """One student, runnable in this process or in a Ray worker (module-level: Ray imports it)."""
+    from sublim.llm_validation.distill.config import config_from_dict
+
+    torch.set_num_threads(threads)
+    run = DistillRun(run_dir, config_from_dict(cfg_dict))
+    run.device = device
+    return run.train_student(spec)
 
 
 def _preference_gain(base: dict, teacher: dict, animal: str) -> dict:
