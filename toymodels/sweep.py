@@ -19,7 +19,7 @@ import numpy as np
 
 from sublim.errors import ConfigError, NumericalError, SublimError
 from sublim.progress import log
-from sublim.rundir import atomic_write_bytes, atomic_write_json, atomic_write_text, prepare_run_dir, read_json
+from sublim.rundir import atomic_write_bytes, atomic_write_json, atomic_write_text, claim_run_dir, read_json
 from sublim.stats import mean_ci95
 
 from .config import ARM_LABELS, ToyConfig, canonical_knob, from_dict, from_overrides, parse_knob_value
@@ -77,17 +77,37 @@ def run_cell(cfg: ToyConfig, desc: str, data) -> dict:
     return {"summary": summarize(result), "per_model": per_model_rows(result)}
 
 
-def run_sweep(out: Path, base: ToyConfig, grid: dict[str, list], data=None) -> tuple[list[dict], list[str]]:
-    """Run (or resume) every cell; returns (summary table rows, names of cells computed now)."""
-    out = Path(out)
-    cells = grid_cells(grid)
+def grid_configs(base: ToyConfig, grid: dict[str, list]) -> list[ToyConfig]:
+    """Every cell's config, validated (a bad cell is named before anything is trained or written)."""
     configs = []
-    for overrides in cells:  # validate the whole grid before training anything
+    for overrides in grid_cells(grid):
         try:
             configs.append(from_overrides(overrides, base))
         except ConfigError as e:
             raise ConfigError(f"grid cell {cell_name(overrides)}: {e}") from None
-    prepare_run_dir(out, {"base": base.to_dict(), "grid": {k: [format_value(v) for v in vs] for k, vs in grid.items()}})
+    return configs
+
+
+def sweep_config(base: ToyConfig, grid: dict[str, list]) -> dict:
+    """What a sweep directory's config.json describes: the base config and the grid."""
+    return {"base": base.to_dict(), "grid": {k: [format_value(v) for v in vs] for k, vs in grid.items()}}
+
+
+def run_sweep(out: Path, base: ToyConfig, grid: dict[str, list], data=None) -> tuple[list[dict], list[str]]:
+    """Run (or resume) every cell; returns (summary table rows, names of cells computed now).
+
+    The directory is claimed (sublim.rundir.claim_run_dir) only after the whole grid validates: a
+    directory holding another sweep is refused before anything is touched, a second live process
+    on it is refused by the lock, and config.json is written once, never rewritten by a rerun."""
+    out = Path(out)
+    configs = grid_configs(base, grid)
+    with claim_run_dir(out, sweep_config(base, grid)):
+        return run_cells(out, grid, grid_cells(grid), configs, data)
+
+
+def run_cells(out: Path, grid: dict[str, list], cells: list[dict], configs: list[ToyConfig],
+              data=None) -> tuple[list[dict], list[str]]:
+    """The cells of a claimed sweep directory: finished ones read back, missing ones computed."""
     computed = []
     records = []
     mnist_cache = {}  # load (and checksum) MNIST once per path, not once per cell
