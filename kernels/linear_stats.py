@@ -13,7 +13,7 @@ Algorithm (per example, in multiply-adds; see torch_backend.py for the formulas)
 c weighs the elementwise square/dot reduction of each gradient tile, which runs on ordinary FMA
 units rather than the matrix units (ELEMENTWISE_WEIGHT). With directions we take the cheaper of
 materialize and ghost + g-times-D; without, the cheaper of ghost and materialize.
-(REFERENCE.md writes the switch as T^2 (d_in+d_out) > d_in d_out; counting the T sum that forming
+(docs/reference.md section 3 writes the switch as T^2 (d_in+d_out) > d_in d_out; counting the T sum that forming
 G_i needs, the fair comparison is T (d_in + d_out) > d_in d_out.)
 """
 
