@@ -21,7 +21,6 @@ import numpy as np
 import torch
 
 from sublim.errors import ConfigError
-from sublim.seeding import torch_generator
 from sublim.theory.checks import CheckResult
 from sublim.toymodels.losses import cross_entropy, distill_kl, half_squared_error
 from sublim.toymodels.model import MLPSpec, forward, init_params
@@ -184,7 +183,7 @@ def k_times(params0, direction, x, loss: str, outputs: str, hvp: Callable = hess
 
 def build(setup: ToySetup, dist: str, *, seed_offset: int = 0):
     """(theta0, dT, student inputs x) for one setup and input distribution."""
-    g = torch_generator("theory-build", setup.seed, seed_offset)
+    g = torch.Generator().manual_seed(setup.seed * 1000 + seed_offset)
     params0 = init_params(setup.spec(), setup.n_models, seed=setup.seed + seed_offset, dtype=DTYPE)
     xt, yt = teacher_batch(setup.n_teacher, g)
     dT = teacher_direction(params0, xt, yt)
