@@ -111,7 +111,7 @@ def test_configs_that_cannot_fit_are_refused_before_anything_is_written(tmp_path
 
 
 def test_force_skips_the_memory_check(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(memory, "available_bytes", lambda device: (1, "available memory"))
+    monkeypatch.setattr(memory, "available_bytes", lambda device: (1, "of memory is available"))
     with pytest.raises(ConfigError, match="--force"):
         memory.check_fits(ToyConfig())
     memory.check_fits(ToyConfig(), force=True)

@@ -60,18 +60,18 @@ def available_bytes(device: str) -> tuple[int | None, str]:
         if not torch.cuda.is_available():
             return None, "GPU"  # train.resolve_device reports that with its own line
         free, _total = torch.cuda.mem_get_info(torch.device(device))
-        return int(free), "free GPU memory"
+        return int(free), "of GPU memory is free"
     try:
         import psutil
 
-        return int(psutil.virtual_memory().available), "available memory"
+        return int(psutil.virtual_memory().available), "of memory is available"
     except ImportError:
         pass
     try:
         with open("/proc/meminfo") as f:
             for line in f:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024, "available memory"
+                    return int(line.split()[1]) * 1024, "of memory is available"
     except OSError:
         pass
     return None, "memory"
@@ -85,5 +85,5 @@ def check_fits(cfg: ToyConfig, force: bool = False) -> None:
     have, where = available_bytes(cfg.device)
     if have is not None and need > have:
         raise ConfigError(f"this config needs about {need / GIB:,.1f} GiB (n_models={cfg.n_models}, "
-                          f"width={cfg.width}, depth={cfg.depth}) but only {have / GIB:,.1f} GiB of {where} "
-                          "is available; reduce n_models, width or chunk_models, or pass --force")
+                          f"width={cfg.width}, depth={cfg.depth}) but only {have / GIB:,.1f} GiB {where} now; "
+                          "reduce n_models, width or chunk_models, or pass --force")
