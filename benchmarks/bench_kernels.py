@@ -3,7 +3,7 @@
     python benchmarks/bench_kernels.py            # GPU: full shapes; CPU: small shapes, torch only
     python benchmarks/bench_kernels.py --quick    # fewer shapes (a smoke run)
 
-For every shape (REFERENCE.md section 5, and linear layers of 135M / 1B / 7B models at batch
+For every shape (docs/reference.md section 3, and linear layers of 135M / 1B / 7B models at batch
 32 x 128 tokens) and every method it records: median time, the roofline floor
 max(bytes / bandwidth, matmul FLOPs / matmul rate) with both ceilings measured in this run (a large
 copy and a large bf16 matmul), peak extra memory (max_memory_allocated delta), and the error

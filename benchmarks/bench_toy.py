@@ -12,7 +12,7 @@ distillation epoch (all four student arms) on `--examples` examples per epoch, a
     and peak CUDA memory on a GPU.
 With --paper (default on CUDA) it also runs the full paper experiment (100 models, 5 + 5
 epochs, all six arms), records per-arm accuracy with 95% CIs and the wall time, and checks
-each arm against the public script's 100-model CIs (shared/REFERENCE.md).
+each arm against the public script's 100-model CIs (docs/reference.md section 2).
 
     python benchmarks/bench_toy.py                              # CPU, writes benchmarks/results/toy_cpu.json
     python benchmarks/bench_toy.py --device cuda --models 10,100   # the GPU entry (+ paper run)
@@ -49,7 +49,7 @@ def _ensure_importable() -> None:
 
 
 _ensure_importable()
-# The public script, 100 models on one H200 (mean %, 95% half-width %); REFERENCE.md section 3.
+# The public script, 100 models on one H200 (mean %, 95% half-width %); docs/reference.md section 2.
 PUBLIC_100 = {"reference": (10.0, 0.5), "teacher": (94.3, 0.04), "student_aux": (53.8, 2.2),
               "student_all": (91.3, 0.2), "cross_aux": (10.6, 1.1), "cross_all": (74.2, 1.0)}
 PUBLIC_100_WALL_S = 24.9

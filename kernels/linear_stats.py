@@ -13,7 +13,7 @@ Algorithm (per example, in multiply-adds; see torch_backend.py for the formulas)
 c weighs the elementwise square/dot reduction of each gradient tile, which runs on ordinary FMA
 units rather than the matrix units (ELEMENTWISE_WEIGHT). With directions we take the cheaper of
 materialize and ghost + g-times-D; without, the cheaper of ghost and materialize.
-(REFERENCE.md writes the switch as T^2 (d_in+d_out) > d_in d_out; counting the T sum that forming
+(docs/reference.md section 3 writes the switch as T^2 (d_in+d_out) > d_in d_out; counting the T sum that forming
 G_i needs, the fair comparison is T (d_in + d_out) > d_in d_out.)
 """
 
@@ -270,7 +270,7 @@ def compute_checked(
     else:
         impl = torch_backend
     if mask is not None and backend == "torch":
-        g3 = g3 * mask[:, :, None].to(g3.dtype)  # the Triton kernels read the mask themselves
+        g3 = torch_backend.zero_masked(g3, mask)  # the Triton kernels read the mask themselves
 
     bias_sq = None
     if algorithm == "materialize":
@@ -295,7 +295,7 @@ def compute_checked(
             dot = out_dot.add_(dot)
     bias_dot = None
     if bias:
-        gb = g3 if mask is None or backend == "torch" else g3 * mask[:, :, None].to(g3.dtype)
+        gb = g3 if mask is None or backend == "torch" else torch_backend.zero_masked(g3, mask)
         b_sq, bias_dot = torch_backend.bias_stats(gb, bias_directions)
         bias_sq = b_sq if bias_sq is None else bias_sq
     return LinearGradStats(sq, dot, bias_sq, bias_dot, algorithm, backend)

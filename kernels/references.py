@@ -23,7 +23,8 @@ def micro_batch_linear(x, g, directions=None, mask=None, bias=False, bias_direct
     """Loop over examples, form G_i = sum_t g_t x_t^T in float64; returns a dict of float64 tensors."""
     x, g = _seq(x).double(), _seq(g).double()
     if mask is not None:
-        g = g * (mask.reshape(g.shape[:2]) != 0).double()[:, :, None]
+        # where, not a product: a masked token contributes nothing even if its g is NaN or inf
+        g = torch.where((mask.reshape(g.shape[:2]) != 0)[:, :, None], g, torch.zeros((), dtype=g.dtype, device=g.device))
     out = {"sq_norm": [], "dot": [], "bias_sq_norm": [], "bias_dot": []}
     for i in range(x.shape[0]):
         G = g[i].T @ x[i]

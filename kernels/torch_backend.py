@@ -27,6 +27,16 @@ def _acc(t: Tensor) -> Tensor:
     return t.double() if t.dtype == torch.float64 else t.float()
 
 
+def zero_masked(g: Tensor, mask: Tensor) -> Tensor:
+    """g (B, T, d) with the tokens where mask (B, T) is False set to exactly 0.
+
+    torch.where, not g * mask: a masked token contributes nothing even when its g is NaN or inf
+    (padding positions of a model's backward can hold either), where NaN * 0 = NaN would poison
+    the whole example. The Triton kernels load masked tokens as 0 (tl.load other=0 / tl.where),
+    so both backends give the same numbers."""
+    return torch.where(mask[:, :, None], g, torch.zeros((), dtype=g.dtype, device=g.device))
+
+
 def _chunks(batch: int, bytes_per_example: int):
     """Yield example slices whose temporaries fit in CHUNK_BYTES (at least one example each)."""
     step = max(1, CHUNK_BYTES // max(1, bytes_per_example))

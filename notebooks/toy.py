@@ -64,6 +64,7 @@ DEVICE = env("TOY_DEVICE", "cpu")
 
 # %%
 import dataclasses
+import json
 
 import numpy as np
 import pandas as pd
@@ -76,7 +77,8 @@ import seaborn as sns
 from IPython.display import Image, Markdown, display
 
 from sublim.progress import set_quiet
-from sublim.rundir import atomic_write_bytes, prepare_run_dir, read_json, save_figure
+from sublim.rundir import atomic_write_bytes, claim_run_dir, read_json, save_figure
+from sublim.seeding import derive_seed
 from sublim.stats import t95
 from sublim.toymodels.config import ARM_LABELS, from_dict, from_overrides
 from sublim.toymodels.mnist import load_mnist
@@ -127,15 +129,16 @@ else:
     cfg = from_overrides(dict(n_models=N_MODELS, teacher_epochs=TEACHER_EPOCHS, distill_epochs=DISTILL_EPOCHS,
                               max_examples_per_epoch=MAX_EXAMPLES, max_test_examples=MAX_TEST, width=WIDTH,
                               seed=SEED, device=DEVICE))
-    run_dir = RUNS_ROOT / "arms"
-    # A finished run with the same config is reused (rerunning the notebook costs nothing).
+    # One directory per config (named by its hash): changing a knob above starts a new run
+    # instead of mixing results, and a finished run with the same config is reused for free.
+    run_dir = RUNS_ROOT / f"arms_{derive_seed(json.dumps(cfg.to_dict(), sort_keys=True)) % 16**8:08x}"
     if (run_dir / "summary.json").exists() and from_dict(read_json(run_dir / "config.json")["config"]) == cfg:
         result = load_run(run_dir)
         print(f"reusing the finished run in {run_dir}")
     else:
-        prepare_run_dir(run_dir, cfg.to_dict())
-        result = run_experiment(cfg, mnist, desc="six arms")
-        write_run(run_dir, result)
+        with claim_run_dir(run_dir, cfg.to_dict()):  # refuses another config or a live process
+            result = run_experiment(cfg, mnist, desc="six arms")
+            write_run(run_dir, result)
         print(f"trained in {result.wall_s:.0f} s; wrote {run_dir}")
 
 cfg = result.config

@@ -300,3 +300,33 @@ def test_triton_gpu(dtype, shape):
             s = linear_grad_stats(x, g, D, bias=True, bias_directions=Db, mask=m, backend="triton", algorithm=algorithm)
             assert s.backend == "triton" and s.sq_norm.is_cuda
             assert_close_stats(s, x, g, D, Db, m)
+
+
+# ---- masked tokens contribute nothing, whatever their g holds (NaN, inf) --------------------------
+def _poisoned(g, mask):
+    """g with the masked tokens set to NaN / +inf / -inf in turn (what padding can hold)."""
+    bad = g.clone()
+    m = ~mask
+    fill = torch.tensor([float("nan"), float("inf"), float("-inf")], dtype=g.dtype, device=g.device)
+    bad[m] = fill[torch.arange(int(m.sum())) % 3].to(g.device)[:, None].expand(-1, g.shape[-1])
+    return bad
+
+
+def _check_poisoned_mask(backend):
+    x, g, D, Db, mask = make_inputs(3, 6, 7, 5, 2, torch.float32, device=DEVICE)
+    bad = _poisoned(g, mask)
+    assert not torch.isfinite(bad).all() and torch.isfinite(bad[mask]).all()
+    for algorithm in ALGORITHMS:
+        s = linear_grad_stats(x, bad, D, bias=True, bias_directions=Db, mask=mask, backend=backend, algorithm=algorithm)
+        # the same bound as any masked run: the reference sees g, and masked tokens count as 0 there
+        assert_close_stats(s, x, g, D, Db, mask)
+
+
+def test_torch_backend_ignores_nan_and_inf_at_masked_tokens():
+    _check_poisoned_mask("torch")
+
+
+@pytest.mark.interpreter
+@needs_triton
+def test_triton_ignores_nan_and_inf_at_masked_tokens():
+    _check_poisoned_mask("triton")

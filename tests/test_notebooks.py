@@ -65,13 +65,15 @@ def test_toy_notebook_runs(tmp_path, monkeypatch):
     for png in ("toy_arms.png", "toy_sweeps.png"):
         assert (tmp_path / "figures" / png).stat().st_size > 5000
     # the run directory and every sweep were written through the project's API
-    assert (tmp_path / "runs" / "arms" / "summary.json").exists()
+    # one run directory per config (arms_<config hash>), so a changed knob never mixes runs
+    (arms,) = (tmp_path / "runs").glob("arms_*")
+    assert (arms / "summary.json").exists()
     for knob in ("n_aux", "width", "distill_epochs", "init_scale", "perturb_sigma", "distill_input"):
         assert (tmp_path / "runs" / "sweeps" / knob / "summary.json").exists(), knob
     text = outputs_text(nb)
     assert "student, aux logits only" in text and "aux-only student" in text
     # the notes are computed from this run's numbers, not written in advance
-    summary = json.loads((tmp_path / "runs" / "arms" / "summary.json").read_text())
+    summary = json.loads((arms / "summary.json").read_text())
     teacher = summary["arms"]["teacher"]
     assert f"teachers reach {100 * teacher['mean']:.1f}% (+- {100 * teacher['ci95']:.1f}%)" in text
 

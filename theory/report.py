@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from sublim.progress import log, progress
-from sublim.rundir import atomic_write_json, atomic_write_text, prepare_run_dir
+from sublim.rundir import atomic_write_json, atomic_write_text, claim_run_dir, save_figure
 from sublim.theory import dynamics, numerical, symbolic
 from sublim.theory.checks import CheckResult
 
@@ -164,8 +164,7 @@ def save_plots(out: Path, results: list[CheckResult], extra: dict) -> list[str]:
             ax.set_ylabel("relative error of first order (median over models)")
             ax.legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(out / "loglog_slope.png", dpi=120)
-        plt.close(fig)
+        save_figure(fig, out / "loglog_slope.png", dpi=120)  # atomic: a killed run never leaves half a PNG
         written.append("loglog_slope.png")
     ms = extra.get("multistep", [])
     if ms:
@@ -185,8 +184,7 @@ def save_plots(out: Path, results: list[CheckResult], extra: dict) -> list[str]:
         axes[0].legend(fontsize=7)
         axes[1].legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(out / "multistep.png", dpi=120)
-        plt.close(fig)
+        save_figure(fig, out / "multistep.png", dpi=120)  # atomic: a killed run never leaves half a PNG
         written.append("multistep.png")
     return written
 
@@ -202,10 +200,15 @@ def _jsonable(x):
 
 
 def run_report(cfg: TheoryConfig, out: str | None = None) -> tuple[bool, str]:
-    run_dir = prepare_run_dir(out, asdict(cfg)) if out else None  # fail on a bad path before any work
-    results, extra = run_checks(cfg)
-    text = format_report(results, extra)
-    if run_dir is not None:
+    """Run the checks; with `out`, claim it first (sublim.rundir.claim_run_dir): a bad path, a
+    directory holding another config, or one another process is using fails before any work, and
+    config.json is written once (a rerun with the same config rewrites only the report)."""
+    if not out:
+        results, extra = run_checks(cfg)
+        return all(r.passed for r in results), format_report(results, extra)
+    with claim_run_dir(out, asdict(cfg)) as run_dir:
+        results, extra = run_checks(cfg)
+        text = format_report(results, extra)
         atomic_write_json(run_dir / "report.json", _jsonable({"checks": [r.to_json() for r in results], **extra}))
         atomic_write_text(run_dir / "report.txt", text + "\n")
         save_plots(run_dir, results, extra)

@@ -12,6 +12,8 @@ import math
 
 import torch
 
+from sublim.seeding import torch_generator
+
 from .config import ToyConfig
 from .model import MLPSpec, init_params, model_generator
 
@@ -29,7 +31,7 @@ def derangement(n: int, seed: int) -> list[int]:
     """
     if n < 2:
         raise ValueError(f"no derangement of {n} element(s)")
-    g = torch.Generator().manual_seed(int(seed) * 2_654_435_761 % (2**63 - 1) + 17)
+    g = torch_generator("derangement", int(seed))
     while True:
         perm = torch.randperm(n, generator=g)
         if not (perm == torch.arange(n)).any():

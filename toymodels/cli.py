@@ -19,7 +19,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from sublim.progress import is_quiet, log, set_quiet
-from sublim.rundir import prepare_run_dir
+from sublim.rundir import check_run_config, claim_run_dir, read_json
 
 from .config import ARMS, ToyConfig, from_overrides
 
@@ -37,6 +37,8 @@ def _add_knobs(p: argparse.ArgumentParser) -> None:
         hint = " (arms joined by '+')" if f.name == "arms" else ""
         g.add_argument(*names, dest=f"knob_{f.name}", default=None, metavar="V", help=f"default {default}{hint}")
     p.add_argument("-q", "--quiet", dest="toy_quiet", action="store_true", help="no progress bars")
+    p.add_argument("--force", action="store_true",
+                   help="run even when the memory estimate exceeds the memory available now")
 
 
 def _config_from_args(args) -> ToyConfig:
@@ -84,17 +86,48 @@ def add_parser(subparsers) -> None:
     _one_line_errors(s, "toy sweep")
 
 
+def preflight(cfgs, force: bool):
+    """Everything that can be found wrong before a run directory is claimed, so that such an error
+    leaves nothing behind: memory, device, and the MNIST file (missing, corrupt or edited).
+    Returns the verified MNIST when every config reads the same file (else None: loaded per cell)."""
+    from .memory import check_fits
+    from .mnist import load_mnist, load_raw
+    from .train import resolve_device
+
+    for cfg in cfgs:
+        check_fits(cfg, force)
+        resolve_device(cfg.device)
+    paths = sorted({cfg.mnist_path for cfg in cfgs})
+    if len(paths) == 1:
+        return load_mnist(paths[0] or None)
+    for path in paths:
+        load_raw(path or None)
+    return None
+
+
 def run_toy(args) -> int:
+    """Train, evaluate and write one run directory.
+
+    A directory that already holds a finished run with the same config is reused: its table is
+    printed from summary.json and nothing is recomputed (the run is deterministic for a config
+    and machine; use another --out to rerun). A directory holding another config is refused
+    before anything in it is touched; an unfinished one with the same config is recomputed."""
     from .results import format_table, write_run
     from .train import run_experiment
 
     set_quiet(is_quiet() or args.toy_quiet)
     cfg = _config_from_args(args)
     out = Path(args.out or f"runs/toy/{_timestamp()}")
-    prepare_run_dir(out, cfg.to_dict())  # fails fast on an unwritable path, before training
-    log(f"sublim toy: {cfg.n_models} models on {cfg.device}; writing {out}")
-    result = run_experiment(cfg)
-    summary = write_run(out, result)
+    check_run_config(out, cfg.to_dict())
+    if (out / "config.json").is_file() and (out / "summary.json").is_file():
+        print(format_table(read_json(out / "summary.json")))
+        print(f"{out} already holds this finished run (same config): reused, not recomputed")
+        return 0
+    data = preflight([cfg], args.force)
+    with claim_run_dir(out, cfg.to_dict()):
+        log(f"sublim toy: {cfg.n_models} models on {cfg.device}; writing {out}")
+        result = run_experiment(cfg, data)
+        summary = write_run(out, result)
     print(format_table(summary))
     print(f"wall time {result.wall_s:.1f} s; results in {out}")
     return 0
@@ -103,7 +136,7 @@ def run_toy(args) -> int:
 def run_sweep_cmd(args) -> int:
     from sublim.errors import ConfigError
 
-    from .sweep import format_table, parse_grid, run_sweep
+    from .sweep import format_table, grid_configs, parse_grid, run_sweep, sweep_config
 
     set_quiet(is_quiet() or args.toy_quiet)
     base = _config_from_args(args)
@@ -114,7 +147,9 @@ def run_sweep_cmd(args) -> int:
         raise ConfigError("sweep needs at least one --grid knob=v1,v2 (or --seeds)")
     grid = parse_grid(specs)
     out = Path(args.out or f"runs/toy_sweep/{_timestamp()}")
-    rows, computed = run_sweep(out, base, grid, executor=args.executor, address=args.address,
+    check_run_config(out, sweep_config(base, grid))  # another sweep's directory: refused, untouched
+    data = preflight(grid_configs(base, grid), args.force)
+    rows, computed = run_sweep(out, base, grid, data, executor=args.executor, address=args.address,
                                cpus_per_cell=args.cpus_per_cell)
     print(format_table(rows, grid))
     print(f"{len(computed)} cell(s) computed now; results in {out}")

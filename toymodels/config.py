@@ -1,6 +1,6 @@
 """Every knob of the MNIST subliminal-learning experiment, in one validated dataclass.
 
-Defaults are the paper's settings (shared/REFERENCE.md section 3): 784-256-256-(10+m), m = 3,
+Defaults are the paper's settings (docs/reference.md section 2): 784-256-256-(10+m), m = 3,
 N(0, 1/d_in) weights, zero biases, Adam lr 3e-4, batch 1024, 5 teacher epochs, 5 distillation
 epochs on uniform noise in [-1, 1]. Only the model count differs: 10 models keep the default run
 to a few minutes on a 2-core CPU (the paper used 100; the benchmark's GPU entry runs 100).

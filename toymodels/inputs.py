@@ -11,25 +11,17 @@ same distillation batch because it is drawn once and passed to both.
 
 from __future__ import annotations
 
-import hashlib
-
 import torch
 
 from sublim.errors import ConfigError
+from sublim.seeding import torch_generator
 
 from .model import Workspace
 
 
-def derived_seed(*parts) -> int:
-    """A 63-bit seed from any tuple of ints/strings (stable across runs, platforms, Pythons)."""
-    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
 def make_generator(device: torch.device, *parts) -> torch.Generator:
-    g = torch.Generator(device=device)
-    g.manual_seed(derived_seed(*parts))
-    return g
+    """The data stream named by `parts` on `device` (sublim.seeding: the project's one seed helper)."""
+    return torch_generator(*parts, device=device)
 
 
 def epoch_orders(n_groups: int, n_train: int, n_examples: int, g: torch.Generator, device) -> torch.Tensor:

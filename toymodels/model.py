@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from sublim.errors import ConfigError
+from sublim.seeding import torch_generator
 
 INIT_SCHEMES = ("normal", "kaiming_normal", "torch_default")
 
@@ -71,10 +72,9 @@ class MLPSpec:
 
 def model_generator(seed: int, model_index: int) -> torch.Generator:
     """A CPU generator unique to (seed, model): model i's init is independent of the ensemble size."""
-    g = torch.Generator(device="cpu")
-    # Large odd multiplier keeps (seed, i) pairs from colliding for any practical sizes.
-    g.manual_seed((int(seed) * 1_000_003 + int(model_index) * 7919 + 12345) % (2**63 - 1))
-    return g
+    # sha256 of the named parts (sublim.seeding): no two (seed, i) pairs share a stream, which
+    # the former affine formula seed*1_000_003 + i*7919 only promised for "practical" sizes.
+    return torch_generator("init", int(seed), int(model_index))
 
 
 def init_params(

@@ -22,7 +22,7 @@ import numpy as np
 from sublim.errors import ConfigError, NumericalError, SublimError
 from sublim.executors import Resources, run_tasks
 from sublim.progress import log
-from sublim.rundir import atomic_write_bytes, atomic_write_json, atomic_write_text, prepare_run_dir, read_json
+from sublim.rundir import atomic_write_bytes, atomic_write_json, atomic_write_text, claim_run_dir, read_json
 from sublim.stats import mean_ci95
 
 from .config import ARM_LABELS, ToyConfig, canonical_knob, from_dict, from_overrides, parse_knob_value
@@ -128,24 +128,43 @@ def check_executor_args(executor: str, configs: list[ToyConfig], data, threads: 
                           "makes it the task's cuda device")
 
 
-def run_sweep(out: Path, base: ToyConfig, grid: dict[str, list], data=None, *, executor: str = "local",
-              address: str | None = None, cpus_per_cell: int | None = None) -> tuple[list[dict], list[str]]:
-    """Run (or resume) every cell; returns (summary table rows, names of cells computed now).
-
-    Missing cells run on `executor` (sublim.executors: "local" in this process, "ray" on a
-    cluster); each finished cell comes back here and is written by this process, atomically.
-    """
-    out = Path(out)
-    cells = grid_cells(grid)
+def grid_configs(base: ToyConfig, grid: dict[str, list]) -> list[ToyConfig]:
+    """Every cell's config, validated (a bad cell is named before anything is trained or written)."""
     configs = []
-    for overrides in cells:  # validate the whole grid before training anything
+    for overrides in grid_cells(grid):
         try:
             configs.append(from_overrides(overrides, base))
         except ConfigError as e:
             raise ConfigError(f"grid cell {cell_name(overrides)}: {e}") from None
+    return configs
+
+
+def sweep_config(base: ToyConfig, grid: dict[str, list]) -> dict:
+    """What a sweep directory's config.json describes: the base config and the grid."""
+    return {"base": base.to_dict(), "grid": {k: [format_value(v) for v in vs] for k, vs in grid.items()}}
+
+
+def run_sweep(out: Path, base: ToyConfig, grid: dict[str, list], data=None, *, executor: str = "local",
+              address: str | None = None, cpus_per_cell: int | None = None) -> tuple[list[dict], list[str]]:
+    """Run (or resume) every cell; returns (summary table rows, names of cells computed now).
+
+    The directory is claimed (sublim.rundir.claim_run_dir) only after the whole grid validates: a
+    directory holding another sweep is refused before anything is touched, a second live process
+    on it is refused by the lock, and config.json is written once, never rewritten by a rerun.
+    Missing cells run on `executor` (sublim.executors: "local" in this process, "ray" on a
+    cluster); each finished cell comes back here and is written by this process, atomically."""
+    out = Path(out)
+    configs = grid_configs(base, grid)
     threads = cpus_per_cell or default_threads()
     check_executor_args(executor, configs, data, threads)
-    prepare_run_dir(out, {"base": base.to_dict(), "grid": {k: [format_value(v) for v in vs] for k, vs in grid.items()}})
+    with claim_run_dir(out, sweep_config(base, grid)):
+        return run_cells(out, grid, configs, data, executor=executor, address=address, threads=threads)
+
+
+def run_cells(out: Path, grid: dict[str, list], configs: list[ToyConfig], data=None, *, executor: str = "local",
+              address: str | None = None, threads: int = 1) -> tuple[list[dict], list[str]]:
+    """The cells of a claimed sweep directory: finished ones read back, missing ones computed."""
+    cells = grid_cells(grid)
     names = [cell_name(overrides) for overrides in cells]
     records, tasks, resources = {}, {}, {}
     for i, (name, cfg) in enumerate(zip(names, configs)):
