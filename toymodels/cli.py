@@ -86,19 +86,22 @@ def add_parser(subparsers) -> None:
     _one_line_errors(s, "toy sweep")
 
 
-def preflight(cfgs, force: bool):
+def preflight(cfgs, force: bool, local: bool = True):
     """Everything that can be found wrong before a run directory is claimed, so that such an error
     leaves nothing behind: memory, device, and the MNIST file (missing, corrupt or edited).
-    Returns the verified MNIST when every config reads the same file (else None: loaded per cell)."""
+    Returns the verified MNIST when every config reads the same file (else None: loaded per cell).
+    On Ray (local=False) the device is the workers' (a CPU driver may send cells to GPU nodes) and
+    the workers load MNIST themselves: the file is still verified here, nothing is returned."""
     from .memory import check_fits
     from .mnist import load_mnist, load_raw
     from .train import resolve_device
 
     for cfg in cfgs:
         check_fits(cfg, force)
-        resolve_device(cfg.device)
+        if local:
+            resolve_device(cfg.device)
     paths = sorted({cfg.mnist_path for cfg in cfgs})
-    if len(paths) == 1:
+    if len(paths) == 1 and local:
         return load_mnist(paths[0] or None)
     for path in paths:
         load_raw(path or None)
@@ -148,7 +151,7 @@ def run_sweep_cmd(args) -> int:
     grid = parse_grid(specs)
     out = Path(args.out or f"runs/toy_sweep/{_timestamp()}")
     check_run_config(out, sweep_config(base, grid))  # another sweep's directory: refused, untouched
-    data = preflight(grid_configs(base, grid), args.force)
+    data = preflight(grid_configs(base, grid), args.force, local=args.executor == "local")
     rows, computed = run_sweep(out, base, grid, data, executor=args.executor, address=args.address,
                                cpus_per_cell=args.cpus_per_cell)
     print(format_table(rows, grid))
