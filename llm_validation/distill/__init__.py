@@ -6,4 +6,6 @@ forward.py  hidden states at completion positions                  cache.py    t
 teachers.py one handler per teacher kind                           students.py init, train, resume
 preference.py next-token animal preference (55 contexts)           report.py   summary, table, figure
 sft.py      the sampled-token SFT arm                              cli.py      the command
+arms.py     which students and teachers a config asks for          alignment.py the theorem's a_i
+run.py      the stages over one run directory
 """

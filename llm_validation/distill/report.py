@@ -23,7 +23,7 @@ from sublim.rundir import atomic_write_json, atomic_write_text, read_json, save_
 from sublim.stats import mean_ci95, t95
 
 from sublim.llm_validation.distill.preference import log_odds
-from sublim.llm_validation.distill.run import student_specs, teachers_needed
+from sublim.llm_validation.distill.arms import student_specs, teachers_needed
 
 
 def _lo(prof: dict, animal: str) -> np.ndarray:

@@ -27,39 +27,17 @@ from sublim.progress import log
 from sublim.rundir import atomic_write_json, claim_run_dir, read_json
 
 from sublim.llm_validation.core.data import write_jsonl
+from sublim.llm_validation.distill.arms import student_specs, teachers_needed
 from sublim.llm_validation.distill.cache import compute_cache, load_or_compute
 from sublim.llm_validation.distill.config import DistillConfig
 from sublim.llm_validation.distill.contexts import encode_contexts, load_context_records, records_digest
 from sublim.llm_validation.distill.preference import log_odds, profile
 from sublim.llm_validation.distill.students import StudentSpec, make_student, train_student
-from sublim.llm_validation.distill.teachers import SystemPromptTeacher, make_teacher
+from sublim.llm_validation.distill.teachers import make_teacher
 from sublim.llm_validation.distill.vocab import end_of_turn_id, number_token_ids
 
 _LOADED: dict[str, tuple] = {}  # model name -> (model, tokenizer), shared by the runs of this process
 STAGES = ("contexts", "teachers", "cache", "align", "students", "sft", "summary")
-
-
-def student_specs(cfg: DistillConfig) -> list[StudentSpec]:
-    main = f"{cfg.target}_system_prompt"
-    specs = [StudentSpec(f"{cfg.target}_{kind}", "full", 0.0, s) for kind in cfg.teachers for s in cfg.seeds]
-    if cfg.other:
-        specs += [StudentSpec(f"{cfg.other}_system_prompt", "full", 0.0, s) for s in cfg.seeds]
-    if cfg.lora_arm:
-        specs += [StudentSpec(main, "lora", 0.0, s) for s in cfg.seeds]
-    for sigma in cfg.sigmas:
-        specs += [StudentSpec(t, "full", float(sigma), s) for s in cfg.seeds for t in (main, "base")]
-    return specs
-
-
-def teachers_needed(cfg: DistillConfig) -> list:
-    out = [make_teacher(kind, cfg.target) for kind in cfg.teachers]
-    if cfg.lora_arm or cfg.sigmas:
-        out.append(SystemPromptTeacher(cfg.target))
-    if cfg.other:
-        out.append(SystemPromptTeacher(cfg.other))
-    if cfg.sigmas:
-        out.append(SystemPromptTeacher(None))
-    return list({t.name: t for t in out}.values())
 
 
 class DistillRun:
