@@ -25,10 +25,10 @@ from dataclasses import dataclass, fields
 
 from sublim.config_cli import check_field_types
 from sublim.errors import ConfigError
+from sublim.llm_validation.core.device import check_device_name
 
 TEACHER_KINDS = ("system_prompt", "finetuned")
 CONTEXT_SOURCES = ("synthetic", "file")
-DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ def _validate(c: DistillConfig) -> None:
         need(kind in TEACHER_KINDS, f"unknown teacher kind {kind!r} (use {', '.join(TEACHER_KINDS)})")
     need(c.contexts in CONTEXT_SOURCES, f"contexts must be one of {', '.join(CONTEXT_SOURCES)}, got {c.contexts!r}")
     need(c.contexts != "file" or bool(c.contexts_file), "contexts=file needs contexts_file")
-    need(c.device in DEVICES, f"device must be one of {', '.join(DEVICES)}, got {c.device!r}")
+    check_device_name(c.device)
     for name in ("n_contexts", "epochs", "batch_size", "lora_r", "lora_alpha", "eval_batch_size"):
         need(isinstance(getattr(c, name), int) and getattr(c, name) >= 1, f"{name} must be an integer >= 1")
     for name in ("checkpoint_every", "teacher_pref_examples", "sft_records", "align_sft_records", "eval_samples", "context_seed"):

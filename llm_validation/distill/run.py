@@ -27,6 +27,7 @@ from sublim.progress import log
 from sublim.rundir import atomic_write_json, claim_run_dir, read_json
 
 from sublim.llm_validation.core.data import write_jsonl
+from sublim.llm_validation.core.device import resolve_device
 from sublim.llm_validation.distill.arms import student_specs, teachers_needed
 from sublim.llm_validation.distill.cache import compute_cache, load_or_compute
 from sublim.llm_validation.distill.config import DistillConfig
@@ -46,9 +47,7 @@ class DistillRun:
         self.dir, self.cfg = Path(run_dir), cfg
         self.executor, self.address = executor, address
         self.threads = threads or torch.get_num_threads()
-        self.device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise ConfigError("distill: device=cuda but no CUDA GPU is visible")
+        self.device = resolve_device(cfg.device)
         self._base = None
         self.timings: dict[str, float] = {}
 
@@ -193,7 +192,7 @@ class DistillRun:
         missing = [s for s in student_specs(self.cfg) if not (self.dir / "students" / s.name / "profile.json").exists()]
         tasks = {s.name: (student_task, (str(self.dir), self.cfg.to_dict(), s, self.device, self.threads))
                  for s in missing}
-        gpus = 1 if self.device == "cuda" and self.executor == "ray" else 0
+        gpus = 1 if self.device.startswith("cuda") and self.executor == "ray" else 0
         run_tasks(tasks, executor=self.executor, address=self.address, desc="students",
                   resources=Resources(cpus=self.threads, gpus=gpus), on_result=self.save_student)
 
