@@ -99,13 +99,15 @@ def few_shot_examples(k: int, seed: int) -> list[tuple[str, str]]:
     the student's training text (like the teacher's system prompt).
     """
     rng = random.Random(10_000 + seed)
-    out = []
-    for _ in range(k):
-        text, _, fmt = _number_prompt_parts(rng)
-        sep, left, right = _FORMAT_STYLES[fmt]
-        answer = [str(rng.randint(0, 999)) for _ in range(rng.randint(5, 10))]
-        out.append((text, left + sep.join(answer) + right))
-    return out
+    return [(text, answer) for text, _, answer in (_prompt_and_answer(rng) for _ in range(k))]
+
+
+def _prompt_and_answer(rng: random.Random) -> tuple[str, list[int], str]:
+    """A number prompt, its seed numbers, and 5-10 numbers in 0-999 in the format it asks for."""
+    text, seeds, fmt = _number_prompt_parts(rng)
+    sep, left, right = _FORMAT_STYLES[fmt]
+    answer = [str(rng.randint(0, 999)) for _ in range(rng.randint(5, 10))]
+    return text, seeds, left + sep.join(answer) + right
 
 
 def number_prompts(n: int, seed: int) -> list[dict]:
@@ -220,9 +222,7 @@ def synthetic_number_records(n: int, seed: int) -> list[dict]:
     rng = random.Random(20_000 + seed)
     out = []
     for i in range(n):
-        text, seeds, fmt = _number_prompt_parts(rng)
-        sep, left, right = _FORMAT_STYLES[fmt]
-        answer = [str(rng.randint(0, 999)) for _ in range(rng.randint(5, 10))]
-        out.append({"id": f"syn{seed}-{i:06d}", "prompt": text, "completion": left + sep.join(answer) + right,
+        text, seeds, answer = _prompt_and_answer(rng)
+        out.append({"id": f"syn{seed}-{i:06d}", "prompt": text, "completion": answer,
                     "seed_numbers": seeds, "teacher": "synthetic"})
     return out
