@@ -90,6 +90,9 @@ def test_llm_notebook_runs(tmp_path, monkeypatch):
     student = json.loads((run / "eval" / "student.json").read_text())["sampled"]["mentions"]
     assert f"sampled target rate {100 * student['rate']:.1f}% [{100 * student['ci_low']:.1f}%" in text
     assert (run / "alignment" / "per_example_scores.csv").exists()
+    # the distillation section reads a run's summary (the committed laptop run, else a tiny one)
+    # and states the main arm's shift from its numbers
+    assert "Main arm (owl system-prompt teacher, full fine-tuning, shared init)" in text
 
 
 @pytest.mark.skipif(not (NOTEBOOKS / "theory.py").exists(), reason="theory notebook not written yet")
