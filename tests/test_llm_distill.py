@@ -185,6 +185,13 @@ def test_end_to_end_tiny_run_then_a_changed_config_is_refused(tmp_path, capsys):
     assert {"owl_system_prompt.full.sigma0", "owl_finetuned.full.sigma0", "cat_system_prompt.full.sigma0",
             "owl_system_prompt.lora.sigma0", "owl_system_prompt.full.sigma0.05"} <= set(arms)
     assert all(a["over_seeds"]["n"] == 2 for a in arms.values())
+    spec = summary["specificity"]
+    # paired by seed: own-teacher shift minus rival-teacher shift, per seed, from the two arms' numbers
+    for animal, own, rival in (("owl", "owl", "cat"), ("cat", "cat", "owl")):
+        by_seed = {s: summary["shifts"][animal][f"{own}_system_prompt.full.sigma0"]["per_seed"][s]
+                   - summary["shifts"][animal][f"{rival}_system_prompt.full.sigma0"]["per_seed"][s] for s in ("0", "1")}
+        # float64 means of 55 log-odds of size <= ~10: reordering moves a mean by <= 55 * 1.1e-16 * 10 ~ 6e-14
+        assert spec[animal]["per_seed"] == pytest.approx(by_seed, abs=1e-12)
     assert (out / "distill.png").stat().st_size > 1000 and (out / "summary.md").exists()
     assert not list(out.glob("students/*/checkpoint.pt"))  # finished students keep numbers, not weights
     before = {p: p.read_bytes() for p in [out / "config.json", out / "summary.json"]}

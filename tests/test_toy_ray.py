@@ -179,3 +179,24 @@ def test_killed_worker_is_retried_and_the_sweep_completes(cluster, local_cells, 
     os.kill(victim, signal.SIGKILL)
     assert "4 cell(s) computed now" in finish(proc)
     assert results_of(out) == results_of(local_cells)
+
+
+def test_distill_students_on_ray_equal_the_local_executors(cluster, tmp_path):
+    """`sublim llm distill --executor ray`: each student is one Ray task on the cluster; the driver
+    writes its profile. Same seeds and thread count -> the same numbers as the local executor."""
+    address, _ = cluster
+    small = ["--preset", "tiny", "--seeds", "0,1", "--teachers", "system_prompt", "--other", "",
+             "--lora-arm", "false", "--sigmas", "", "--align", "false", "--n-contexts", "6"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SUBLIM_QUIET": "1"}
+
+    def distill(out, *extra):
+        cmd = [sys.executable, "-m", "sublim.cli", "-q", "llm", "distill", "--run-dir", str(out), *small, *extra]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        summary = json.loads((out / "summary.json").read_text())
+        summary.pop("timings_s")  # wall times: the one field that may differ
+        return summary
+
+    on_ray = distill(tmp_path / "ray", "--executor", "ray", "--address", address)
+    assert on_ray == distill(tmp_path / "local")
+    assert set(on_ray["students"]) == {"owl_system_prompt.full.sigma0.seed0", "owl_system_prompt.full.sigma0.seed1"}

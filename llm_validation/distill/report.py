@@ -27,7 +27,7 @@ from sublim.llm_validation.distill.arms import student_specs, teachers_needed
 
 
 def _lo(prof: dict, animal: str) -> np.ndarray:
-    return log_odds(torch.tensor(prof["logp"]), prof["candidates"], animal).numpy()
+    return log_odds(torch.tensor(prof["logp"], dtype=torch.float64), prof["candidates"], animal).numpy()
 
 
 def _ci(values) -> dict:
@@ -63,6 +63,29 @@ def arm_shifts(run, profiles: dict, base: dict, animal: str) -> dict:
     return out
 
 
+def specificity(cfg, profiles: dict) -> dict:
+    """Trait specificity, paired by seed (same data order) and by context: for the target, the shift
+    under the target's system-prompt teacher minus the shift under the other animal's; for the other
+    animal, the reverse. A teacher-generic movement (any system prompt, any distillation) cancels;
+    what remains is what the trait itself transmitted."""
+    if not cfg.other:
+        return {}
+    out = {}
+    for animal, own, rival in ((cfg.target, cfg.target, cfg.other), (cfg.other, cfg.other, cfg.target)):
+        diffs = {}
+        for seed in cfg.seeds:
+            a = profiles.get(f"{own}_system_prompt.full.sigma0.seed{seed}")
+            b = profiles.get(f"{rival}_system_prompt.full.sigma0.seed{seed}")
+            if a is not None and b is not None:
+                diffs[seed] = _lo(a, animal) - _lo(b, animal)
+        if diffs:
+            per_seed = {s: float(d.mean()) for s, d in diffs.items()}
+            out[animal] = {"own_teacher": f"{own}_system_prompt", "rival_teacher": f"{rival}_system_prompt",
+                           "per_seed": per_seed, "over_seeds": _ci(list(per_seed.values())),
+                           "over_contexts": _ci(np.mean(list(diffs.values()), axis=0))}
+    return out
+
+
 def load_profiles(run) -> tuple[dict, dict, dict]:
     d = run.dir
     base = read_json(d / "models" / "base" / "profile.json")
@@ -84,6 +107,7 @@ def write_report(run) -> dict:
                "shifts": {c.target: arm_shifts(run, students, base, c.target)}}
     if c.other:
         summary["shifts"][c.other] = arm_shifts(run, students, base, c.other)
+    summary["specificity"] = specificity(c, students)
     summary["sft"] = _sft_rows(students, base, c.target)
     align = run.dir / "align" / "alignment.json"
     if align.exists():
@@ -131,6 +155,15 @@ def format_markdown(s: dict, c) -> str:
             o, x = r["over_seeds"], r["over_contexts"]
             lines.append(f"| {animal} | {arm} | {r['reference']} | {o['n']} | {o['mean']:+.4f} +- {o['ci_half']:.4f} "
                          f"| +- {x['ci_half']:.4f} | {o['detectable']:.4f} |")
+    if s.get("specificity"):
+        lines += ["", "Trait specificity (log-odds shift under the animal's own system-prompt teacher minus under the "
+                      "other animal's, paired by seed and context):", "",
+                  "| animal | own - rival teacher | seeds | difference +- CI (seeds) | CI (contexts) | detectable |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for animal, r in s["specificity"].items():
+            o, x = r["over_seeds"], r["over_contexts"]
+            lines.append(f"| {animal} | {r['own_teacher']} - {r['rival_teacher']} | {o['n']} | {o['mean']:+.4f} +- "
+                         f"{o['ci_half']:.4f} | +- {x['ci_half']:.4f} | {o['detectable']:.4f} |")
     if "alignment" in s:
         a = s["alignment"]
         lines += ["", f"Theorem's a_i = <-grad loss_i(theta0), Delta/||Delta||> for {a['teacher']} "
@@ -157,11 +190,13 @@ def _figure(s: dict, c, path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
     rows = [(f"{a}: {arm}", r["over_seeds"]) for a, arms in s["shifts"].items() for arm, r in arms.items()
             if r["sigma"] == 0]
+    colors = ["#4c72b0"] * len(rows) + ["#dd8452"] * len(s.get("specificity", {}))
+    rows += [(f"{a}: own - rival teacher", r["over_seeds"]) for a, r in s.get("specificity", {}).items()]
     ax = axes[0]
-    ax.barh(range(len(rows)), [o["mean"] for _, o in rows], xerr=[o["ci_half"] for _, o in rows], color="#4c72b0")
+    ax.barh(range(len(rows)), [o["mean"] for _, o in rows], xerr=[o["ci_half"] for _, o in rows], color=colors)
     ax.set_yticks(range(len(rows)), [r for r, _ in rows], fontsize=8)
     ax.axvline(0, color="k", lw=0.8)
-    ax.set_xlabel("log-odds shift vs base (95% CI over seeds)")
+    ax.set_xlabel("log-odds shift vs base; orange: trait-specific part (95% CI over seeds)")
     ax.set_title("shared init (sigma = 0)")
     curve = sorted((r["sigma"], r["over_seeds"]) for arm, r in s["shifts"][c.target].items()
                    if r["teacher"] == f"{c.target}_system_prompt" and r["method"] == "full")
