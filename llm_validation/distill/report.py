@@ -204,6 +204,7 @@ def _figure(s: dict, c, path) -> None:
     if curve:
         ax.errorbar([x for x, _ in curve], [o["mean"] for _, o in curve], yerr=[o["ci_half"] for _, o in curve],
                     marker="o", capsize=4)
+        ax.set_xticks([x for x, _ in curve])
     ax.axhline(0, color="k", lw=0.8)
     ax.set_xlabel("init perturbation sigma (x each tensor's std)")
     ax.set_ylabel(f"{c.target} log-odds shift vs matched control")
