@@ -285,3 +285,22 @@ if main_arm:
                else f"not distinguishable from zero (the seeds could detect about {o['detectable']:.3f})")
     display(Markdown(f"Main arm ({tgt} system-prompt teacher, full fine-tuning, shared init): the student's "
                      f"{tgt} log-odds moved by {o['mean']:+.4f} +- {o['ci_half']:.4f} over {o['n']} seeds, {verdict}."))
+
+# %% [markdown]
+# The theorem's own quantity for the fine-tuned teacher, per context: a_i = <-grad loss_i(theta0),
+# Delta/||Delta||> under the distillation loss (first-order prediction: positive), and under
+# sampled-token SFT on the teacher's and the base model's numbers when the run scored them.
+
+# %%
+align_json = DISTILL_RUN_DIR / "align" / "alignment.json"
+if align_json.exists():
+    al = read_json(align_json)
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.hist(al["distill_values"], bins=30, color="#4c72b0")
+    ax.axvline(0, color="grey", ls="--", lw=1)
+    ax.set_xlabel(f"a_i under the distillation loss ({al['teacher']})")
+    ax.set_ylabel("contexts")
+    fig.tight_layout()
+    save(fig, "llm_distill_alignment.png")
+    d = al["distill"]
+    display(Markdown(f"a_i > 0 for {pct(d['share_positive'])} of {d['n']} contexts; mean {d['mean']:+.3g} +- {d['ci_half']:.2g}."))

@@ -93,6 +93,7 @@ def test_llm_notebook_runs(tmp_path, monkeypatch):
     # the distillation section reads a run's summary (the committed laptop run, else a tiny one)
     # and states the main arm's shift from its numbers
     assert "Main arm (owl system-prompt teacher, full fine-tuning, shared init)" in text
+    assert "llm_distill_alignment.png" in figs and "a_i > 0 for " in text
 
 
 @pytest.mark.skipif(not (NOTEBOOKS / "theory.py").exists(), reason="theory notebook not written yet")
