@@ -21,9 +21,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from sublim.seeding import torch_generator
 from sublim.stats import mean_ci95
 from sublim.theory.numerical import (
-    DTYPE, ToySetup, build, k_times, padd, pcos, pdot, sample_inputs, student_gradient,
+    DTYPE, ToySetup, build, k_times, kink_onset, padd, pcos, pdot, sample_inputs, student_gradient,
     teacher_batch, teacher_direction, teacher_loss,
 )
 from sublim.toymodels.model import forward, init_params
@@ -63,7 +64,7 @@ def predict_vs_simulate(setup: ToySetup, dists=("uniform", "gaussian", "mnist"),
         for outputs, m in variants:
             su = replace(setup, n_aux=m)
             params0, dT, _, (xt, yt) = build(su, dist)
-            g = torch.Generator().manual_seed(10_000 + su.seed)
+            g = torch_generator("theory-predict", su.seed)
             x_pred = sample_inputs(dist, cfg.n_predict, g)
             x_sim = sample_inputs(dist, cfg.n_sim, g)
             lt0 = teacher_loss(params0, xt, yt)
@@ -74,10 +75,18 @@ def predict_vs_simulate(setup: ToySetup, dists=("uniform", "gaussian", "mnist"),
             dS = [-cfg.alpha_gd * t for t in student_gradient(params0, padd(params0, dT, cfg.eps_gd), x_sim, cfg.loss, outputs)]
             meas_cos = pcos(dS, dT)
             meas_dlt = teacher_loss(padd(params0, dS), xt, yt) - lt0
+            # The sign claim is first order: measure it with a step inside every model's smooth
+            # regime on x_sim (half the first ReLU flip), where the theorem's Taylor expansion holds.
+            # That eps is small (7e-8 .. 7e-6 for the default setups) but the theory runs in float64:
+            # the teacher-student output gap ~ eps * |J dT| stays >= 1e7 ulps above rounding.
+            eps_sign = min(cfg.eps_gd, 0.5 * float(kink_onset(params0, dT, x_sim).min()))
+            dS_small = student_gradient(params0, padd(params0, dT, eps_sign), x_sim, cfg.loss, outputs)
+            sign_cos = pcos([-t for t in dS_small], dT)
             # m = 1 aux logit: softmax over one logit is constant, H = diag(1) - 1 = 0, so the theory
             # predicts dS = 0 exactly (no signal at all); the norms let the report check that.
             rows.append(dict(dist=dist, outputs=outputs, m=m, optimizer="gd", pred_cos=_ci(pred_cos), meas_cos=_ci(meas_cos),
                              pred_dLT=_ci(pred_dlt), meas_dLT=_ci(meas_dlt), frac_meas_cos_positive=float((meas_cos > 0).double().mean()),
+                             eps_sign=eps_sign, frac_sign_cos_positive=float((sign_cos > 0).double().mean()),
                              pred_norm_max=float(torch.sqrt(pdot(kdt, kdt)).max()), meas_norm_max=float(torch.sqrt(pdot(dS, dS)).max())))
             # Adam, first step: the teacher moves by Delta = -lr sign(grad L_T); the student's
             # gradient is ~ -K Delta, so its first step is ~ lr sign(K Delta).
@@ -120,7 +129,7 @@ def multistep(setup: ToySetup, cfg: MultistepConfig = MultistepConfig()) -> list
     out = []
     for opt in ("gd", "adam"):
         for T in cfg.teacher_steps:
-            g = torch.Generator().manual_seed(setup.seed + 7)
+            g = torch_generator("theory-multistep", setup.seed)
             tb = [teacher_batch(cfg.batch, g) for _ in range(T)]
             tgrad_i = iter(range(T))
 

@@ -22,6 +22,7 @@ import torch
 
 from sublim.errors import ConfigError
 from sublim.theory.checks import CheckResult
+from sublim.seeding import torch_generator
 from sublim.toymodels.losses import cross_entropy, distill_kl, half_squared_error
 from sublim.toymodels.model import MLPSpec, forward, init_params
 
@@ -183,7 +184,7 @@ def k_times(params0, direction, x, loss: str, outputs: str, hvp: Callable = hess
 
 def build(setup: ToySetup, dist: str, *, seed_offset: int = 0):
     """(theta0, dT, student inputs x) for one setup and input distribution."""
-    g = torch.Generator().manual_seed(setup.seed * 1000 + seed_offset)
+    g = torch_generator("theory-build", setup.seed, seed_offset)
     params0 = init_params(setup.spec(), setup.n_models, seed=setup.seed + seed_offset, dtype=DTYPE)
     xt, yt = teacher_batch(setup.n_teacher, g)
     dT = teacher_direction(params0, xt, yt)
@@ -242,8 +243,10 @@ def check_slope(setup: ToySetup, dist: str, loss: str, outputs: str, *, eps_grid
     """Relative error of the first-order prediction falls like eps^1: per model, the log-log slope
     over the grid points inside that model's smooth regime (eps <= kink onset / 2) is within tol
     of 1. Models whose smooth regime spans < min_decades of the grid are reported and left out of
-    the slope claim; PASS needs at least half the models to qualify, and every qualifying slope
-    within tol. A wrong H leaves an O(1) error: slope ~ 0, so the check FAILs."""
+    the slope claim; PASS needs at least 2 models to qualify, and every qualifying slope within
+    tol. A wrong H leaves an O(1) error in EVERY model: slope ~ 0, so two qualifying models already
+    make the check FAIL. (It asked for half the models until 2026-11-29: on MNIST inputs ~40% of
+    models have < 4 smooth decades, so that rule failed 3 of 12 seeds of a correct implementation.)"""
     eps_grid = EPS_GRIDS[dist] if eps_grid is None else eps_grid
     params0, dT, x, _ = build(setup, dist)
     errs = relative_error_curve(params0, dT, x, loss, outputs, eps_grid, hvp=hvp)
@@ -260,7 +263,7 @@ def check_slope(setup: ToySetup, dist: str, loss: str, outputs: str, *, eps_grid
             continue
         slopes.append(float(fit_loglog_slope(grid[inside], errs[inside, m:m + 1])[0]))
     qual = [sl for sl in slopes if sl == sl]
-    ok = len(qual) >= max(1, setup.n_models / 2) and all(abs(sl - 1) <= tol for sl in qual)
+    ok = len(qual) >= min(2, setup.n_models) and all(abs(sl - 1) <= tol for sl in qual)
     return CheckResult(
         f"autograd vs first order ({loss}, {outputs} logits, x~{dist}): log-log slope of relative error = 1 +- {tol} over >= {min_decades:g} decades "
         f"({len(qual)}/{setup.n_models} models; slopes {min(qual, default=float('nan')):.3f}..{max(qual, default=float('nan')):.3f})",

@@ -64,16 +64,18 @@ def run_checks(cfg: TheoryConfig) -> tuple[list[CheckResult], dict]:
     log("theory: predictions vs simulated first steps...")
     rows = dynamics.predict_vs_simulate(sign_setup, variants=cfg.predict_variants, cfg=cfg.predict)
     extra["predictions"] = rows
-    # The theory's claims about a real first GD step: the sign (measured cos > 0 for every model)
-    # holds; and where the step is small enough to be first-order, the predicted dL_T is within
-    # a factor 2 of the measured one. These are reported per row, not hidden in an average.
+    # The theory's claims about a real first GD step: the sign (measured cos > 0 for every model),
+    # a first-order claim, so measured with a teacher step inside every model's smooth regime
+    # (eps_sign <= half the first ReLU flip; at eps_gd = 0.05 MNIST inputs cross kinks and one model
+    # in 8 can flip, FINDINGS 2026-11-29); the table beside it shows the eps_gd step.
     gd_rows = [r for r in rows if r["optimizer"] == "gd"]
     results.append(CheckResult(
-        "first real GD step: measured cos(dS, dT) > 0 for every model, distribution and output set (the sign prediction); "
-        "with m = 1 aux logit H = 0, so dS = 0 is predicted and must be measured",
-        all((r["pred_norm_max"] == 0 and r["meas_norm_max"] == 0) if (r["outputs"] == "aux" and r["m"] == 1) else r["frac_meas_cos_positive"] == 1.0
+        "first real GD step inside the smooth regime: measured cos(dS, dT) > 0 for every model, distribution and output set "
+        "(the sign prediction); with m = 1 aux logit H = 0, so dS = 0 is predicted and must be measured",
+        all((r["pred_norm_max"] == 0 and r["meas_norm_max"] == 0) if (r["outputs"] == "aux" and r["m"] == 1) else r["frac_sign_cos_positive"] == 1.0
             for r in gd_rows),
-        {"rows": [{k: r[k] for k in ("dist", "outputs", "m", "pred_cos", "meas_cos", "frac_meas_cos_positive", "pred_norm_max", "meas_norm_max")} for r in gd_rows]},
+        {"rows": [{k: r[k] for k in ("dist", "outputs", "m", "pred_cos", "meas_cos", "frac_meas_cos_positive", "eps_sign",
+                                     "frac_sign_cos_positive", "pred_norm_max", "meas_norm_max")} for r in gd_rows]},
         section="predictions vs simulation",
     ))
     log("theory: multi-step GD and Adam...")
