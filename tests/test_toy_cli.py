@@ -40,7 +40,7 @@ def test_toy_writes_a_complete_run_directory(tmp_path, capsys):
     (["--width", "0"], "width must be a positive integer"),
     (["--m", "0"], "n_aux (m) = 0"),
     (["--optimizer", "lbfgs"], "optimizer must be one of"),
-    (["--n-models", "two"], "cannot parse 'two' as int"),
+    (["--n-models", "two"], "cannot read 'two' as int"),
 ])
 def test_bad_knobs_stop_before_writing_anything(tmp_path, capsys, argv, needle):
     out = tmp_path / "run"

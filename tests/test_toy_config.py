@@ -53,7 +53,7 @@ def test_unknown_knob_and_aliases():
     assert canonical_knob("m") == "n_aux" and canonical_knob("distill-input") == "distill_input"
     c = from_overrides({"m": "10", "independent-batches": "false", "arms": "teacher+student_aux", "lr": "1e-3"})
     assert (c.n_aux, c.independent_batches, c.arms, c.lr) == (10, False, ("teacher", "student_aux"), 1e-3)
-    with pytest.raises(ConfigError, match="cannot parse 'abc' as int"):
+    with pytest.raises(ConfigError, match="cannot read 'abc' as int"):
         parse_knob_value("width", "abc")
 
 

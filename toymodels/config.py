@@ -15,6 +15,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field, fields
 
+from sublim.config_cli import parse_text
 from sublim.errors import ConfigError
 
 from .model import INIT_SCHEMES, MLPSpec
@@ -164,23 +165,10 @@ def parse_knob_value(name: str, text: str):
     key = canonical_knob(name)
     default = getattr(ToyConfig, key) if key != "arms" else ARMS
     text = text.strip()
-    try:
-        if key == "arms":
-            return tuple(a.strip() for a in text.split("+") if a.strip()) if "+" in text or text else ()
-        if isinstance(default, bool):
-            low = text.lower()
-            if low in ("1", "true", "yes", "on"):
-                return True
-            if low in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(text)
-        if isinstance(default, int):
-            return int(text)
-        if isinstance(default, float):
-            return float(text)
-    except ValueError:
-        raise ConfigError(f"{key}: cannot parse {text!r} as {type(default).__name__}") from None
-    return text
+    if key == "arms":
+        return tuple(a.strip() for a in text.split("+") if a.strip()) if "+" in text or text else ()
+    # bool / int / float / str exactly as every other config of the project reads them (NaN refused)
+    return parse_text(key, text, type(default))
 
 
 def from_overrides(overrides: dict | None = None, base: ToyConfig | None = None) -> ToyConfig:
