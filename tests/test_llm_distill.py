@@ -193,6 +193,9 @@ def test_end_to_end_tiny_run_then_a_changed_config_is_refused(tmp_path, capsys):
         # float64 means of 55 log-odds of size <= ~10: reordering moves a mean by <= 55 * 1.1e-16 * 10 ~ 6e-14
         assert spec[animal]["per_seed"] == pytest.approx(by_seed, abs=1e-12)
     assert (out / "distill.png").stat().st_size > 1000 and (out / "summary.md").exists()
+    # sampled one-word answers (eval_samples = 1: the 50 questions once) beside the next-token measure
+    sampled = [row["sampled_mentions"] for row in summary["students"].values()]
+    assert len(sampled) == 12 and all(0 <= m["k"] <= 50 and 0 <= m["rate"] <= 1 for m in sampled)
     assert not list(out.glob("students/*/checkpoint.pt"))  # finished students keep numbers, not weights
     before = {p: p.read_bytes() for p in [out / "config.json", out / "summary.json"]}
     capsys.readouterr()

@@ -186,7 +186,7 @@ def test_distill_students_on_ray_equal_the_local_executors(cluster, tmp_path):
     writes its profile. Same seeds and thread count -> the same numbers as the local executor."""
     address, _ = cluster
     small = ["--preset", "tiny", "--seeds", "0,1", "--teachers", "system_prompt", "--other", "",
-             "--lora-arm", "false", "--sigmas", "", "--align", "false", "--n-contexts", "6"]
+             "--lora-arm", "false", "--sigmas", "", "--align", "false", "--n-contexts", "6", "--eval-samples", "0"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "SUBLIM_QUIET": "1"}
 
     def distill(out, *extra):

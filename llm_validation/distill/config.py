@@ -124,7 +124,7 @@ PRESETS = {
     # (a random model ignores the system prompt), so the teacher check is relaxed.
     "tiny": dict(model="tiny-llama", n_contexts=8, max_length=112, seeds=(0, 1), epochs=1, batch_size=4,
                  checkpoint_every=1, sigmas=(0.05,), teacher_pref_examples=16, teacher_epochs=1.0,
-                 teacher_min_logodds_gain=-1e9, eval_batch_size=16),
+                 teacher_min_logodds_gain=-1e9, eval_batch_size=16, eval_samples=1),
     # The whole experiment on a 2-core laptop CPU (<= 90 minutes).
     "laptop": dict(model="smollm2-135m", contexts="file", contexts_file=f"{H200_SETS}/base.filtered.jsonl.gz",
                    n_contexts=96, seeds=(0, 1, 2), epochs=2, batch_size=16, lr=1e-5, sigmas=(0.02,),
