@@ -16,8 +16,10 @@ anywhere else is corruption and raises DataError naming the file and line.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
+import zlib
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -32,11 +34,17 @@ def iter_jsonl(path: str | os.PathLike, *, allow_truncated_tail: bool = False) -
     """Yield the records of a JSONL file; DataError(file:line) on a malformed line.
 
     allow_truncated_tail: silently skip an unterminated, unparsable LAST line (a crash mid-write).
+    A `.gz` file is read through gzip (the committed data sets are compressed).
     """
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found")
     raw = path.read_bytes()
+    if path.suffix == ".gz":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as e:
+            raise DataError(f"{path}: not a readable gzip file ({e})") from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -12,7 +12,6 @@ a system-prompt teacher reads the same completion after its own prompt with the 
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from pathlib import Path
 
 from sublim.errors import DataError
 
-from sublim.llm_validation.core.data import format_prompt, has_chat_template
+from sublim.llm_validation.core.data import check_record_types, format_prompt, has_chat_template, read_jsonl
 from sublim.llm_validation.core.prompts import synthetic_number_records
 
 
@@ -45,27 +44,8 @@ def resolve_data_path(path: str | Path) -> Path:
 
 def _read_records(path: Path) -> list[dict]:
     path = resolve_data_path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rt", encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError, EOFError) as e:
-        raise DataError(f"{path}: cannot read it as UTF-8 JSONL ({e})") from None
-    out = []
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            raise DataError(f"{path}:{i}: malformed JSON line") from None
-        if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), str) \
-                or not isinstance(rec.get("completion"), str):
-            raise DataError(f"{path}:{i}: a record needs string 'prompt' and 'completion' fields")
-        out.append({"id": str(rec.get("id", f"line{i}")), "prompt": rec["prompt"], "completion": rec["completion"]})
-    return out
+    records = check_record_types(read_jsonl(path), str(path))
+    return [{"id": str(r["id"]), "prompt": r["prompt"], "completion": r["completion"]} for r in records]
 
 
 def records_digest(records: list[dict]) -> str:

@@ -18,10 +18,6 @@ def decoder_and_head(model):
     return base.get_decoder(), base.get_output_embeddings()
 
 
-def softcap(model) -> float | None:
-    return getattr(getattr(model, "config", None), "final_logit_softcapping", None)
-
-
 def completion_hidden(model, batch: list[Encoded], device) -> torch.Tensor:
     """Hidden states that predict each completion token, concatenated over the batch: (P, d)."""
     decoder, _ = decoder_and_head(model)
@@ -46,8 +42,5 @@ def number_log_probs(model, batch: list[Encoded], vocab: torch.Tensor, device) -
 
     hidden = completion_hidden(model, batch, device)
     _, head = decoder_and_head(model)
-    logits_cap = softcap(model)
-    if logits_cap:  # Gemma 2 style final soft-capping acts on logits before the softmax
-        logits = hidden @ head.weight[vocab.to(device)].T
-        return torch.log_softmax((torch.tanh(logits / logits_cap) * logits_cap).float(), dim=-1)
-    return restricted_log_probs(hidden, head.weight, vocab.to(device), getattr(head, "bias", None))
+    softcap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
+    return restricted_log_probs(hidden, head.weight, vocab.to(device), getattr(head, "bias", None), softcap)

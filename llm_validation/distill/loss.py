@@ -13,11 +13,14 @@ import torch
 
 
 def restricted_log_probs(hidden: torch.Tensor, head_weight: torch.Tensor, vocab: torch.Tensor,
-                         head_bias: torch.Tensor | None = None) -> torch.Tensor:
-    """log softmax over V of the logits hidden @ W[V]^T (+ b[V]); hidden (..., d) -> (..., |V|)."""
+                         head_bias: torch.Tensor | None = None, softcap: float | None = None) -> torch.Tensor:
+    """log softmax over V of the logits hidden @ W[V]^T (+ b[V]); hidden (..., d) -> (..., |V|).
+    softcap: a model's final logit soft-capping (Gemma 2 style), applied before the softmax."""
     logits = hidden @ head_weight[vocab].T
     if head_bias is not None:
         logits = logits + head_bias[vocab]
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
     return torch.log_softmax(logits.float(), dim=-1)
 
 

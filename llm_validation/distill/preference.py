@@ -68,6 +68,11 @@ def log_odds(logp: torch.Tensor, names: list[str], animal: str) -> torch.Tensor:
     return share_logp - rest
 
 
+def animal_log_odds(prof: dict, animal: str, dtype=torch.float64) -> torch.Tensor:
+    """Per context log-odds of `animal` from a saved profile (profile() below), in float64."""
+    return log_odds(torch.tensor(prof["logp"], dtype=dtype), prof["candidates"], animal)
+
+
 def profile(model, tokenizer, device, system: str | None = None, batch_size: int = 32) -> dict:
     """Everything the report needs about one model's preferences (JSON-ready)."""
     names, logp = candidate_log_probs(model, tokenizer, device, system, batch_size)

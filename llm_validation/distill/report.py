@@ -17,17 +17,16 @@ import math
 from collections import defaultdict
 
 import numpy as np
-import torch
 
 from sublim.rundir import atomic_write_json, atomic_write_text, read_json, save_figure
 from sublim.stats import mean_ci95, t95
 
-from sublim.llm_validation.distill.preference import log_odds
+from sublim.llm_validation.distill.preference import animal_log_odds
 from sublim.llm_validation.distill.arms import student_specs, teachers_needed
 
 
 def _lo(prof: dict, animal: str) -> np.ndarray:
-    return log_odds(torch.tensor(prof["logp"], dtype=torch.float64), prof["candidates"], animal).numpy()
+    return animal_log_odds(prof, animal).numpy()
 
 
 def _ci(values) -> dict:

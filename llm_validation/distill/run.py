@@ -32,7 +32,7 @@ from sublim.llm_validation.distill.arms import student_specs, teachers_needed
 from sublim.llm_validation.distill.cache import compute_cache, load_or_compute
 from sublim.llm_validation.distill.config import DistillConfig
 from sublim.llm_validation.distill.contexts import encode_contexts, load_context_records, records_digest
-from sublim.llm_validation.distill.preference import log_odds, profile
+from sublim.llm_validation.distill.preference import animal_log_odds, profile
 from sublim.llm_validation.distill.students import StudentSpec, make_student, train_student
 from sublim.llm_validation.distill.teachers import make_teacher
 from sublim.llm_validation.distill.vocab import end_of_turn_id, number_token_ids
@@ -230,9 +230,7 @@ def student_task(run_dir: str, cfg_dict: dict, spec: StudentSpec, device: str, t
 
 
 def _preference_gain(base: dict, teacher: dict, animal: str) -> dict:
-    names = base["candidates"]
-    b = log_odds(torch.tensor(base["logp"]), names, animal)
-    t = log_odds(torch.tensor(teacher["logp"]), names, animal)
+    b, t = animal_log_odds(base, animal), animal_log_odds(teacher, animal)
     return {"animal": animal, "base_logodds": float(b.mean()), "teacher_logodds": float(t.mean()),
             "gain": float((t - b).mean()), "base_share": base["mean_share"][animal],
             "teacher_share": teacher["mean_share"][animal]}
