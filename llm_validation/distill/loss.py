@@ -21,7 +21,9 @@ def restricted_log_probs(hidden: torch.Tensor, head_weight: torch.Tensor, vocab:
         logits = logits + head_bias[vocab]
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
-    return torch.log_softmax(logits.float(), dim=-1)
+    if logits.dtype in (torch.float16, torch.bfloat16):  # upcast half precision; float64 stays float64
+        logits = logits.float()
+    return torch.log_softmax(logits, dim=-1)
 
 
 def restricted_kl(teacher_logp: torch.Tensor, student_logp: torch.Tensor) -> torch.Tensor:
