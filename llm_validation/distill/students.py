@@ -60,9 +60,10 @@ def make_student(base_model, spec: StudentSpec, cfg):
     if spec.method == "lora":
         from peft import LoraConfig, get_peft_model
 
+        from sublim.llm_validation.pipeline.config import DEFAULT_TARGETS
+
         torch.manual_seed(derive_seed("distill-lora-init", spec.seed))
-        targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-        model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules=targets,
+        model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules=list(DEFAULT_TARGETS),
                                                  lora_dropout=0.0, bias="none", task_type="CAUSAL_LM"))
     model.config.use_cache = False
     return model
