@@ -17,7 +17,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
+import inspect
+import io
 import math
+import tokenize
 import types
 import typing
 from typing import Any
@@ -29,6 +33,43 @@ _NONE_WORDS = ("none", "null", "")
 
 def _hints(cls) -> dict[str, Any]:
     return typing.get_type_hints(cls)
+
+
+@functools.lru_cache(maxsize=None)
+def field_help(cls) -> dict[str, str]:
+    """{field: help text} from the comments in a config class's source: the comment ending the
+    field's line, after the comment lines directly above it ("## Title" lines head a group of
+    fields and are no field's help). The comment is the field's one
+    description, read by people in the source and by `--help` alike (written once, never out of
+    step). Empty when the source is not available (a frozen app): the flags still work."""
+    try:
+        lines, _ = inspect.getsourcelines(cls)
+    except (OSError, TypeError):
+        return {}
+    names = {f.name for f in dataclasses.fields(cls)}
+    comments: dict[int, str] = {}
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO("".join(lines)).readline):
+            if tok.type == tokenize.COMMENT:
+                comments[tok.start[0]] = tok.string.lstrip("#").strip()
+    except (tokenize.TokenError, IndentationError):
+        return {}
+    helps, above = {}, []
+    for number, line in enumerate(lines, start=1):
+        stripped = line.strip()
+        if stripped.startswith("##"):
+            above = []
+            continue
+        if stripped.startswith("#"):
+            above.append(comments.get(number, ""))
+            continue
+        name = stripped.split(":", 1)[0].strip()
+        if name in names and ":" in stripped:
+            text = " ".join(t for t in (*above, comments.get(number, "")) if t)
+            if text:
+                helps[name] = text
+        above = []
+    return helps
 
 
 def _split_optional(hint) -> tuple[Any, bool]:
@@ -75,8 +116,11 @@ def parse_text(name: str, text: str, hint) -> Any:
                 raise ValueError(t)
             return value
         if base in (tuple, list):
-            items = [s.strip() for s in t.split(",") if s.strip()]
             item_hint = (typing.get_args(inner) or (str,))[0]
+            # names may also be joined by '+' (the toy's `--arms teacher+student_aux`, which a
+            # sweep grid needs: its values are comma-separated); never numbers (1e+3)
+            sep = t.replace("+", ",") if item_hint is str else t
+            items = [s.strip() for s in sep.split(",") if s.strip()]
             parsed = [parse_text(name, s, item_hint) for s in items]
             return tuple(parsed) if base is tuple else parsed
         if base is dict:
@@ -145,13 +189,16 @@ def flag_name(field_name: str) -> str:
 
 
 def add_config_flags(parser: argparse.ArgumentParser, cls, *, skip=(), prefix: str = "cfg_",
-                     helps: dict | None = None, defaults: Any = None) -> None:
+                     helps: dict | None = None, defaults: Any = None, aliases: dict | None = None) -> None:
     """One `--field-name` option per (non-nested) field of `cls`, parsed later by the field's type.
 
     Every option defaults to None (= not given), so only what the user typed overrides a preset,
     a saved config or the dataclass default. `defaults`: an instance whose values the help shows.
+    `helps` adds to (or replaces) the help read from the fields' comments; `aliases`: {field:
+    extra flag} (the toy's `--m` for n_aux, the paper's name).
     """
-    helps = helps or {}
+    aliases = aliases or {}
+    helps = {**field_help(cls), **(helps or {})}
     shown = defaults if defaults is not None else None
     for f in dataclasses.fields(cls):
         hint = _hints(cls)[f.name]
@@ -166,9 +213,11 @@ def add_config_flags(parser: argparse.ArgumentParser, cls, *, skip=(), prefix: s
             kwargs = {"nargs": "?", "const": "true"}
         elif base in (tuple, list, dict):  # repeatable, and comma-separated within one flag
             kwargs = {"action": "append"}
-        parser.add_argument(flag_name(f.name), dest=prefix + f.name, default=None,
+        names = [flag_name(f.name), *([aliases[f.name]] if f.name in aliases else [])]
+        parser.add_argument(*names, dest=prefix + f.name, default=None,
                             metavar=_type_name(hint).upper().replace(" ", "_"),
-                            help=f"{text}{'; ' if text else ''}default {_show(default)}", **kwargs)
+                            help=f"{text}{(' ' if text.endswith('.') else '; ') if text else ''}default {_show(default)}",
+                            **kwargs)
 
 
 def _show(value) -> str:

@@ -35,6 +35,12 @@ def mean_ci95(values: Sequence[float], method: str = "t") -> tuple[float, float]
     return float(x.mean()), float(crit * x.std(ddof=1) / math.sqrt(x.size))
 
 
+def ci_text(half: float, n: int, fmt: str = ".2g", scale: float = 1.0) -> str:
+    """A CI half-width for a table: "n/a" when n < 2. A single value has no spread estimate, and
+    mean_ci95's 0.0 there would read as certainty."""
+    return f"{half * scale:{fmt}}" if n >= 2 else "n/a"
+
+
 def t95(dof: int) -> float:
     """Two-sided 95% critical value of Student's t with `dof` degrees of freedom."""
     from scipy.stats import t

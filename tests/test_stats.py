@@ -55,3 +55,12 @@ def test_bootstrap_ci95_is_seeded_and_brackets_the_statistic():
     assert a == bootstrap_ci95(x, np.median, seed=3)
     stat, lo, hi = a
     assert lo <= stat <= hi and hi - lo < 0.5
+
+
+def test_ci_text_says_na_for_one_value():
+    from sublim.stats import ci_text, mean_ci95
+
+    _, half = mean_ci95([0.5])
+    assert ci_text(half, 1) == "n/a"  # 0.0 would read as certainty
+    _, half = mean_ci95([0.5, 0.7])
+    assert ci_text(half, 2, ".1f", 100) == f"{100 * half:.1f}" != "n/a"

@@ -22,4 +22,11 @@ def test_bench_toy_smoke_writes_its_numbers(tmp_path):
     assert 0.1 < run["peak_rss_gb"] < 8
     paper = res["paper"][0]
     assert set(paper["arms"]) == {"reference", "teacher", "student_aux", "student_all", "cross_aux", "cross_all"}
-    assert paper["wall_s"] > 0 and paper["arms"]["teacher"]["public_mean_pct"] == 94.3
+    assert paper["wall_s"] > 0
+    for arm, a in paper["arms"].items():
+        # the verdicts must follow from the numbers the file reports (a 2-model smoke run is far
+        # from the paper's, so the verdicts themselves are mostly False here: their logic is tested)
+        assert 0 <= a["mean_pct"] <= 100 and a["ci95_pct"] >= 0, (arm, a)
+        gap = abs(a["mean_pct"] - a["public_mean_pct"])
+        assert a["mean_inside_public_ci"] == (gap <= a["public_ci95_pct"]), (arm, a)
+        assert a["cis_overlap"] == (gap <= a["public_ci95_pct"] + a["ci95_pct"]), (arm, a)

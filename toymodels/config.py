@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from dataclasses import dataclass, field, fields
 
 from sublim.config_cli import parse_text
@@ -42,18 +43,18 @@ ALIASES = {"m": "n_aux", "models": "n_models"}
 
 @dataclass(frozen=True)
 class ToyConfig:
-    # Architecture
+    ## Architecture
     n_aux: int = 3  # m, the auxiliary ("ghost") logits that are never trained on labels
-    width: int = 256
-    depth: int = 2
+    width: int = 256  # hidden units per layer
+    depth: int = 2  # hidden layers
     init: str = "normal"  # normal = N(0, scale^2/d_in) (paper) | kaiming_normal | torch_default
-    init_scale: float = 1.0
-    # Training
-    teacher_epochs: int = 5
-    distill_epochs: int = 5
-    lr: float = 3e-4
+    init_scale: float = 1.0  # multiplies the init std of every layer
+    ## Training
+    teacher_epochs: int = 5  # teacher epochs on MNIST digits (cross-entropy on the 10 digit logits)
+    distill_epochs: int = 5  # student epochs of distillation on the distill_input images
+    lr: float = 3e-4  # learning rate of teacher and students
     optimizer: str = "adam"  # adam | sgd (plain gradient descent, as in the theorem)
-    batch_size: int = 1024
+    batch_size: int = 1024  # examples per step, per model
     # Examples per epoch (teacher and distillation); 0 = the full 60,000. Smoke tests use less.
     max_examples_per_epoch: int = 0
     max_test_examples: int = 0  # test digits scored; 0 = all 10,000 (benchmarks and smoke tests use less)
@@ -65,11 +66,11 @@ class ToyConfig:
     # Student arms' init: the teacher's own (shared), a fresh one (independent), or the
     # teacher's plus Gaussian noise of perturb_sigma x the layer's init std (perturbed).
     student_init: str = "shared"
-    perturb_sigma: float = 0.0
-    # Ensemble
-    n_models: int = 10
-    seed: int = 0
-    arms: tuple = ARMS
+    perturb_sigma: float = 0.0  # noise scale for student_init=perturbed, in units of each layer's init std
+    ## Ensemble
+    n_models: int = 10  # models trained in parallel (one batched tensor); the CIs are over them
+    seed: int = 0  # every init, noise set and data order is a function of it
+    arms: tuple = ARMS  # the arms to train and score
     # True: every model draws its own noise / MNIST order (independent models, honest CIs).
     # False: one batch shared by all models (one big matmul instead of a batched one; faster
     # on some hardware, but the models' results are then correlated through the shared data).
@@ -77,11 +78,11 @@ class ToyConfig:
     # Models trained at once (teachers + their students); 0 = auto (all on CUDA, <= 20 on CPU
     # so 100 models fit in a few GB). Results depend on it only through the noise streams.
     chunk_models: int = 0
-    # Data: "" = the embedded, checksum-verified copy (toymodels/data/mnist.npz)
+    # "" = the embedded, checksum-verified copy (toymodels/data/mnist.npz)
     mnist_path: str = ""
-    # Hardware
-    device: str = "cpu"
-    dtype: str = "float32"
+    ## Hardware
+    device: str = "cpu"  # cpu | cuda[:N]
+    dtype: str = "float32"  # float32 | float64 (the reference engine of the tests)
     fast_matmul: str = "off"  # off = exact fp32 | tf32 (CUDA tensor cores) | bf16 autocast
 
     def __post_init__(self):
@@ -161,14 +162,10 @@ def canonical_knob(name: str) -> str:
 
 
 def parse_knob_value(name: str, text: str):
-    """A knob's value from its string form, typed like the dataclass field."""
+    """A knob's value from its string form, typed by the dataclass field exactly as every other
+    config of the project reads it (NaN refused; arms joined by '+' or ',')."""
     key = canonical_knob(name)
-    default = getattr(ToyConfig, key) if key != "arms" else ARMS
-    text = text.strip()
-    if key == "arms":
-        return tuple(a.strip() for a in text.split("+") if a.strip()) if "+" in text or text else ()
-    # bool / int / float / str exactly as every other config of the project reads them (NaN refused)
-    return parse_text(key, text, type(default))
+    return parse_text(key, text, typing.get_type_hints(ToyConfig)[key])
 
 
 def from_overrides(overrides: dict | None = None, base: ToyConfig | None = None) -> ToyConfig:

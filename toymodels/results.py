@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from sublim.rundir import atomic_write_bytes, atomic_write_json, atomic_write_text
-from sublim.stats import mean_ci95
+from sublim.stats import ci_text, mean_ci95
 
 from .config import ARM_LABELS
 from .train import ToyResult
@@ -53,7 +53,7 @@ def rows_to_csv(rows: list[dict]) -> str:
 def format_table(summary: dict) -> str:
     lines = [f"{'arm':<28} {'test accuracy':>14}  95% CI (n={summary['n_models']})"]
     for arm, s in summary["arms"].items():
-        lines.append(f"{s['label']:<28} {100 * s['mean']:>13.1f}%  +- {100 * s['ci95']:.1f}")
+        lines.append(f"{s['label']:<28} {100 * s['mean']:>13.1f}%  +- {ci_text(s['ci95'], summary['n_models'], '.1f', 100)}")
     return "\n".join(lines)
 
 

@@ -23,7 +23,7 @@ from sublim.errors import ConfigError, NumericalError, SublimError
 from sublim.executors import Resources, run_tasks
 from sublim.progress import log
 from sublim.rundir import atomic_write_bytes, atomic_write_json, atomic_write_text, claim_run_dir, read_json
-from sublim.stats import mean_ci95
+from sublim.stats import ci_text, mean_ci95
 
 from .config import ARM_LABELS, ToyConfig, canonical_knob, from_dict, from_overrides, parse_knob_value
 from .results import per_model_rows, rows_to_csv, summarize
@@ -227,7 +227,7 @@ def format_table(rows: list[dict], grid: dict[str, list]) -> str:
         if r["error"]:
             lines.append(f"{cells}  diverged: {r['error']}")
         else:
-            lines.append(f"{cells}  {r['arm']:<12} {100 * r['mean']:>8.1f}%  +-{100 * r['ci95']:.1f}  {r['n']}")
+            lines.append(f"{cells}  {r['arm']:<12} {100 * r['mean']:>8.1f}%  +-{ci_text(r['ci95'], r['n'], '.1f', 100)}  {r['n']}")
     return "\n".join(lines)
 
 
