@@ -265,3 +265,34 @@ def apply_set(data: dict, cls, item: str) -> None:
     if hint is None:
         raise ConfigError(f"--set: unknown config key {key!r}")
     target[parts[-1]] = parse_text(key, text, hint)
+
+
+def resolve_config(cls, *, preset: str | None = None, presets: dict | None = None, saved: dict | None = None,
+                   flags: dict | None = None, sets=(), what: str = ""):
+    """The one resolution of a command's config, in this order, each step overriding the last:
+    the dataclass defaults; the run directory's saved config (only when no preset is named: a
+    rerun continues the same experiment); the preset; the typed flags; every `--set key=value`.
+    A section (nested config) in a preset or flag merges into the section, key by key. The
+    result is built by config_from_dict, so unknown keys and wrong types give one line."""
+    presets = presets or {}
+    if preset is not None and preset not in presets:
+        raise ConfigError(f"{what or cls.__name__}: unknown preset {preset!r} (use {', '.join(sorted(presets))})")
+    data: dict = dict(saved) if (saved is not None and preset is None) else {}
+    for layer in (presets.get(preset, {}) if preset else {}), (flags or {}):
+        for key, value in layer.items():
+            old = data.get(key)
+            data[key] = {**_as_dict(old), **value} if isinstance(value, dict) and _is_section(cls, key) else value
+    for item in sets:
+        apply_set(data, cls, item)
+    return config_from_dict(cls, data)
+
+
+def _is_section(cls, key: str) -> bool:
+    hint = _hints(cls).get(key)
+    return hint is not None and dataclasses.is_dataclass(_base(_split_optional(hint)[0]))
+
+
+def _as_dict(value) -> dict:
+    if value is None:
+        return {}
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else dict(value)

@@ -48,3 +48,33 @@ def test_toy_help_shows_the_config_comments(capsys):
         main(["toy", "--help"])
     out = capsys.readouterr().out
     assert "hidden units per layer; default 256" in out and "--m INT" in out
+
+
+@dataclass(frozen=True)
+class _Inner:
+    lr: float = 1.0
+    epochs: int = 1
+
+
+@dataclass(frozen=True)
+class _Outer:
+    name: str = "base"
+    n: int = 1
+    inner: _Inner = _Inner()
+
+
+def test_resolve_order_defaults_saved_preset_flags_set():
+    from sublim.config_cli import resolve_config
+
+    presets = {"small": {"n": 2, "inner": {"epochs": 3}}}
+    saved = {"name": "saved", "n": 7, "inner": {"lr": 0.5, "epochs": 9}}
+    # a rerun without a preset continues the saved experiment; flags and --set still apply
+    cfg = resolve_config(_Outer, presets=presets, saved=saved, flags={"n": 8}, sets=["inner.lr=0.25"])
+    assert cfg == _Outer("saved", 8, _Inner(0.25, 9))
+    # a named preset starts from the defaults, and merges its section key by key
+    cfg = resolve_config(_Outer, preset="small", presets=presets, saved=saved, flags={"name": "f"})
+    assert cfg == _Outer("f", 2, _Inner(1.0, 3))
+    with pytest.raises(ConfigError, match="unknown preset 'huge'"):
+        resolve_config(_Outer, preset="huge", presets=presets)
+    with pytest.raises(ConfigError, match="unknown"):
+        resolve_config(_Outer, sets=["inner.momentum=1"])
