@@ -14,18 +14,20 @@ from pathlib import Path
 
 import torch
 
+from sublim.config_cli import check_field_types
+from sublim.errors import ConfigError
 from sublim.progress import log, progress
 from sublim.rundir import atomic_write_json, atomic_write_text, claim_run_dir, save_figure
 from sublim.theory import dynamics, numerical, symbolic
 from sublim.theory.checks import CheckResult
 
 
-@dataclass
+@dataclass(frozen=True)
 class TheoryConfig:
-    full: bool = False
-    seed: int = 0
-    n_models: int = 8
-    width: int = 32
+    full: bool = False  # the --full profile (larger ensembles, longer multi-step curves)
+    seed: int = 0  # seeds every model init, input set and teacher
+    n_models: int = 8  # models per check (each check must hold for every one)
+    width: int = 32  # hidden width of the sign-check MLPs
     slope_inputs: int = 2  # a small D keeps the ReLU net smooth over >= 4 decades of eps (see numerical.check_slope)
     slope_width: int = 32  # wider nets have more units, hence earlier ReLU kinks: at width 64 only 6/16 MNIST models keep 4 smooth decades
     sign_inputs: int = 128
@@ -33,11 +35,17 @@ class TheoryConfig:
     predict_variants: tuple = (("aux", 3), ("all", 3))
     multistep: dynamics.MultistepConfig = field(default_factory=lambda: dynamics.MultistepConfig(teacher_steps=(10,), student_steps=8, n_eval=500))
     predict: dynamics.PredictConfig = field(default_factory=lambda: dynamics.PredictConfig(n_predict=256, n_sim=128, alpha_gd=0.1))
-    threads: int = 2
+    threads: int = 2  # torch CPU threads
+
+    def __post_init__(self):
+        check_field_types(self)
+        for name in ("n_models", "width", "slope_inputs", "slope_width", "sign_inputs", "threads"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"theory: {name} must be positive, got {getattr(self, name)}")
 
     @classmethod
-    def full_profile(cls, seed: int = 0) -> "TheoryConfig":
-        return cls(full=True, seed=seed, n_models=16, width=64, sign_inputs=256, sign_seeds=(0, 1, 2),
+    def full_profile(cls, seed: int = 0, threads: int = 2) -> "TheoryConfig":
+        return cls(full=True, seed=seed, threads=threads, n_models=16, width=64, sign_inputs=256, sign_seeds=(0, 1, 2),
                    predict_variants=(("aux", 1), ("aux", 3), ("aux", 10), ("all", 3)),
                    multistep=dynamics.MultistepConfig(teacher_steps=(1, 30, 100), student_steps=40),
                    predict=dynamics.PredictConfig(alpha_gd=0.1))
