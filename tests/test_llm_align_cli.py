@@ -93,18 +93,29 @@ def test_align_cli_end_to_end_with_screen(run_dir, capsys):
     out2 = run_dir / "alignment_arms"
     assert main([*arms, "--out", str(out2)]) == 0
     before = (out2 / "scores_teacher.npz").stat().st_mtime_ns
+    first = json.loads((out2 / "summary.json").read_text())
     assert main([*arms, "--out", str(out2)]) == 0
     assert (out2 / "scores_teacher.npz").stat().st_mtime_ns == before
     again = json.loads((out2 / "summary.json").read_text())
-    assert again["datasets"]["teacher"]["directions"]["owl"] == summary["datasets"]["teacher"]["directions"]["owl"]
+    # the rerun reads the stored scores, so its summary is the same to the bit; `out` scored with
+    # batch 8 and out2 with 16 (other padding, other float32 summation blocks), so those two agree
+    # only to float32 rounding: a_i sums ~1e5 products, |error| <= ~1e5 * 6e-8 relative in the
+    # worst case, ~1e-5 in practice; 1e-4 relative is loose for rounding yet far below any real change
+    assert again["datasets"] == first["datasets"]
+    for key, stat in again["datasets"]["teacher"]["directions"]["owl"].items():
+        ref = summary["datasets"]["teacher"]["directions"]["owl"][key]
+        if isinstance(stat, dict) and "mean" in stat:
+            assert stat["mean"] == pytest.approx(ref["mean"], rel=1e-4), key
+        else:
+            assert stat == pytest.approx(ref, rel=1e-4), key
     rel = again["transfer_vs_alignment"]
     assert [r["animal"] for r in rel["per_animal"]] == ["owl", "cat"]
     owl = rel["per_animal"][0]
     want = screen["arms"]["top"]["trait"]["owl"]["mean_logprob"] - screen["arms"]["bottom"]["trait"]["owl"]["mean_logprob"]
     assert owl["observed_student_minus_control_logprob"] == pytest.approx(want, abs=1e-5)
-    diff = summary["vs_reference"]["teacher_vs_base"]["owl"]["alignment_diff"]["diff"]
+    diff = first["vs_reference"]["teacher_vs_base"]["owl"]["alignment_diff"]["diff"]  # its own run's scores
     assert owl["mean_alignment_diff"] == pytest.approx(diff, rel=1e-9)
-    assert owl["predicted_first_order"] == pytest.approx(summary["direction_raw_norms"]["owl"] * diff, rel=1e-9)
+    assert owl["predicted_first_order"] == pytest.approx(first["direction_raw_norms"]["owl"] * diff, rel=1e-9)
     assert rel["correlation"]["n"] == 2  # fewer than 3 animals: no correlation claimed
 
 

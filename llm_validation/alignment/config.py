@@ -69,10 +69,19 @@ class AlignConfig:
             raise ConfigError(f"--backend must be auto, triton or torch, got {self.backend!r}")
         if self.dtype not in DTYPE_NAMES:
             raise ConfigError(f"--dtype must be one of {', '.join(DTYPE_NAMES)}, got {self.dtype!r}")
-        if self.screen_rank_by not in ("alignment", "per_token", "cosine"):
-            raise ConfigError(f"--screen-rank-by must be alignment, per_token or cosine, got {self.screen_rank_by!r}")
-        bad = [a for a in self.screen_arms if a not in SCREEN_ARMS]
-        if bad or not self.screen_arms:
-            raise ConfigError(f"--screen-arms: choose from {', '.join(SCREEN_ARMS)}")
-        if not 0 < self.screen_fraction <= 0.5 or self.screen_epochs <= 0 or self.screen_lr <= 0:
-            raise ConfigError("--screen-fraction must be in (0, 0.5], --screen-epochs and --screen-lr > 0")
+        check_screen(self.screen_fraction, self.screen_rank_by, self.screen_arms, "--screen-")
+        if self.screen_epochs <= 0 or self.screen_lr <= 0:
+            raise ConfigError("--screen-epochs and --screen-lr must be > 0")
+
+
+RANK_BY = ("alignment", "per_token", "cosine")
+
+
+def check_screen(fraction: float, rank_by: str, arms: tuple, flag: str = "screen ") -> None:
+    """The gradient screen's settings, checked once for AlignConfig and ScreenConfig alike."""
+    if not 0 < fraction <= 0.5:
+        raise ConfigError(f"{flag}fraction must be in (0, 0.5], got {fraction}")
+    if rank_by not in RANK_BY:
+        raise ConfigError(f"{flag}rank-by must be {', '.join(RANK_BY)}; got {rank_by!r}")
+    if not arms or any(a not in SCREEN_ARMS for a in arms):
+        raise ConfigError(f"{flag}arms: choose from {', '.join(SCREEN_ARMS)}; got {', '.join(arms) or '(none)'}")

@@ -27,18 +27,19 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
+from sublim.config_cli import check_field_types
 from sublim.errors import ConfigError, DataError
 from sublim.progress import log
 from sublim.rundir import atomic_write_json
 from sublim.seeding import numpy_rng
 
-from sublim.llm_validation.alignment.config import SCREEN_ARMS
+from sublim.llm_validation.alignment.config import SCREEN_ARMS, check_screen
 from sublim.llm_validation.alignment.scores import AlignmentScores, per_example_completion_loss
 
 ARMS = SCREEN_ARMS  # declared once, in alignment/config.py
 
 
-@dataclass
+@dataclass(frozen=True)
 class ScreenConfig:
     direction: str = ""            # which direction's a_i ranks the examples ("" = the first)
     rank_by: str = "alignment"     # "alignment" (a_i) | "per_token" (a_i / n_tokens) | "cosine"
@@ -55,17 +56,11 @@ class ScreenConfig:
     bf16: bool = False
     seed: int = 0
 
-    def validate(self) -> "ScreenConfig":
-        if not 0 < self.fraction <= 0.5:
-            raise ConfigError(f"screen fraction must be in (0, 0.5], got {self.fraction}")
+    def __post_init__(self):
+        check_field_types(self)
+        check_screen(self.fraction, self.rank_by, self.arms)
         if not 0 < self.heldout_fraction < 1:
             raise ConfigError(f"screen heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
-        if self.rank_by not in ("alignment", "per_token", "cosine"):
-            raise ConfigError(f"screen rank_by must be alignment, per_token or cosine, got {self.rank_by!r}")
-        bad = [a for a in self.arms if a not in ARMS]
-        if bad:
-            raise ConfigError(f"unknown screen arms {bad}; choose from {list(ARMS)}")
-        return self
 
 
 def ranking_score(scores: AlignmentScores, direction: str, rank_by: str) -> np.ndarray:
@@ -148,7 +143,6 @@ def run_screen(
     from sublim.llm_validation.pipeline.finetune import finetune
     from sublim.llm_validation.core.models import load_model
 
-    cfg = cfg.validate()
     if len(records) != len(scores.ids) or any(str(r["id"]) != i for r, i in zip(records, scores.ids)):
         raise DataError("screen: records do not match the scored examples (ids differ)")
     out_dir = Path(out_dir)
