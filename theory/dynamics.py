@@ -168,14 +168,20 @@ def multistep(setup: ToySetup, cfg: MultistepConfig = MultistepConfig()) -> list
                     record(n + 1, ps)
             else:
                 adam_steps(params0, sgrad, cfg.lr_adam, cfg.student_steps, callback=record)
-            first_negative = next((i + 1 for i, v in enumerate(curve["min_cos"]) if v < 0), None)
-            dlt = [c[0] for c in curve["dLT"]]
-            first_loss_up = next((i + 1 for i, v in enumerate(dlt) if v > 0), None)
-            diverge = None
-            if curve["cos_linearized"]:
-                diverge = next((i + 1 for i, (a, b) in enumerate(zip(curve["cos"], curve["cos_linearized"])) if abs(a[0] - b[0]) > 0.1 * max(abs(b[0]), 1e-12)), None)
             out.append(dict(optimizer=opt, teacher_steps=T, teacher_move_norm=float(np.mean(torch.sqrt(pdot(delta, delta)).numpy())), curve=curve,
-                            first_step_any_model_cos_negative=first_negative, first_step_mean_teacher_loss_up=first_loss_up,
-                            first_step_linearized_off_by_10pct=diverge, final_cos=curve["cos"][-1], final_dLT=curve["dLT"][-1], final_acc=curve["acc"][-1],
+                            **_milestones(curve), final_cos=curve["cos"][-1], final_dLT=curve["dLT"][-1], final_acc=curve["acc"][-1],
                             config={**cfg.__dict__, "setup": setup.__dict__}))
     return out
+
+
+def _milestones(curve: dict) -> dict:
+    """The first student step (1-based) at which a curve crosses each line the theorem draws."""
+    first_negative = next((i + 1 for i, v in enumerate(curve["min_cos"]) if v < 0), None)
+    dlt = [c[0] for c in curve["dLT"]]
+    first_loss_up = next((i + 1 for i, v in enumerate(dlt) if v > 0), None)
+    diverge = None
+    if curve["cos_linearized"]:
+        diverge = next((i + 1 for i, (a, b) in enumerate(zip(curve["cos"], curve["cos_linearized"]))
+                        if abs(a[0] - b[0]) > 0.1 * max(abs(b[0]), 1e-12)), None)
+    return dict(first_step_any_model_cos_negative=first_negative, first_step_mean_teacher_loss_up=first_loss_up,
+                first_step_linearized_off_by_10pct=diverge)
