@@ -329,6 +329,8 @@ def _run_plan(impl: ModuleType, algorithm: str, tuning: dict, x3: Tensor, g3: Te
 
 
 def resolve_backend(backend: str, x: Tensor, g: Tensor, directions: Tensor | None) -> str:
+    """The backend to run: "auto" is Triton on CUDA for float32/bfloat16/float16, else PyTorch; an
+    explicit "triton" is checked (device, dtypes) with a one-line error."""
     if backend != "auto" and backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r} (auto, {', '.join(BACKENDS)})")
     dtypes_ok = x.dtype in TRITON_DTYPES and g.dtype in TRITON_DTYPES and (
