@@ -298,8 +298,9 @@ def compute_checked(
 def _choose_plan(impl: ModuleType, backend: str, x3: Tensor, g3: Tensor, directions: Tensor | None,
                  mask: Tensor | None, algorithm: str, tuning: dict | None) -> tuple[str, dict]:
     """(algorithm, launch options): as given, else timed (tunable backend on CUDA) or the cost model."""
-    if tuning and not TUNING_KEYS >= tuning.keys():
-        raise ConfigError(f"unknown tuning options {sorted(tuning.keys() - TUNING_KEYS)} (known: {sorted(TUNING_KEYS)})")
+    unknown = tuning.keys() - TUNING_KEYS if tuning else None
+    if unknown:
+        raise ConfigError(f"unknown tuning options {sorted(unknown)} (known: {sorted(TUNING_KEYS)})")
     B, T, d_in = x3.shape
     k = 0 if directions is None else directions.shape[0]
     if algorithm == "auto":
