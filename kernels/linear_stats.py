@@ -12,18 +12,25 @@ Algorithm (per example, in multiply-adds; see torch_backend.py for the formulas)
     g-times-D   k T d_in d_out                            dots only
 c weighs the elementwise square/dot reduction of each gradient tile, which runs on ordinary FMA
 units rather than the matrix units (ELEMENTWISE_WEIGHT). With directions we take the cheaper of
-materialize and ghost + g-times-D; without, the cheaper of ghost and materialize.
+materialize and ghost + g-times-D; without, the cheaper of ghost and materialize (choose_algorithm;
+on CUDA, algorithm="auto" times the launch plans instead: measured_algorithm).
 (docs/reference.md section 3 writes the switch as T^2 (d_in+d_out) > d_in d_out; counting the T sum that forming
 G_i needs, the fair comparison is T (d_in + d_out) > d_in d_out.)
+
+Dispatch: every backend (torch_backend.py, triton_kernels.py) defines the same functions with the
+same signatures (BACKENDS below), so compute_checked picks a plan, then calls it the same way on
+any backend.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 import time
 import warnings
 from dataclasses import dataclass
+from types import ModuleType
 
 import torch
 from torch import Tensor
@@ -57,9 +64,10 @@ def choose_algorithm(T: int, d_in: int, d_out: int, k: int) -> str:
     return "ghost+gd" if ghost_gd < materialize else "materialize"
 
 
-# On CUDA, algorithm="auto" times both candidates once per shape (as cuBLAS heuristics and
-# triton.autotune do) instead of trusting the cost model: which one wins depends on the card, the
-# tile sizes and L2 behaviour more than on multiply-add counts. SUBLIM_KERNEL_AUTOTUNE=0 turns it off.
+# On CUDA, algorithm="auto" times every launch plan of a tunable backend once per shape (as cuBLAS
+# heuristics and triton.autotune do) instead of trusting the cost model: which one wins depends on
+# the card, the tile sizes and L2 behaviour more than on multiply-add counts.
+# SUBLIM_KERNEL_AUTOTUNE=0 turns it off.
 AUTOTUNE = os.environ.get("SUBLIM_KERNEL_AUTOTUNE", "1") != "0"
 _MEASURED: dict[tuple, tuple[str, dict]] = {}
 TUNING_REPS = 7
@@ -78,7 +86,7 @@ def tuning_candidates(k: int, experimental: bool | None = None) -> list[tuple[st
     """(algorithm, launch options) pairs that auto-tuning times on CUDA (experimental: also the plans
     not yet validated on a GPU; None: SUBLIM_KERNEL_EXPERIMENTAL)."""
     experimental = EXPERIMENTAL_PLANS if experimental is None else experimental
-    # not yet run on a GPU: the flattened example x token loop (added after the 2026-11-27 H200 runs)
+    # not yet run on a GPU: the flattened example x token loop
     extra = [("materialize", {"flat": True})] if experimental else []
     if k == 0:
         return [("ghost", {"splits": s}) for s in GHOST_SPLIT_CANDIDATES] + [("materialize", {})] + extra
@@ -99,9 +107,10 @@ def tuned_choice(x3: Tensor, g3: Tensor, directions: Tensor | None = None, mask:
     return _MEASURED.get(_tuning_key(x3, g3, directions, mask))
 
 
-def measured_algorithm(x3: Tensor, g3: Tensor, directions: Tensor | None, mask: Tensor | None) -> tuple[str, dict]:
-    """The fastest (algorithm, launch options) for this shape, timed on the device the first time
-    it is seen (then cached for the process).
+def measured_algorithm(x3: Tensor, g3: Tensor, directions: Tensor | None, mask: Tensor | None,
+                       backend: str = "triton") -> tuple[str, dict]:
+    """The fastest (algorithm, launch options) of `backend` for this shape, timed on the device the
+    first time it is seen (then cached for the process).
 
     Every candidate runs twice to compile and warm up, then TUNING_REPS times; its cost is the median
     of max(host time of the call, device time between CUDA events): a call costs whichever of the
@@ -119,7 +128,7 @@ def measured_algorithm(x3: Tensor, g3: Tensor, directions: Tensor | None, mask: 
     times, errors = {}, []
     for i, (algorithm, options) in enumerate(candidates):
         try:
-            run = functools.partial(compute_checked, x3, g3, directions, mask, "triton", algorithm, tuning=options)
+            run = functools.partial(compute_checked, x3, g3, directions, mask, backend, algorithm, tuning=options)
             run()
             run()
             ms = []
@@ -234,6 +243,28 @@ def linear_grad_stats(
     return compute_checked(x3, g3, directions, mask, backend, algorithm, bias, bias_directions)
 
 
+# The backends: modules with the same functions and signatures (a test compares them),
+#   ghost_sq_norm(x, g, *, mask, with_bias, out_sq, splits)       -> (sq (B,), bias_sq (B,) or None)
+#   gd_dots(x, g, directions, *, mask, out_dot, large_tiles)       -> dots (B, k)
+#   materialize_stats(x, g, directions, *, mask, out_sq, out_dot, examples_per_load, flat)
+#                                                                  -> (sq (B,), dots (B, k) or None)
+#   TUNABLE: whether algorithm="auto" times the launch plans (tuning_candidates) on CUDA,
+# all ADDING into the given float32 accumulators (torch_backend.accumulator). A backend that has no
+# use for a launch option accepts it and says why. Triton is imported only when asked for: it may
+# be absent, and importing it is slow.
+BACKENDS = {"torch": "sublim.kernels.torch_backend", "triton": "sublim.kernels.triton_kernels"}
+BACKEND_OPS = ("ghost_sq_norm", "gd_dots", "materialize_stats")
+# launch options a plan may carry (tuning_candidates): ghost_sq_norm's splits, gd_dots' large_tiles,
+# materialize_stats' examples_per_load and flat
+TUNING_KEYS = frozenset({"splits", "gd_large_tiles", "examples_per_load", "flat"})
+
+
+@functools.cache
+def backend_module(name: str) -> ModuleType:
+    """The module implementing backend `name` ("torch" or "triton")."""
+    return importlib.import_module(BACKENDS[name])
+
+
 def compute_checked(
     x3: Tensor,
     g3: Tensor,
@@ -249,61 +280,60 @@ def compute_checked(
 ) -> LinearGradStats:
     """linear_grad_stats after validation: x3/g3 (B, T, d), mask bool (B, T) or None, backend
     resolved. The model-level hooks call this directly (their shapes come from the module).
-    tuning: launch options of the Triton kernels (ghost: splits; materialize: examples_per_load).
+    tuning: launch options of the plan (TUNING_KEYS); backends without launch options ignore them.
     out_sq (B,) / out_dot (B, k): optional contiguous float32 accumulators the weight statistics are
     ADDED to (the model-level hooks pass rows of one zeroed per-step buffer: one memset per step
     instead of one or two per layer); the returned tensors are then these accumulators."""
-    tuning = tuning or {}
-    B, T, d_in = x3.shape
-    d_out = g3.shape[2]
-    k = 0 if directions is None else directions.shape[0]
-    if algorithm == "auto":
-        if backend == "triton" and x3.is_cuda and AUTOTUNE:
-            algorithm, tuning = measured_algorithm(x3, g3, directions, mask)
-        else:
-            algorithm = choose_algorithm(T, d_in, d_out, k)
-    if algorithm == "ghost" and k:
-        algorithm = "ghost+gd"  # ghost alone gives no dots
-
-    if backend == "triton":
-        from sublim.kernels import triton_kernels as impl
-    else:
-        impl = torch_backend
-    if mask is not None and backend == "torch":
-        g3 = torch_backend.zero_masked(g3, mask)  # the Triton kernels read the mask themselves
-
-    bias_sq = None
-    if algorithm == "materialize":
-        sq, dot = (
-            impl.materialize_stats(x3, g3, directions, mask, tuning.get("examples_per_load"),
-                                   out_sq=out_sq, out_dot=out_dot if k else None, flat=tuning.get("flat", False))
-            if backend == "triton"
-            else impl.materialize_stats(x3, g3, directions)
-        )
-    else:
-        if backend == "triton":
-            sq, bias_sq = impl.ghost_sq_norm(x3, g3, mask, with_bias=bias, splits=tuning.get("splits"), out=out_sq)
-            dot = (impl.gd_dots(x3, g3, directions, mask, tuning.get("gd_large_tiles", False),
-                                out=out_dot if k else None) if k else None)
-        else:
-            sq = impl.ghost_sq_norm(x3, g3)
-            dot = impl.gd_dots(x3, g3, directions) if k else None
-    if backend == "torch":  # same contract as the kernels: add into the given accumulators
-        if out_sq is not None:
-            sq = out_sq.add_(sq)
-        if out_dot is not None and dot is not None:
-            dot = out_dot.add_(dot)
+    impl = backend_module(backend)
+    algorithm, tuning = _choose_plan(impl, backend, x3, g3, directions, mask, algorithm, tuning)
+    sq, dot, bias_sq = _run_plan(impl, algorithm, tuning, x3, g3, directions, mask, bias, out_sq, out_dot)
     bias_dot = None
-    if bias:
-        gb = g3 if mask is None or backend == "torch" else torch_backend.zero_masked(g3, mask)
-        b_sq, bias_dot = torch_backend.bias_stats(gb, bias_directions)
+    # the bias gradient is tiny (B x d_out): formed directly in PyTorch, unless the plan gave its norm
+    if bias and (bias_sq is None or bias_directions is not None):
+        b_sq, bias_dot = torch_backend.bias_stats(g3, bias_directions, mask=mask)
         bias_sq = b_sq if bias_sq is None else bias_sq
     return LinearGradStats(sq, dot, bias_sq, bias_dot, algorithm, backend)
 
 
+def _choose_plan(impl: ModuleType, backend: str, x3: Tensor, g3: Tensor, directions: Tensor | None,
+                 mask: Tensor | None, algorithm: str, tuning: dict | None) -> tuple[str, dict]:
+    """(algorithm, launch options): as given, else timed (tunable backend on CUDA) or the cost model."""
+    unknown = tuning.keys() - TUNING_KEYS if tuning else None
+    if unknown:
+        raise ConfigError(f"unknown tuning options {sorted(unknown)} (known: {sorted(TUNING_KEYS)})")
+    B, T, d_in = x3.shape
+    k = 0 if directions is None else directions.shape[0]
+    if algorithm == "auto":
+        if impl.TUNABLE and x3.is_cuda and AUTOTUNE:
+            algorithm, tuning = measured_algorithm(x3, g3, directions, mask, backend)
+        else:
+            algorithm = choose_algorithm(T, d_in, g3.shape[2], k)
+    if algorithm == "ghost" and k:
+        algorithm = "ghost+gd"  # ghost alone gives no dots
+    return algorithm, tuning or {}
+
+
+def _run_plan(impl: ModuleType, algorithm: str, tuning: dict, x3: Tensor, g3: Tensor, directions: Tensor | None,
+              mask: Tensor | None, bias: bool, out_sq: Tensor | None, out_dot: Tensor | None):
+    """(sq, dot or None, bias_sq or None) of one plan; bias_sq only where the plan gives it (ghost)."""
+    if algorithm == "materialize":
+        sq, dot = impl.materialize_stats(x3, g3, directions, mask=mask, out_sq=out_sq, out_dot=out_dot,
+                                         examples_per_load=tuning.get("examples_per_load"),
+                                         flat=tuning.get("flat", False))
+        return sq, dot, None
+    sq, bias_sq = impl.ghost_sq_norm(x3, g3, mask=mask, with_bias=bias, out_sq=out_sq, splits=tuning.get("splits"))
+    dot = None
+    if directions is not None:
+        dot = impl.gd_dots(x3, g3, directions, mask=mask, out_dot=out_dot,
+                           large_tiles=tuning.get("gd_large_tiles", False))
+    return sq, dot, bias_sq
+
+
 def resolve_backend(backend: str, x: Tensor, g: Tensor, directions: Tensor | None) -> str:
-    if backend not in ("auto", "triton", "torch"):
-        raise ConfigError(f"unknown backend {backend!r} (auto, triton, torch)")
+    """The backend to run: "auto" is Triton on CUDA for float32/bfloat16/float16, else PyTorch; an
+    explicit "triton" is checked (device, dtypes) with a one-line error."""
+    if backend != "auto" and backend not in BACKENDS:
+        raise ConfigError(f"unknown backend {backend!r} (auto, {', '.join(BACKENDS)})")
     dtypes_ok = x.dtype in TRITON_DTYPES and g.dtype in TRITON_DTYPES and (
         directions is None or directions.dtype in TRITON_DTYPES
     )

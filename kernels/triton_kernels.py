@@ -36,6 +36,14 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from sublim.kernels.torch_backend import accumulator
+
+# The backend interface: ghost_sq_norm, gd_dots and materialize_stats below have the signatures of
+# their torch_backend.py twins (a test compares them), so linear_stats.py calls either backend the
+# same way. Their launch options (splits, large_tiles, examples_per_load, flat) are what
+# algorithm="auto" times on CUDA (linear_stats.measured_algorithm).
+TUNABLE = True
+
 _TL_DTYPE = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 
 
@@ -218,30 +226,19 @@ def _ghost_launch_plan(B: int, T: int, d_in: int, d_out: int, device: torch.devi
     return BT, n_pairs, S, BK, fused, ch_in, ch_out, pt, ps
 
 
-def _accumulator(out: Tensor | None, shape: tuple, x: Tensor) -> Tensor:
-    """The kernels ADD into their outputs (atomics): a given `out` must be zeroed (or hold a sum to
-    add to), contiguous float32 of the right shape; else a fresh zero tensor."""
-    if out is None:
-        return torch.zeros(shape, dtype=torch.float32, device=x.device)
-    if out.shape != shape or out.dtype != torch.float32 or not out.is_contiguous() or out.device != x.device:
-        raise ValueError(f"out must be a contiguous float32 tensor of shape {shape} on {x.device}, "
-                         f"got {out.dtype} {tuple(out.shape)} on {out.device}")
-    return out
-
-
-def ghost_sq_norm(x: Tensor, g: Tensor, mask: Tensor | None, with_bias: bool = False, splits: int | None = None,
-                  out: Tensor | None = None):
-    """x (B,T,d_in), g (B,T,d_out) -> (||G_i||^2 (B,), ||b_i||^2 (B,) or None).
+def ghost_sq_norm(x: Tensor, g: Tensor, *, mask: Tensor | None = None, with_bias: bool = False,
+                  out_sq: Tensor | None = None, splits: int | None = None) -> tuple[Tensor, Tensor | None]:
+    """x (B,T,d_in), g (B,T,d_out) -> (||G_i||^2 (B,), ||b_i||^2 (B,) or None); mask (B, T) bool.
 
     splits: how many programs share one example's features (None: ghost_plan decides).
-    out: optional (B,) float32 accumulator for ||G_i||^2 (added to; see _accumulator)."""
+    out_sq: optional (B,) float32 accumulator for ||G_i||^2 (added to; see accumulator)."""
     B, T, d_in = x.shape
     d_out = g.shape[2]
-    if out is None:  # weight and bias in one memset
+    if out_sq is None:  # weight and bias in one memset
         out = torch.zeros(2 if with_bias else 1, B, dtype=torch.float32, device=x.device)
         out_w, out_b = out[0], out[-1]
     else:
-        out_w = _accumulator(out, (B,), x)
+        out_w = accumulator(out_sq, (B,), x)
         out_b = torch.zeros(B, dtype=torch.float32, device=x.device) if with_bias else out_w
     if B == 0 or T == 0:
         return out_w, (out_b if with_bias else None)
@@ -326,8 +323,8 @@ def _add_direction_dots(acc, ie, ve, dir_ptr, rm, rn, vm, vn, sdk, sdo, sdi, out
     Each (example, direction) reduces only along the columns (within a warp: shuffles); the row
     sums stay in a (EX, BM, KP) register tile, and ONE cross-warp reduction per call turns them into
     EX x K numbers, sent with one vector atomic. A full reduction per (example, direction) needs a
-    cross-warp exchange through shared memory and barriers each time, and made the first version of
-    this kernel 30-60x slower than its roofline."""
+    cross-warp exchange through shared memory and barriers each time: measured on a GPU, that form
+    ran 30-60x above the kernel's roofline."""
     EX: tl.constexpr = acc.shape[0]
     BM: tl.constexpr = acc.shape[1]
     kk = tl.arange(0, KP)
@@ -437,13 +434,23 @@ def materialize_plan(B: int, d_in: int, d_out: int, k: int, cuda: bool,
     return 64, 64, 32, ex, 8 if ex >= 2 else 4
 
 
-def materialize_stats(x: Tensor, g: Tensor, directions: Tensor | None, mask: Tensor | None,
-                      examples_per_load: int | None = None,
-                      out_sq: Tensor | None = None, out_dot: Tensor | None = None, flat: bool = False):
+def _example_groups(B: int, n_tiles: int, ex: int, sms: int) -> tuple[int, int]:
+    """(groups, examples per group) of the materialize grid's second dimension. The examples are
+    split into groups only when the tiles alone fill less than one wave of the SMs (each group
+    re-reads the direction tiles); a group's size is a multiple of EX."""
+    groups = max(1, min(triton.cdiv(B, ex), triton.cdiv(sms, n_tiles)))
+    ex_per_prog = triton.cdiv(triton.cdiv(B, groups), ex) * ex
+    return triton.cdiv(B, ex_per_prog), ex_per_prog
+
+
+def materialize_stats(x: Tensor, g: Tensor, directions: Tensor | None, *, mask: Tensor | None = None,
+                      out_sq: Tensor | None = None, out_dot: Tensor | None = None,
+                      examples_per_load: int | None = None, flat: bool = False) -> tuple[Tensor, Tensor | None]:
     """x (B,T,d_in), g (B,T,d_out), directions (k,d_out,d_in) -> (sq (B,), dots (B,k) or None).
 
-    examples_per_load: examples formed together per direction-tile load (1, 2 or 4; None: the plan).
-    out_sq (B,), out_dot (B, k): optional float32 accumulators (added to; see _accumulator).
+    mask (B, T) bool. examples_per_load: examples formed together per direction-tile load (1, 2 or
+    4; None: the plan). out_sq (B,), out_dot (B, k): optional float32 accumulators (added to; see
+    accumulator).
     flat: one example at a time in one flattened example x token loop (_materialize_flat_kernel)."""
     B, T, d_in = x.shape
     d_out = g.shape[2]
@@ -453,23 +460,17 @@ def materialize_stats(x: Tensor, g: Tensor, directions: Tensor | None, mask: Ten
         sq = out[:B]
         dots = out[B:].view(B, k) if k else None
     else:
-        sq = _accumulator(out_sq, (B,), x)
-        dots = _accumulator(out_dot, (B, k), x) if k else None
+        sq = accumulator(out_sq, (B,), x)
+        dots = accumulator(out_dot, (B, k), x) if k else None
     if B == 0 or T == 0:
         return sq, dots
     BM, BN, BT, ex, warps = materialize_plan(B, d_in, d_out, k, x.is_cuda, 1 if flat else examples_per_load)
     if x.is_cuda:
         BT = min(BT, max(16, triton.next_power_of_2(T)))
-    n_tiles = triton.cdiv(d_out, BM) * triton.cdiv(d_in, BN)
-    # Split the examples into groups only when the tiles alone fill less than one wave of the SMs
-    # (each group re-reads the direction tiles); otherwise one persistent program per SM.
-    sms = _device_sms(x)
-    groups = max(1, min(triton.cdiv(B, ex), triton.cdiv(sms, n_tiles)))
-    ex_per_prog = triton.cdiv(triton.cdiv(B, groups), ex) * ex
-    groups = triton.cdiv(B, ex_per_prog)
     # One program per tile (not persistent): registers already cap a program at ~8 warps per SM, so
     # more resident programs are what hides the load latency of the short token loop.
-    grid0 = n_tiles
+    grid0 = n_tiles = triton.cdiv(d_out, BM) * triton.cdiv(d_in, BN)
+    groups, ex_per_prog = _example_groups(B, n_tiles, ex, _device_sms(x))
     m, smb, smt = _mask_arg(mask, x)
     cdt = _compute_dtype(x, g)
     for k0 in range(0, max(k, 1), 16):  # at most 16 directions per launch (unrolled on chip)
@@ -534,16 +535,17 @@ def _gd_kernel(
     tl.atomic_add(out_ptr + b * K + j, row, mask=vr)
 
 
-def gd_dots(x: Tensor, g: Tensor, directions: Tensor, mask: Tensor | None, large_tiles: bool = False,
-            out: Tensor | None = None) -> Tensor:
-    """<G_i, D_k> = sum_t (g_t^T D_k) . x_t  ->  (B, k) fp32.
+def gd_dots(x: Tensor, g: Tensor, directions: Tensor, *, mask: Tensor | None = None,
+            out_dot: Tensor | None = None, large_tiles: bool = False) -> Tensor:
+    """<G_i, D_k> = sum_t (g_t^T D_k) . x_t  ->  (B, k) fp32; mask (B, T) bool; out_dot: optional
+    (B, k) float32 accumulator (added to; see accumulator).
 
     large_tiles: 128 x 128 output tiles with 8 warps (a GEMM-like plan for many tokens) instead of
     64 x 128 with 4."""
     B, T, d_in = x.shape
     d_out = g.shape[2]
     k = directions.shape[0]
-    out = _accumulator(out, (B, k), x)
+    out = accumulator(out_dot, (B, k), x)
     N = B * T
     if N == 0:
         return out

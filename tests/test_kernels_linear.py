@@ -118,6 +118,65 @@ def test_choose_algorithm():
     assert choose_algorithm(T=1, d_in=4096, d_out=4096, k=1) == "ghost+gd"
 
 
+# ---- one backend interface -----------------------------------------------------------------------
+def test_backends_share_one_interface():
+    """Every backend defines each op with the same signature (names, kinds, defaults, annotations),
+    so compute_checked calls any of them the same way; a divergence in one backend fails here."""
+    import inspect
+
+    pytest.importorskip("triton")
+    from sublim.kernels import linear_stats
+
+    modules = {name: linear_stats.backend_module(name) for name in linear_stats.BACKENDS}
+    assert set(modules) == {"torch", "triton"}
+    for op in linear_stats.BACKEND_OPS:
+        sigs = {name: inspect.signature(getattr(m, op)) for name, m in modules.items()}
+        assert len(set(sigs.values())) == 1, (op, sigs)
+        params = next(iter(sigs.values())).parameters
+        assert "mask" in params and params["mask"].kind is inspect.Parameter.KEYWORD_ONLY, op
+    for m in modules.values():
+        assert isinstance(m.TUNABLE, bool)
+
+
+def test_a_new_backend_needs_no_dispatch_code(monkeypatch):
+    """A backend is just a module in BACKENDS: a recording wrapper of the torch backend, added without
+    touching compute_checked, gives the torch backend's numbers bit for bit through every plan."""
+    import sys
+    import types
+
+    from sublim.kernels import linear_stats, torch_backend
+    from sublim.kernels.linear_stats import compute_checked
+
+    calls = []
+    fake = types.ModuleType("fake_backend")
+    fake.TUNABLE = False
+    for op in linear_stats.BACKEND_OPS:
+        def wrapped(*args, _op=op, **kwargs):
+            calls.append(_op)
+            return getattr(torch_backend, _op)(*args, **kwargs)
+        setattr(fake, op, wrapped)
+    monkeypatch.setitem(sys.modules, "fake_backend", fake)
+    monkeypatch.setitem(linear_stats.BACKENDS, "fake", "fake_backend")
+    x, g, D, Db, mask = make_inputs(3, 5, 7, 4, 2, torch.float32)
+    m = mask.reshape(3, 5)
+    for algorithm in ALGORITHMS:
+        got = compute_checked(x, g, D, m, "fake", algorithm, bias=True, bias_directions=Db)
+        ref = compute_checked(x, g, D, m, "torch", algorithm, bias=True, bias_directions=Db)
+        assert got.backend == "fake" and got.algorithm == ref.algorithm
+        for a, b in ((got.sq_norm, ref.sq_norm), (got.dot, ref.dot), (got.bias_sq_norm, ref.bias_sq_norm),
+                     (got.bias_dot, ref.bias_dot)):
+            assert torch.equal(a, b)
+    assert calls == ["ghost_sq_norm", "gd_dots", "materialize_stats", "ghost_sq_norm", "gd_dots"]
+
+
+def test_unknown_tuning_option():
+    from sublim.kernels.linear_stats import compute_checked
+
+    x, g, _, _, _ = make_inputs(2, 3, 4, 5, 0, torch.float32)
+    with pytest.raises(ConfigError, match="unknown tuning options.*'split'"):
+        compute_checked(x, g, None, None, "torch", "ghost", tuning={"split": 2})
+
+
 # ---- errors ------------------------------------------------------------------------------------
 def test_errors():
     x, g, D, Db, mask = make_inputs(2, 3, 4, 5, 2, torch.float32)

@@ -168,6 +168,49 @@ def test_unsupported_module_is_named():
     PerExampleGradStats(model, param_names=names)  # fine without the norm
 
 
+def test_registry_refuses_an_unknown_layer_type_in_one_line():
+    model = nn.Sequential(nn.Linear(3, 4), nn.Conv1d(4, 4, 1))
+    with pytest.raises(SublimError) as err:
+        PerExampleGradStats(model)
+    msg = str(err.value)
+    assert "\n" not in msg and "'1.weight'" in msg and "Conv1d is not supported" in msg, msg
+    assert supported_param_names(model) == ["0.weight", "0.bias"]
+
+
+class _MatMul(nn.Module):
+    """A layer type of its own (not an nn.Linear): y = x W^T."""
+
+    def __init__(self, weight):
+        super().__init__()
+        self.weight = weight
+
+    def forward(self, x):
+        return x @ self.weight.T
+
+
+def test_registering_a_layer_type():
+    """A type registered with the linear handler is tracked like nn.Linear (same numbers); a weight
+    it shares with an nn.Linear is refused, since no cross term is registered for the pair."""
+    from sublim.kernels import model_stats
+
+    torch.manual_seed(0)
+    lin = nn.Linear(5, 3, bias=False)
+    x = torch.randn(4, 6, 5)
+    try:
+        model_stats.register_layer(_MatMul, min_input_dim=2)(model_stats.LAYER_HANDLERS[nn.Linear].add)
+        norms = []
+        for model in (lin, _MatMul(lin.weight)):
+            with PerExampleGradStats(model, backend="torch") as st:
+                model(x).pow(2).sum().backward()
+            norms.append(st.result().sq_norm["weight"])
+        torch.testing.assert_close(norms[1], norms[0], rtol=0, atol=0)
+        shared = nn.ModuleDict({"a": lin, "b": _MatMul(lin.weight)})
+        with pytest.raises(SublimError, match="shared by .* no cross term"):
+            PerExampleGradStats(shared)
+    finally:
+        model_stats.LAYER_HANDLERS.pop(_MatMul, None)
+
+
 def test_functional_use_is_caught():
     class Functional(nn.Module):
         def __init__(self):
