@@ -214,3 +214,24 @@ def test_cross_term_is_the_theorem_at_the_shared_init():
     # O(eps) remainder (eps <= 1e-6, second-order coefficient O(1) in these units) plus the
     # cancellation of g1 - g0: ~1e-16 |g| / (eps |K_S dT|) ~ 1e-10; 1e-4 leaves room for both
     assert float(err.max()) < 1e-4
+
+
+def test_sigma_claim_writes_the_prediction_beside_the_measurement(tmp_path, mnist, monkeypatch):
+    from sublim.theory import claims as theory_claims
+    from sublim.theory.claims import SigmaPrediction, write_sigma_prediction
+
+    claim, c = claim_config("sigma", TINY)
+    out = tmp_path / "sigma"
+    summary = run_claim(out, claim, c, mnist)
+    pc = SigmaPrediction(n_models=2, n_inputs=16, n_teacher=32, sigmas=(0.0, 0.1, 1.0), part_sigmas=(0.3,))
+    pred = write_sigma_prediction(out, c, summary, pc)
+    shared = pred["rows"][0]
+    assert shared["arm"] == "shared" and shared["first_order_ratio"][0] == pytest.approx(1.0, abs=1e-12)
+    assert {(r["part"], r["sigma"]) for r in pred["rows"]} == {("all", 0.0), ("all", 0.1), ("all", 1.0), ("body", 0.3), ("head", 0.3)}
+    saved = json.loads((out / "sigma_prediction.json").read_text())
+    assert saved["measured_normalized"]["shared"]["normalized"] == pytest.approx(1.0)
+    assert saved["measured_normalized"]["independent"]["normalized"] == pytest.approx(0.0)
+    assert (out / "sigma.png").stat().st_size > 0
+    monkeypatch.setattr(theory_claims, "predict", lambda *a, **k: pytest.fail("recomputed a stored prediction"))
+    again = write_sigma_prediction(out, c, summary, pc)  # same config: reused, not recomputed
+    assert again["rows"] == saved["prediction"]["rows"]

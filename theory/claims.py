@@ -28,13 +28,14 @@ a number to match.
 from __future__ import annotations
 
 import io
+import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from sublim.rundir import atomic_write_bytes, atomic_write_json
+from sublim.rundir import atomic_write_bytes, atomic_write_json, read_json
 from sublim.stats import mean_ci95
 from sublim.theory.numerical import DTYPE, ToySetup, build, hessian_vp, pcos, pdot, pnorm, student_gradient
 from sublim.toymodels.claims import ArmSpec, arm_init
@@ -42,14 +43,22 @@ from sublim.toymodels.config import ToyConfig
 from sublim.toymodels.model import forward
 
 SIGMA_GRID = (0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
+PART_GRID = (0.1, 0.3, 1.0)  # body only / head only
 
 
-def cross_k_times(theta_s, theta_0, direction, x) -> list[torch.Tensor]:
-    """K_S v = E_x[J_S^T H_0 J_0 v] (aux-logit KL) per model: one JVP at theta_0, one VJP at theta_S."""
+def teacher_side(theta_0, direction, x) -> torch.Tensor:
+    """H_0 J_0 v / n for the aux-logit KL (one JVP at theta_0): the part of K_S v that every start shares."""
     f = lambda *ps: forward(list(ps), x)  # noqa: E731
     z0, u = torch.func.jvp(f, tuple(p.detach() for p in theta_0), tuple(d.detach() for d in direction))
-    _, vjp = torch.func.vjp(f, *[p.detach() for p in theta_s])
-    return list(vjp(hessian_vp(z0, u, "kl", "aux") / x.shape[0]))
+    return hessian_vp(z0, u, "kl", "aux") / x.shape[0]
+
+
+def cross_k_times(theta_s, theta_0, direction, x, hu: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """K_S v = E_x[J_S^T H_0 J_0 v] (aux-logit KL) per model: one JVP at theta_0 (or `hu`, its
+    result from teacher_side), one VJP at theta_S."""
+    hu = teacher_side(theta_0, direction, x) if hu is None else hu
+    _, vjp = torch.func.vjp(lambda *ps: forward(list(ps), x), *[p.detach() for p in theta_s])
+    return list(vjp(hu))
 
 
 def zeroth_order(theta_s, theta_0, x) -> list[torch.Tensor]:
@@ -63,9 +72,9 @@ def start_of(arm: ArmSpec, cfg: ToyConfig, params0: list[torch.Tensor]) -> list[
     return [torch.stack([m[j] for m in per]).to(DTYPE) for j in range(len(params0))]
 
 
-def first_order_terms(arm: ArmSpec, cfg: ToyConfig, params0, dT, x, k0_dot) -> dict:
+def first_order_terms(arm: ArmSpec, cfg: ToyConfig, params0, dT, x, k0_dot, hu) -> dict:
     theta_s = start_of(arm, cfg, params0)
-    kdt = cross_k_times(theta_s, params0, dT, x)
+    kdt = cross_k_times(theta_s, params0, dT, x, hu)
     z = zeroth_order(theta_s, params0, x)
     ratio = (pdot(dT, kdt) / k0_dot).numpy()
     znorm = pnorm(z)
@@ -80,9 +89,10 @@ def first_order_terms(arm: ArmSpec, cfg: ToyConfig, params0, dT, x, k0_dot) -> d
 @dataclass(frozen=True)
 class SigmaPrediction:
     n_models: int = 8
-    n_inputs: int = 512  # uniform-noise inputs behind E_x
+    n_inputs: int = 256  # uniform-noise inputs behind E_x
     n_teacher: int = 256  # MNIST examples in the teacher's gradient dT
     sigmas: tuple = SIGMA_GRID
+    part_sigmas: tuple = PART_GRID
     parts: tuple = ("all", "body", "head")
     extra_arms: bool = True  # also the heads claim's same-depth arms (outside the theorem)
 
@@ -92,17 +102,19 @@ def predict(cfg: ToyConfig, pc: SigmaPrediction = SigmaPrediction()) -> dict:
     setup = ToySetup(width=cfg.width, depth=cfg.depth, n_aux=cfg.n_aux, n_models=pc.n_models, seed=cfg.seed,
                      n_teacher=pc.n_teacher, n_student=pc.n_inputs, init=cfg.init)
     params0, dT, x, _ = build(setup, "uniform")
-    k0_dot = pdot(dT, cross_k_times(params0, params0, dT, x))
-    rows = []
+    hu = teacher_side(params0, dT, x)
+    k0_dot = pdot(dT, cross_k_times(params0, params0, dT, x, hu))
+    rows = [{**first_order_terms(ArmSpec("shared"), cfg, params0, dT, x, k0_dot, hu), "part": "all"}]
     for part in pc.parts:
-        for s in pc.sigmas:
-            arm = ArmSpec(f"{part}_s{s:g}", init="perturbed", part=part, sigma=s) if s > 0 else ArmSpec("shared")
-            rows.append({**first_order_terms(arm, cfg, params0, dT, x, k0_dot), "part": part})
+        for s in (pc.sigmas if part == "all" else pc.part_sigmas):
+            if s > 0:
+                arm = ArmSpec(f"{part}_s{s:g}", init="perturbed", part=part, sigma=s)
+                rows.append(first_order_terms(arm, cfg, params0, dT, x, k0_dot, hu))
     extra = []
     if pc.extra_arms:
         for arm in (ArmSpec("independent", init="independent"), ArmSpec("head_shared", init="head_shared"),
                     ArmSpec("body_shared", init="body_shared")):
-            extra.append(first_order_terms(arm, cfg, params0, dT, x, k0_dot))
+            extra.append(first_order_terms(arm, cfg, params0, dT, x, k0_dot, hu))
     return {"setup": asdict(setup), "prediction_config": asdict(pc), "rows": rows, "outside_theorem": extra,
             "k0_quadratic_form": list(mean_ci95(k0_dot.numpy()))}
 
@@ -121,12 +133,19 @@ def measured_curve(summary: dict) -> dict:
 def write_sigma_prediction(out: Path, cfg: ToyConfig, summary: dict, pc: SigmaPrediction | None = None) -> dict:
     """sigma_prediction.json and sigma.png beside the sigma claim's measured results."""
     if pc is None:
-        pc = SigmaPrediction(n_models=min(8, cfg.n_models), n_inputs=128 if cfg.width < 256 else 512)
-    torch.manual_seed(0)
-    pred = predict(cfg, pc)
-    meas = measured_curve(summary)
-    atomic_write_json(Path(out) / "sigma_prediction.json", {"prediction": pred, "measured_normalized": meas})
-    atomic_write_bytes(Path(out) / "sigma.png", sigma_png(pred, meas))
+        pc = SigmaPrediction(n_models=min(8, cfg.n_models), n_inputs=128 if cfg.width < 256 else 256)
+    path = Path(out) / "sigma_prediction.json"
+    pred = None
+    if path.exists():  # computed earlier for this config (a rerun, or precompute_prediction): kept
+        old = read_json(path)["prediction"]
+        if old.get("prediction_config") == json.loads(json.dumps(asdict(pc))) and old.get("toy_config") == cfg.to_dict():
+            pred = old
+    if pred is None:
+        pred = {**predict(cfg, pc), "toy_config": cfg.to_dict()}
+    meas = measured_curve(summary) if summary is not None else None
+    atomic_write_json(path, {"prediction": pred, "measured_normalized": meas})
+    if meas is not None:
+        atomic_write_bytes(Path(out) / "sigma.png", sigma_png(pred, meas))
     return pred
 
 
