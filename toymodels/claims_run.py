@@ -173,7 +173,14 @@ def summarize_claim(claim: Claim, cfg: ToyConfig, done: dict, teachers: dict) ->
         acc = np.asarray(rec["test_accuracy"])
         mean, half = mean_ci95(acc)
         cos = rec["alignment"].get("cos")
+        dot = rec["alignment"].get("dot")
         ratio = np.asarray(rec["kl_ratio_final_over_first"])
+        # per-step increments of the cumulative dot: the sign of (theta_S(t) - theta_S(t-1)) . Delta_T
+        step_pos = None
+        if dot is not None:
+            per_model = np.asarray(dot["per_model"])  # (models, steps)
+            inc = np.diff(np.concatenate([np.zeros((per_model.shape[0], 1)), per_model], axis=1), axis=1)
+            step_pos = list(mean_ci95((inc > 0).mean(axis=1)))
         rows.append({"arm": arm.name, **{k: v for k, v in dataclasses.asdict(arm).items() if k != "name"},
                      "mean": mean, "ci95": half, "n": int(acc.size),
                      "vs_baseline": paired(acc, base),
@@ -181,6 +188,8 @@ def summarize_claim(claim: Claim, cfg: ToyConfig, done: dict, teachers: dict) ->
                      "final_cos": None if cos is None else cos["mean"][-1],
                      "final_cos_ci95": None if cos is None else cos["ci95"][-1],
                      "min_cos_over_run": None if cos is None else float(np.min(cos["mean"])),
+                     "first_step_cos": None if cos is None else cos["mean"][0],
+                     "frac_steps_aligned": step_pos,
                      "ensemble_wall_s": rec["ensemble_wall_s"]})
     t_mean, t_half = mean_ci95(teachers["teacher_accuracy"])
     r_mean, r_half = mean_ci95(teachers["reference_accuracy"])
