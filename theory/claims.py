@@ -171,6 +171,7 @@ def sigma_png(pred: dict, meas: dict) -> bytes:
             ax.errorbar([v["sigma"] for v in pts], [v["normalized"] for v in pts], yerr=[v["ci95"] for v in pts],
                         fmt="o-", color=colors[part], capsize=4, label=f"MNIST measured transfer ({part})")
     ax.set_xscale("log")
+    ax.set_ylim(-0.5, 1.5)  # the first-order ratio's CI at sigma 3 spans +-3: clipped, kept in the JSON
     ax.axhline(1, color="grey", lw=0.8)
     ax.axhline(0, color="k", lw=0.8)
     ax.set_xlabel("sigma (x each layer's init std)")

@@ -167,6 +167,8 @@ def paired(a: np.ndarray, b: np.ndarray) -> dict:
 
 def summarize_claim(claim: Claim, cfg: ToyConfig, done: dict, teachers: dict) -> dict:
     base = np.asarray(done[claim.baseline]["test_accuracy"])
+    # the no-transfer control, where the claim has one: is there ANY transfer above a fresh init?
+    control = np.asarray(done["independent"]["test_accuracy"]) if "independent" in done else None
     rows = []
     for arm in claim.arms:
         rec = done[arm.name]
@@ -184,6 +186,7 @@ def summarize_claim(claim: Claim, cfg: ToyConfig, done: dict, teachers: dict) ->
         rows.append({"arm": arm.name, **{k: v for k, v in dataclasses.asdict(arm).items() if k != "name"},
                      "mean": mean, "ci95": half, "n": int(acc.size),
                      "vs_baseline": paired(acc, base),
+                     "vs_independent": None if control is None else paired(acc, control),
                      "kl_ratio_final_over_first": float(np.mean(ratio)),
                      "final_cos": None if cos is None else cos["mean"][-1],
                      "final_cos_ci95": None if cos is None else cos["ci95"][-1],
