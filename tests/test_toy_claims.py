@@ -235,3 +235,29 @@ def test_sigma_claim_writes_the_prediction_beside_the_measurement(tmp_path, mnis
     monkeypatch.setattr(theory_claims, "predict", lambda *a, **k: pytest.fail("recomputed a stored prediction"))
     again = write_sigma_prediction(out, c, summary, pc)  # same config: reused, not recomputed
     assert again["rows"] == saved["prediction"]["rows"]
+
+
+@pytest.mark.parametrize("argv, needle", [(["nope"], "unknown claim"), (["heads", "--student-init", "perturbed"], "student"),
+                                          (["sigma", "--n-models", "1"], "n_models")])
+def test_claims_cli_refuses_bad_input_in_one_line_before_writing(tmp_path, capsys, argv, needle):
+    from sublim.cli import main
+
+    out = tmp_path / "run"
+    assert main(["toy", "claims", *argv, "--tiny", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("sublim: error:") and needle in err
+    assert not out.exists()
+
+
+def test_claims_cli_tiny_run_end_to_end(tmp_path, capsys):
+    from sublim.cli import main
+
+    out = tmp_path / "alignment"
+    assert main(["-q", "toy", "claims", "alignment", "--tiny", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "claim alignment" in printed and "shared_all_logits" in printed
+    cfg = json.loads((out / "config.json").read_text())["config"]
+    assert cfg["claim"] == "alignment" and cfg["base"]["n_models"] == 3 and len(cfg["arms"]) == 3
+    rec = json.loads((out / "arms" / "shared.json").read_text())
+    steps = 2048 // 256  # one epoch of the tiny config
+    assert len(rec["alignment"]["cos"]["mean"]) == steps and len(rec["alignment"]["cos"]["per_model"]) == 3
