@@ -67,7 +67,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--out", default=None, help="run directory (default runs/toy/<timestamp>)")
     p.set_defaults(func=run_toy)
     _one_line_errors(p, "toy")
-    sub = p.add_subparsers(dest="toy_cmd", metavar="{sweep}")
+    sub = p.add_subparsers(dest="toy_cmd", metavar="{sweep,claims}")
     s = sub.add_parser("sweep", help="a grid over any knobs, resumable",
                        description="Run every cell of a grid; rerun with the same --out to resume.")
     s.add_argument("--grid", action="append", default=[], metavar="KNOB=V1,V2",
@@ -85,6 +85,14 @@ def add_parser(subparsers) -> None:
     _add_knobs(s)
     s.set_defaults(func=run_sweep_cmd)
     _one_line_errors(s, "toy sweep")
+    c = sub.add_parser("claims", help="one published claim as a controlled arm set (claims_run.CLAIMS)",
+                       description="Distill every arm of a claim from one set of teachers; rerun with the same --out to resume.")
+    c.add_argument("claim", metavar="NAME", help="heads | optimizer | alignment | sigma")
+    c.add_argument("--tiny", action="store_true", help="a seconds-long smoke (3 models, width 32, 2,048 examples, 1+1 epochs)")
+    c.add_argument("--out", default=None, help="run directory (default runs/toy_claims/<name>-<timestamp>)")
+    _add_knobs(c)
+    c.set_defaults(func=run_claims_cmd)
+    _one_line_errors(c, "toy claims")
 
 
 def preflight(cfgs, force: bool, local: bool = True):
@@ -157,4 +165,26 @@ def run_sweep_cmd(args) -> int:
                                cpus_per_cell=args.cpus_per_cell)
     print(format_table(rows, grid))
     print(f"{len(computed)} cell(s) computed now; results in {out}")
+    return 0
+
+
+def run_claims_cmd(args) -> int:
+    """One claim's run directory (claims_run.run_claim); the sigma claim adds the theorem's curve."""
+    from .claims_run import claim_config, format_claim, run_claim
+
+    set_quiet(is_quiet() or args.toy_quiet)
+    overrides = {k[len("knob_"):]: v for k, v in vars(args).items() if k.startswith("knob_") and v is not None}
+    claim, cfg = claim_config(args.claim, overrides, tiny=args.tiny)
+    out = Path(args.out or f"runs/toy_claims/{claim.name}-{_timestamp()}")
+    from .claims_run import run_config
+
+    check_run_config(out, run_config(claim, cfg))
+    data = preflight([cfg], args.force)
+    summary = run_claim(out, claim, cfg, data)
+    if claim.name == "sigma":
+        from sublim.theory.claims import write_sigma_prediction
+
+        write_sigma_prediction(out, cfg, summary)
+    print(format_claim(summary))
+    print(f"results in {out}")
     return 0

@@ -1,0 +1,185 @@
+"""What the first-order result says about each claims arm (toymodels/claims_run.py), computed on
+the real MNIST MLP (784-256-256-(10+3)) by JVP/VJP in float64, as numerical.k_times does.
+
+Derivation (KL on the aux logits; GD at rate alpha; teacher theta_0 + eps dT). A student that
+starts at theta_S != theta_0 has the gradient E_x[J_S^T (p_S - p_T)], with J_S the Jacobian at
+theta_S and p_T = p_0 + eps H_0 J_0 dT + O(eps^2) (p_0, H_0 = diag(p_0) - p_0 p_0^T, J_0 at
+theta_0). Its first step is therefore
+
+    dS = Z + alpha eps K_S dT + O(eps^2),   Z = -alpha E[J_S^T (p_S - p_0)],   K_S = E[J_S^T H_0 J_0].
+
+- Z, the zeroth-order term, is the pull toward the teacher's INIT function: the same for every
+  teacher from theta_0, so it carries no trait, and it vanishes only when f_S = f_0 on D (at
+  theta_S = theta_0).
+- K_S dT is the trait-carrying term. At theta_S = theta_0, K_S = K = E[J^T H J] is PSD and
+  dT . K dT >= 0 (the theorem). At any other start K_S is not symmetric and the theorem says
+  nothing about the sign of dT . K_S dT: this module MEASURES it, per model, as the ratio
+  a = dT . K_S dT / dT . K dT (1 at the shared init) and as cos(K_S dT, dT).
+- An arm of another architecture (other depth) has no common parameter space with the teacher:
+  the first-order result does not apply at all (no dT to dot with); nor does it speak about
+  optimizers other than GD beyond the first step (dynamics.py treats Adam's first step).
+The prediction the sigma figure draws is a(sigma) for part=all, over the measured transfer
+(accuracy above the independent-init student, normalized to the shared-init student's).
+This is a first-order, one-step prediction with dT = one gradient of the teacher's loss at theta_0,
+whereas the measured students distill for 5 epochs from 5-epoch teachers: a shape to compare, not
+a number to match.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sublim.rundir import atomic_write_bytes, atomic_write_json, read_json
+from sublim.stats import mean_ci95
+from sublim.theory.numerical import DTYPE, ToySetup, build, hessian_vp, pcos, pdot, pnorm, student_gradient
+from sublim.toymodels.claims import ArmSpec, arm_init
+from sublim.toymodels.config import ToyConfig
+from sublim.toymodels.model import forward
+
+SIGMA_GRID = (0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
+PART_GRID = (0.1, 0.3, 1.0)  # body only / head only
+
+
+def teacher_side(theta_0, direction, x) -> torch.Tensor:
+    """H_0 J_0 v / n for the aux-logit KL (one JVP at theta_0): the part of K_S v that every start shares."""
+    f = lambda *ps: forward(list(ps), x)  # noqa: E731
+    z0, u = torch.func.jvp(f, tuple(p.detach() for p in theta_0), tuple(d.detach() for d in direction))
+    return hessian_vp(z0, u, "kl", "aux") / x.shape[0]
+
+
+def cross_k_times(theta_s, theta_0, direction, x, hu: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """K_S v = E_x[J_S^T H_0 J_0 v] (aux-logit KL) per model: one JVP at theta_0 (or `hu`, its
+    result from teacher_side), one VJP at theta_S."""
+    hu = teacher_side(theta_0, direction, x) if hu is None else hu
+    _, vjp = torch.func.vjp(lambda *ps: forward(list(ps), x), *[p.detach() for p in theta_s])
+    return list(vjp(hu))
+
+
+def zeroth_order(theta_s, theta_0, x) -> list[torch.Tensor]:
+    """Z / alpha = -E[J_S^T (p_S - p_0)]: the student's step toward the teacher's init function."""
+    return [-g for g in student_gradient(theta_s, theta_0, x, "kl", "aux")]
+
+
+def start_of(arm: ArmSpec, cfg: ToyConfig, params0: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The claims arm's start for every model of params0 (model i = the toy's model i)."""
+    per = [arm_init(arm, cfg, [p[i] for p in params0], i) for i in range(params0[0].shape[0])]
+    return [torch.stack([m[j] for m in per]).to(DTYPE) for j in range(len(params0))]
+
+
+def first_order_terms(arm: ArmSpec, cfg: ToyConfig, params0, dT, x, k0_dot, hu) -> dict:
+    theta_s = start_of(arm, cfg, params0)
+    kdt = cross_k_times(theta_s, params0, dT, x, hu)
+    z = zeroth_order(theta_s, params0, x)
+    ratio = (pdot(dT, kdt) / k0_dot).numpy()
+    znorm = pnorm(z)
+    return {"arm": arm.name, "init": arm.init, "part": arm.part, "sigma": arm.sigma,
+            "first_order_ratio": list(mean_ci95(ratio)), "first_order_ratio_per_model": ratio.tolist(),
+            "cos_first_order": list(mean_ci95(pcos(kdt, dT).numpy())),
+            "cos_zeroth_order": list(mean_ci95(pcos(z, dT).numpy())) if float(znorm.max()) > 0 else [0.0, 0.0],
+            # the teacher step eps at which the trait term is as large as the init-pull term
+            "eps_crossover": list(mean_ci95((znorm / pnorm(kdt)).numpy()))}
+
+
+@dataclass(frozen=True)
+class SigmaPrediction:
+    n_models: int = 8
+    n_inputs: int = 256  # uniform-noise inputs behind E_x
+    n_teacher: int = 256  # MNIST examples in the teacher's gradient dT
+    sigmas: tuple = SIGMA_GRID
+    part_sigmas: tuple = PART_GRID
+    parts: tuple = ("all", "body", "head")
+    extra_arms: bool = True  # also the heads claim's same-depth arms (outside the theorem)
+
+
+def predict(cfg: ToyConfig, pc: SigmaPrediction = SigmaPrediction()) -> dict:
+    """First-order terms of every perturbed (and re-initialized) start, on cfg's architecture."""
+    setup = ToySetup(width=cfg.width, depth=cfg.depth, n_aux=cfg.n_aux, n_models=pc.n_models, seed=cfg.seed,
+                     n_teacher=pc.n_teacher, n_student=pc.n_inputs, init=cfg.init)
+    params0, dT, x, _ = build(setup, "uniform")
+    hu = teacher_side(params0, dT, x)
+    k0_dot = pdot(dT, cross_k_times(params0, params0, dT, x, hu))
+    rows = [{**first_order_terms(ArmSpec("shared"), cfg, params0, dT, x, k0_dot, hu), "part": "all"}]
+    for part in pc.parts:
+        for s in (pc.sigmas if part == "all" else pc.part_sigmas):
+            if s > 0:
+                arm = ArmSpec(f"{part}_s{s:g}", init="perturbed", part=part, sigma=s)
+                rows.append(first_order_terms(arm, cfg, params0, dT, x, k0_dot, hu))
+    extra = []
+    if pc.extra_arms:
+        for arm in (ArmSpec("independent", init="independent"), ArmSpec("head_shared", init="head_shared"),
+                    ArmSpec("body_shared", init="body_shared")):
+            extra.append(first_order_terms(arm, cfg, params0, dT, x, k0_dot, hu))
+    return {"setup": asdict(setup), "prediction_config": asdict(pc), "rows": rows, "outside_theorem": extra,
+            "k0_quadratic_form": list(mean_ci95(k0_dot.numpy()))}
+
+
+def measured_curve(summary: dict) -> dict:
+    """Normalized measured transfer per arm: (acc - acc_independent) / (acc_shared - acc_independent)."""
+    rows = {r["arm"]: r for r in summary["rows"]}
+    lo, hi = rows["independent"]["mean"], rows["shared"]["mean"]
+    out = {}
+    for name, r in rows.items():
+        out[name] = {"sigma": r["sigma"], "part": r["part"], "init": r["init"],
+                     "normalized": (r["mean"] - lo) / (hi - lo), "ci95": r["ci95"] / abs(hi - lo)}
+    return out
+
+
+def write_sigma_prediction(out: Path, cfg: ToyConfig, summary: dict, pc: SigmaPrediction | None = None) -> dict:
+    """sigma_prediction.json and sigma.png beside the sigma claim's measured results."""
+    if pc is None:
+        pc = SigmaPrediction(n_models=min(8, cfg.n_models), n_inputs=128 if cfg.width < 256 else 256)
+    path = Path(out) / "sigma_prediction.json"
+    pred = None
+    if path.exists():  # computed earlier for this config (a rerun, or precompute_prediction): kept
+        old = read_json(path)["prediction"]
+        if old.get("prediction_config") == json.loads(json.dumps(asdict(pc))) and old.get("toy_config") == cfg.to_dict():
+            pred = old
+    if pred is None:
+        pred = {**predict(cfg, pc), "toy_config": cfg.to_dict()}
+    meas = measured_curve(summary) if summary is not None else None
+    atomic_write_json(path, {"prediction": pred, "measured_normalized": meas})
+    if meas is not None:
+        atomic_write_bytes(Path(out) / "sigma.png", sigma_png(pred, meas))
+    return pred
+
+
+def sigma_png(pred: dict, meas: dict) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colors = {"all": "tab:blue", "body": "tab:orange", "head": "tab:green"}
+    for part in ("all", "body", "head"):
+        rows = [r for r in pred["rows"] if r["part"] == part and r["sigma"] > 0]
+        if rows:
+            s = np.array([r["sigma"] for r in rows])
+            m = np.array([r["first_order_ratio"][0] for r in rows])
+            h = np.array([r["first_order_ratio"][1] for r in rows])
+            ax.plot(s, m, "--", color=colors[part], label=f"theorem, first order: dT.K_S dT / dT.K dT ({part})")
+            ax.fill_between(s, m - h, m + h, color=colors[part], alpha=0.12)
+        pts = [v for v in meas.values() if v["init"] == "perturbed" and v["part"] == part]
+        if pts:
+            pts.sort(key=lambda v: v["sigma"])
+            ax.errorbar([v["sigma"] for v in pts], [v["normalized"] for v in pts], yerr=[v["ci95"] for v in pts],
+                        fmt="o-", color=colors[part], capsize=4, label=f"MNIST measured transfer ({part})")
+    ax.set_xscale("log")
+    ax.set_ylim(-0.5, 1.5)  # the first-order ratio's CI at sigma 3 spans +-3: clipped, kept in the JSON
+    ax.axhline(1, color="grey", lw=0.8)
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xlabel("sigma (x each layer's init std)")
+    ax.set_ylabel("relative to the shared init (1) / independent init (0)")
+    ax.set_title("student init = theta_0 + sigma noise: first-order prediction vs measured", fontsize=10)
+    ax.legend(fontsize=7)
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
