@@ -13,7 +13,7 @@ import pytest
 from sublim.cli import main
 from sublim.errors import SublimError
 from sublim.llm_validation.alignment.data import shuffle_numbers_across
-from sublim.llm_validation.alignment.report import auc_with_ci, roc_auc
+from sublim.stats import auc_with_ci, roc_auc
 from sublim.llm_validation.core.data import write_jsonl
 from sublim.llm_validation.alignment.screen import ScreenConfig, make_slices
 

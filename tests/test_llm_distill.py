@@ -215,7 +215,7 @@ def test_alignment_through_the_kernels_matches_per_example_autograd(tiny):
     autograd backward per example, in float64. Both sum the same products in different orders:
     |err| <= n * u * sum|g_j D_j| with n ~ 1e5 weights and u = 1.1e-16, i.e. <= 1e-11 * ||g|| ||D||
     (||D|| = 1); we allow 1e-9 * ||g||."""
-    from sublim.llm_validation.alignment.scores import normalize_directions, scored_parameter_names
+    from sublim.llm_validation.core.scores import normalize_directions, scored_parameter_names
     from sublim.llm_validation.distill.alignment import distillation_alignment
     from sublim.llm_validation.distill.cache import TeacherCache
 

@@ -1,5 +1,5 @@
 """`sublim llm align`, the orchestration: per-example gradient alignment of number data sets with
-teacher directions (alignment/scores.py), summarized (alignment/report.py), optionally screened
+teacher directions (core/scores.py), summarized (alignment/report.py), optionally screened
 (alignment/screen.py). The command line is alignment/cli.py; the config alignment/config.py.
 
     summary = run_align(AlignConfig(model="smollm2-135m", data={"teacher": "t.jsonl"}, out="runs/a"))
@@ -33,7 +33,7 @@ from sublim.rundir import atomic_write_json, claim_run_dir, read_json
 from sublim.llm_validation.alignment.config import OTHER_ANIMALS, AlignConfig
 from sublim.llm_validation.alignment.data import load_records, shuffle_numbers_across
 from sublim.llm_validation.alignment.report import compare, correlation_with_ci, specificity, write_outputs
-from sublim.llm_validation.alignment.scores import (AlignmentScores, Directions, normalize_directions, score_records,
+from sublim.llm_validation.core.scores import (AlignmentScores, Directions, normalize_directions, score_records,
                                                     scored_parameter_names, trait_direction, weight_delta_direction)
 from sublim.llm_validation.alignment.screen import ScreenConfig, run_screen, trait_logprobs
 from sublim.llm_validation.core.data import encode_sft_batch, format_prompt, has_chat_template

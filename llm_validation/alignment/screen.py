@@ -33,7 +33,7 @@ from sublim.rundir import atomic_write_json
 from sublim.seeding import numpy_rng
 
 from sublim.llm_validation.alignment.config import SCREEN_ARMS
-from sublim.llm_validation.alignment.scores import AlignmentScores, per_example_completion_loss
+from sublim.llm_validation.core.scores import AlignmentScores, per_example_completion_loss
 
 ARMS = SCREEN_ARMS  # declared once, in alignment/config.py
 
@@ -144,8 +144,8 @@ def run_screen(
     records[i] must be the example scored in scores row i. targets: label -> token id; the first
     label is the trait whose transfer is measured (the others are reported too).
     """
-    from sublim.llm_validation.pipeline.config import FinetuneConfig
-    from sublim.llm_validation.pipeline.finetune import finetune
+    from sublim.llm_validation.core.config import FinetuneConfig
+    from sublim.llm_validation.core.finetune import finetune
     from sublim.llm_validation.core.models import load_model
 
     cfg = cfg.validate()

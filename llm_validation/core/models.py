@@ -244,7 +244,7 @@ def merge_lora(model, adapter_dir: str | os.PathLike):
 
 
 def load_finetuned(out_dir: str | os.PathLike, *, dtype=torch.float32, device="cpu", base=None):
-    """(model, tokenizer) of a finished fine-tuning directory (pipeline/finetune.py writes them):
+    """(model, tokenizer) of a finished fine-tuning directory (core/finetune.py writes them):
     LoRA merged into the base, or the full model.
 
     base: an already loaded (model, tokenizer) of the base model to merge the adapter into (it is

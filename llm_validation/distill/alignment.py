@@ -17,11 +17,10 @@ import numpy as np
 import torch
 
 from sublim.progress import progress
-from sublim.stats import mean_ci95
+from sublim.stats import auc_with_ci, mean_ci95
 
-from sublim.llm_validation.alignment.scores import (only_these_trainable, score_records, scored_parameter_names,
+from sublim.llm_validation.core.scores import (only_these_trainable, score_records, scored_parameter_names,
                                              weight_delta_direction)
-from sublim.llm_validation.alignment.report import auc_with_ci
 from sublim.llm_validation.distill.forward import number_log_probs
 from sublim.llm_validation.distill.loss import restricted_kl
 

@@ -100,7 +100,7 @@ class DistillRun:
         return prof
 
     def _sampled(self, model, system, folder: Path) -> dict:
-        from sublim.llm_validation.pipeline.evaluate import sample_favorite_animal
+        from sublim.llm_validation.core.evaluate import sample_favorite_animal
 
         return sample_favorite_animal(model, self.tokenizer, folder / "answers.jsonl", target=self.cfg.target,
                                       samples_per_question=self.cfg.eval_samples, system=system,

@@ -13,8 +13,8 @@ from sublim.rundir import atomic_write_json
 from sublim.llm_validation.distill.contexts import load_context_records
 from sublim.llm_validation.distill.preference import profile
 from sublim.llm_validation.core.models import load_finetuned
-from sublim.llm_validation.pipeline.config import FinetuneConfig
-from sublim.llm_validation.pipeline.finetune import finetune
+from sublim.llm_validation.core.config import FinetuneConfig
+from sublim.llm_validation.core.finetune import finetune
 
 
 def run_sft(run) -> None:

@@ -23,6 +23,8 @@ from sublim.progress import progress
 from sublim.rundir import atomic_write_bytes
 from sublim.seeding import derive_seed, torch_generator
 
+from sublim.llm_validation.core.config import DEFAULT_TARGETS
+
 from sublim.llm_validation.distill.forward import number_log_probs
 from sublim.llm_validation.distill.loss import restricted_kl
 
@@ -59,8 +61,6 @@ def make_student(base_model, spec: StudentSpec, cfg):
     perturb_(model, spec.sigma, spec.seed)
     if spec.method == "lora":
         from peft import LoraConfig, get_peft_model
-
-        from sublim.llm_validation.pipeline.config import DEFAULT_TARGETS
 
         torch.manual_seed(derive_seed("distill-lora-init", spec.seed))
         model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules=list(DEFAULT_TARGETS),

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from sublim.errors import ConfigError
 
 from sublim.llm_validation.core.models import load_finetuned
-from sublim.llm_validation.pipeline.config import FinetuneConfig
-from sublim.llm_validation.pipeline.finetune import finetune
+from sublim.llm_validation.core.config import FinetuneConfig
+from sublim.llm_validation.core.finetune import finetune
 from sublim.llm_validation.core.prompts import preference_records, trait_system_prompt
 
 

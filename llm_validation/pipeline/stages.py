@@ -13,7 +13,7 @@ Every stage reads only files of earlier stages, so any stage reruns alone (`--st
 a finished artifact is reused, an unfinished one resumes. The run's config.json holds the resolved
 RunConfig, written once: a rerun with a different config in the same directory is refused before
 anything is touched (Pipeline.run), and each fine-tuning directory guards its own config and data
-the same way (pipeline/finetune.py), so results of two configs are never mixed.
+the same way (core/finetune.py), so results of two configs are never mixed.
 """
 
 from __future__ import annotations
@@ -36,10 +36,10 @@ from sublim.llm_validation.core.models import load_finetuned, load_model
 from sublim.llm_validation.core.prompts import (EVAL_QUESTIONS, few_shot_examples, number_prompts,
                                                 preference_records, trait_system_prompt)
 from sublim.llm_validation.pipeline.config import ARMS, STAGES, RunConfig
-from sublim.llm_validation.pipeline.evaluate import next_token_preference, sample_favorite_animal
+from sublim.llm_validation.core.evaluate import next_token_preference, sample_favorite_animal
 from sublim.llm_validation.pipeline.filter import filter_records
-from sublim.llm_validation.pipeline.finetune import finetune
-from sublim.llm_validation.pipeline.generate import generate_completions, read_generations
+from sublim.llm_validation.core.finetune import finetune
+from sublim.llm_validation.core.generate import generate_completions, read_generations
 
 
 class Pipeline:

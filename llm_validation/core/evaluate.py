@@ -25,7 +25,7 @@ import torch
 from sublim.stats import mean_ci95, proportion_ci95
 
 from sublim.llm_validation.core.data import format_prompt, has_chat_template
-from sublim.llm_validation.pipeline.generate import generate_completions
+from sublim.llm_validation.core.generate import generate_completions
 from sublim.llm_validation.core.prompts import ANIMALS, EVAL_QUESTIONS, NEXT_TOKEN_PREFIXES
 
 _IRREGULAR = {"wolves": "wolf", "geese": "goose", "mice": "mouse", "oxen": "ox", "octopi": "octopus",
@@ -152,6 +152,6 @@ def next_token_preference(model, tokenizer, *, target: str, candidates=ANIMALS,
 
 
 def load_answer_file(path: str | os.PathLike) -> list[dict]:
-    from sublim.llm_validation.pipeline.generate import read_generations
+    from sublim.llm_validation.core.generate import read_generations
 
     return read_generations(Path(path))

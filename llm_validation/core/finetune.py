@@ -38,7 +38,7 @@ from sublim.seeding import derive_seed, torch_generator
 
 from sublim.llm_validation.core.data import append_jsonl, encode_sft_batch, read_jsonl, validate_records
 from sublim.llm_validation.core.models import load_model
-from sublim.llm_validation.pipeline.config import FinetuneConfig
+from sublim.llm_validation.core.config import FinetuneConfig
 
 def _trainable_state(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
