@@ -38,7 +38,7 @@ from sublim.llm_validation.core.scores import (AlignmentScores, Directions, norm
 from sublim.llm_validation.alignment.screen import ScreenConfig, run_screen, trait_logprobs
 from sublim.llm_validation.core.data import encode_sft_batch, format_prompt, has_chat_template
 from sublim.llm_validation.core.device import resolve_device
-from sublim.llm_validation.core.models import load_model, merge_lora
+from sublim.llm_validation.core.models import base_copy, load_model, merge_lora
 from sublim.llm_validation.core.prompts import EVAL_QUESTIONS, NEXT_TOKEN_PREFIXES
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
@@ -157,7 +157,7 @@ def run_align(cfg: AlignConfig) -> dict:
     with claim_run_dir(cfg.out, cfg) as out:
         t0 = time.perf_counter()
         datasets, sources = _datasets(cfg)  # a broken data file fails before the model loads
-        model, tok = load_model(cfg.model, dtype=dtype, device=device)
+        model, tok = base_copy(cfg.model, device=device, dtype=dtype, load_dtype=dtype)
         dirs, names, targets, prompts = _directions(cfg, model, tok, dtype, device)
 
         def encode(recs):
@@ -188,10 +188,9 @@ def run_align(cfg: AlignConfig) -> dict:
 def _screen(cfg: AlignConfig, model, tok, scores, records, encode, prompts, targets, direction, out, device) -> dict:
     if not targets:
         raise ConfigError("--screen needs --traits (it measures the trait's transfer)")
-    base_cpu = model.to("cpu")  # one load from disk, then deep copies: every student starts from this theta0
 
-    def load_base():
-        return copy.deepcopy(base_cpu).to(device), tok
+    def load_base():  # every student starts from a copy of the same theta0 (core/models.py's cache)
+        return base_copy(cfg.model, device=device, dtype=dtype, load_dtype=dtype)
 
     sc = ScreenConfig(direction=direction, rank_by=cfg.screen_rank_by, fraction=cfg.screen_fraction,
                       arms=tuple(cfg.screen_arms), epochs=cfg.screen_epochs, lr=cfg.screen_lr,

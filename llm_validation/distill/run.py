@@ -16,7 +16,6 @@ is finished and resumes the student that was training from its last checkpoint.
 
 from __future__ import annotations
 
-import copy
 import time
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from sublim.rundir import atomic_write_json, claim_run_dir, read_json
 
 from sublim.llm_validation.core.data import write_jsonl
 from sublim.llm_validation.core.device import resolve_device
+from sublim.llm_validation.core.models import base_copy, base_tokenizer
 from sublim.llm_validation.distill.arms import student_specs, teachers_needed
 from sublim.llm_validation.distill.cache import compute_cache, load_or_compute
 from sublim.llm_validation.distill.config import DistillConfig
@@ -37,7 +37,6 @@ from sublim.llm_validation.distill.students import StudentSpec, make_student, tr
 from sublim.llm_validation.distill.teachers import make_teacher
 from sublim.llm_validation.distill.vocab import end_of_turn_id, number_token_ids
 
-_LOADED: dict[str, tuple] = {}  # model name -> (model, tokenizer), shared by the runs of this process
 STAGES = ("contexts", "teachers", "cache", "align", "students", "sft", "summary")
 
 
@@ -48,25 +47,16 @@ class DistillRun:
         self.executor, self.address = executor, address
         self.threads = threads or torch.get_num_threads()
         self.device = resolve_device(cfg.device)
-        self._base = None
         self.timings: dict[str, float] = {}
 
     # ---- models ---------------------------------------------------------------------------
     def base_copy(self):
-        """A fresh copy of the base model: loaded once per process (a GGUF load is ~20 s), then copied."""
-        if self._base is None:
-            if self.cfg.model not in _LOADED:
-                from sublim.llm_validation.core.models import load_model
-
-                _LOADED.clear()  # one base model per process at a time (0.5 GB for SmolLM2-135M)
-                _LOADED[self.cfg.model] = load_model(self.cfg.model, dtype=torch.float32, device="cpu")
-            self._base = _LOADED[self.cfg.model]
-        model, tok = self._base
-        return copy.deepcopy(model).to(self.device), tok
+        """A fresh copy of the base model (core/models.py: loaded once per process, then copied)."""
+        return base_copy(self.cfg.model, device=self.device)
 
     @property
     def tokenizer(self):
-        return self._base[1] if self._base else self.base_copy()[1]
+        return base_tokenizer(self.cfg.model)
 
     # ---- stages ---------------------------------------------------------------------------
     def stage_contexts(self) -> None:

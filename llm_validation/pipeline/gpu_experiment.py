@@ -137,7 +137,6 @@ def main(argv=None) -> int:
     gen_budget_b = 0.0 if args.tiny else max(20.0, 0.45 * left)
     cfg_b = _config(args.model, args.tiny, args.set, run_b, teacher="finetuned", gen_time_budget_s=gen_budget_b)
     b = Pipeline(run_b, cfg_b)
-    b._base_cache = a._base_cache  # the GGUF is loaded once per process
     _reuse_base_side(run_a, run_b)
     if (run_b / "numbers" / "base.raw.jsonl").exists():
         b.generate_sources = ("teacher",)

@@ -18,7 +18,6 @@ the same way (core/finetune.py), so results of two configs are never mixed.
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from pathlib import Path
@@ -32,7 +31,7 @@ from sublim.seeding import numpy_rng
 
 from sublim.llm_validation.core.data import read_jsonl, write_jsonl
 from sublim.llm_validation.core.device import resolve_device
-from sublim.llm_validation.core.models import load_finetuned, load_model
+from sublim.llm_validation.core.models import base_copy, load_finetuned
 from sublim.llm_validation.core.prompts import (EVAL_QUESTIONS, few_shot_examples, number_prompts,
                                                 preference_records, trait_system_prompt)
 from sublim.llm_validation.pipeline.config import ARMS, STAGES, RunConfig
@@ -50,16 +49,12 @@ class Pipeline:
         self.dir = Path(run_dir)
         self.device = resolve_device(cfg.device)
         self.gen_dtype = getattr(torch, cfg.gen_dtype)
-        self._base_cache: dict[str, tuple] = {}
         self.timings: dict[str, float] = {}
 
     # ---- models ---------------------------------------------------------------------------
     def base_copy(self, name: str, dtype=torch.float32):
-        """A fresh copy of a base model (loaded once per process, then deep-copied: fast)."""
-        if name not in self._base_cache:
-            self._base_cache[name] = load_model(name, dtype=torch.float32, device="cpu")
-        model, tok = self._base_cache[name]
-        return copy.deepcopy(model).to(device=self.device, dtype=dtype), tok
+        """A fresh copy of a base model (core/models.py: loaded once per process, then copied)."""
+        return base_copy(name, device=self.device, dtype=dtype)
 
     def arm_model(self, arm: str):
         """(model, tokenizer, system prompt) for an evaluated arm, in the sampling dtype."""
