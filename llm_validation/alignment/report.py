@@ -12,12 +12,14 @@ Everything here is plain numpy on the per-example arrays, so it is cheap and tes
 
 from __future__ import annotations
 
+import io
 import math
+from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 
-from sublim.rundir import atomic_write_json, atomic_write_text
+from sublim.rundir import atomic_write_bytes, atomic_write_json, atomic_write_text
 from sublim.stats import Z95, auc_with_ci, diff_of_means, mean_ci95, mean_ci_dict, proportion_ci95
 
 from sublim.llm_validation.core.scores import AlignmentScores, short_name
@@ -141,8 +143,6 @@ def scores_table(scores: Mapping[str, AlignmentScores]):
 
 def write_outputs(out_dir, scores: Mapping[str, AlignmentScores], summary: dict) -> list[str]:
     """per_example_scores.csv, summary.json, and the plots; returns the written file names."""
-    from pathlib import Path
-
     out_dir = Path(out_dir)
     table = scores_table(scores)
     atomic_write_text(out_dir / "per_example_scores.csv", table.to_csv(index=False, float_format="%.7g"))
@@ -153,17 +153,12 @@ def write_outputs(out_dir, scores: Mapping[str, AlignmentScores], summary: dict)
 
 
 def plot_all(out_dir, scores: Mapping[str, AlignmentScores]) -> list[str]:
-    import io
-    from pathlib import Path
-
-    import matplotlib
+    import matplotlib  # plotting libraries load only when plotting (seconds of imports)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import pandas as pd
     import seaborn as sns
-
-    from sublim.rundir import atomic_write_bytes
 
     def save(fig, name):
         buf = io.BytesIO()

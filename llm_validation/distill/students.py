@@ -10,10 +10,10 @@ student is 0.5 GB; its numbers, not its weights, are the result).
 
 from __future__ import annotations
 
+import copy
 import io
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -24,22 +24,9 @@ from sublim.rundir import atomic_write_bytes
 from sublim.seeding import derive_seed, torch_generator
 
 from sublim.llm_validation.core.config import DEFAULT_TARGETS
+from sublim.llm_validation.distill.arms import StudentSpec
 
-from sublim.llm_validation.distill.forward import number_log_probs
-from sublim.llm_validation.distill.loss import restricted_kl
-
-
-@dataclass(frozen=True)
-class StudentSpec:
-    """One student: which teacher's cache, how it starts, how it learns."""
-    teacher: str
-    method: str = "full"      # full | lora
-    sigma: float = 0.0
-    seed: int = 0
-
-    @property
-    def name(self) -> str:
-        return f"{self.teacher}.{self.method}.sigma{self.sigma:g}.seed{self.seed}"
+from sublim.llm_validation.distill.forward import number_log_probs, restricted_kl
 
 
 @torch.no_grad()
@@ -55,12 +42,10 @@ def perturb_(model, sigma: float, seed: int) -> None:
 
 def make_student(base_model, spec: StudentSpec, cfg):
     """A student model ready to train (its init is the base, perturbed by spec.sigma)."""
-    import copy
-
     model = copy.deepcopy(base_model)
     perturb_(model, spec.sigma, spec.seed)
     if spec.method == "lora":
-        from peft import LoraConfig, get_peft_model
+        from peft import LoraConfig, get_peft_model  # peft costs ~1 s to import; full students never need it
 
         torch.manual_seed(derive_seed("distill-lora-init", spec.seed))
         model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules=list(DEFAULT_TARGETS),
