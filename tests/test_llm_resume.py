@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from sublim.errors import DataError
-from sublim.llm_validation.pipeline import finetune as ft_module
-from sublim.llm_validation.pipeline import generate as gen_module
+from sublim.llm_validation.core import finetune as ft_module
+from sublim.llm_validation.core import generate as gen_module
 from sublim.llm_validation.core.data import read_jsonl
 from sublim.llm_validation.core.models import load_finetuned
 from sublim.llm_validation.core.config import FinetuneConfig

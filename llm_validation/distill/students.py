@@ -24,6 +24,7 @@ from sublim.rundir import atomic_write_bytes
 from sublim.seeding import derive_seed, torch_generator
 
 from sublim.llm_validation.core.config import DEFAULT_TARGETS
+from sublim.llm_validation.core.finetune import apply_lora
 from sublim.llm_validation.distill.arms import StudentSpec
 
 from sublim.llm_validation.distill.forward import number_log_probs, restricted_kl
@@ -45,11 +46,8 @@ def make_student(base_model, spec: StudentSpec, cfg):
     model = copy.deepcopy(base_model)
     perturb_(model, spec.sigma, spec.seed)
     if spec.method == "lora":
-        from peft import LoraConfig, get_peft_model  # peft costs ~1 s to import; full students never need it
-
         torch.manual_seed(derive_seed("distill-lora-init", spec.seed))
-        model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules=list(DEFAULT_TARGETS),
-                                                 lora_dropout=0.0, bias="none", task_type="CAUSAL_LM"))
+        model = apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=0.0, target_modules=DEFAULT_TARGETS)
     model.config.use_cache = False
     return model
 
