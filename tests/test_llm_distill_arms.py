@@ -4,9 +4,10 @@ students stage ran, and a report that lists a missing student as a row instead o
 import pytest
 
 from sublim.errors import DataError
-from sublim.llm_validation.distill.arms import StudentSpec, record_arms, recorded_arms, student_specs
+from sublim.llm_validation.distill.arms import StudentSpec, record_arms, recorded_arms, student_specs, teachers_needed
 from sublim.llm_validation.distill.config import from_overrides
 from sublim.llm_validation.distill.report import arm_shifts, format_markdown, specificity
+from sublim.llm_validation.distill.teachers import parse_teacher
 
 
 def _profile(owl_logp: float) -> dict:
@@ -23,6 +24,10 @@ def test_every_key_of_a_config_parses_back_to_its_spec():
     assert StudentSpec.parse("owl_system_prompt.lora.sigma0.05.seed3") == StudentSpec("owl_system_prompt", "lora", 0.05, 3)
     with pytest.raises(DataError, match="not a student key"):
         StudentSpec.parse("owl_system_prompt.full.seed0")
+    with pytest.raises(DataError, match="not a teacher key"):
+        StudentSpec.parse("owl_prompted.full.sigma0.seed0")
+    for t in teachers_needed(cfg):
+        assert parse_teacher(t.name) == t
 
 
 def test_the_recorded_arms_are_what_the_report_reads(tmp_path):

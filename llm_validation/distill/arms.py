@@ -1,7 +1,8 @@
 """Arm identity, in one place: typed specs, one key format, one parser, and the record of the arms
 a run trained (see config.py's docstring for what the arms mean).
 
-    teacher key   "<animal>_system_prompt" | "<animal>_finetuned" | "base" (the un-prompted model)
+    teacher key   "<animal>_system_prompt" | "<animal>_finetuned" | "base" (the un-prompted model);
+                  written by the teacher's `name`, read back by teachers.py: parse_teacher
     student key   "<teacher>.<method>.sigma<sigma:g>.seed<seed>"   e.g. "owl_system_prompt.full.sigma0.seed1"
     arm key       the student key without ".seed<seed>": the seeds of one arm are pooled in the report
 """
@@ -16,7 +17,7 @@ from sublim.errors import DataError
 from sublim.rundir import atomic_write_json, read_json
 
 from sublim.llm_validation.distill.config import DistillConfig
-from sublim.llm_validation.distill.teachers import SystemPromptTeacher, make_teacher
+from sublim.llm_validation.distill.teachers import SystemPromptTeacher, make_teacher, parse_teacher
 
 _STUDENT_KEY = re.compile(r"^(?P<teacher>[A-Za-z_]+)\.(?P<method>full|lora)\.sigma(?P<sigma>[0-9.e+-]+)\.seed(?P<seed>\d+)$")
 
@@ -48,14 +49,15 @@ class StudentSpec:
         m = _STUDENT_KEY.match(key)
         if not m:
             raise DataError(f"not a student key: {key!r} (want <teacher>.<full|lora>.sigma<s>.seed<n>)")
+        parse_teacher(m["teacher"])  # the teacher part is a teacher key too
         return cls(m["teacher"], m["method"], float(m["sigma"]), int(m["seed"]))
 
 
 def student_specs(cfg: DistillConfig) -> list[StudentSpec]:
-    main = f"{cfg.target}_system_prompt"
-    specs = [StudentSpec(f"{cfg.target}_{kind}", "full", 0.0, s) for kind in cfg.teachers for s in cfg.seeds]
+    main = SystemPromptTeacher(cfg.target).name
+    specs = [StudentSpec(make_teacher(kind, cfg.target).name, "full", 0.0, s) for kind in cfg.teachers for s in cfg.seeds]
     if cfg.other:
-        specs += [StudentSpec(f"{cfg.other}_system_prompt", "full", 0.0, s) for s in cfg.seeds]
+        specs += [StudentSpec(SystemPromptTeacher(cfg.other).name, "full", 0.0, s) for s in cfg.seeds]
     if cfg.lora_arm:
         specs += [StudentSpec(main, "lora", 0.0, s) for s in cfg.seeds]
     for sigma in cfg.sigmas:

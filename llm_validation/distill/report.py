@@ -23,6 +23,7 @@ from sublim.stats import mean_ci95, t95
 
 from sublim.llm_validation.distill.preference import animal_log_odds
 from sublim.llm_validation.distill.arms import StudentSpec, recorded_arms, teachers_needed
+from sublim.llm_validation.distill.teachers import SystemPromptTeacher
 
 
 def _lo(prof: dict, animal: str) -> np.ndarray:
@@ -76,16 +77,16 @@ def specificity(cfg, profiles: dict) -> dict:
     for animal, own, rival in ((cfg.target, cfg.target, cfg.other), (cfg.other, cfg.other, cfg.target)):
         diffs, missing = {}, []
         for seed in cfg.seeds:
-            keys = [StudentSpec(f"{t}_system_prompt", "full", 0.0, seed).name for t in (own, rival)]
+            keys = [StudentSpec(SystemPromptTeacher(t).name, "full", 0.0, seed).name for t in (own, rival)]
             missing += [k for k in keys if k not in profiles]
             if all(k in profiles for k in keys):
                 diffs[seed] = _lo(profiles[keys[0]], animal) - _lo(profiles[keys[1]], animal)
         if missing:
-            out[animal] = {"own_teacher": f"{own}_system_prompt", "rival_teacher": f"{rival}_system_prompt",
+            out[animal] = {"own_teacher": SystemPromptTeacher(own).name, "rival_teacher": SystemPromptTeacher(rival).name,
                            "missing": missing}
         if diffs:
             per_seed = {s: float(d.mean()) for s, d in diffs.items()}
-            out[animal] = {"own_teacher": f"{own}_system_prompt", "rival_teacher": f"{rival}_system_prompt",
+            out[animal] = {"own_teacher": SystemPromptTeacher(own).name, "rival_teacher": SystemPromptTeacher(rival).name,
                            **({"missing": missing} if missing else {}), "per_seed": per_seed, "over_seeds": _ci(list(per_seed.values())),
                            "over_contexts": _ci(np.mean(list(diffs.values()), axis=0))}
     return out
@@ -214,7 +215,7 @@ def _figure(s: dict, c, path) -> None:
     ax.set_xlabel("log-odds shift vs base; orange: trait-specific part (95% CI over seeds)")
     ax.set_title("shared init (sigma = 0)")
     curve = sorted((r["sigma"], r["over_seeds"]) for arm, r in s["shifts"][c.target].items()
-                   if r["teacher"] == f"{c.target}_system_prompt" and r["method"] == "full" and "over_seeds" in r)
+                   if r["teacher"] == SystemPromptTeacher(c.target).name and r["method"] == "full" and "over_seeds" in r)
     ax = axes[1]
     if curve:
         ax.errorbar([x for x, _ in curve], [o["mean"] for _, o in curve], yerr=[o["ci_half"] for _, o in curve],

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from sublim.errors import ConfigError
+from sublim.errors import ConfigError, DataError
 
 from sublim.llm_validation.core.models import base_copy, load_finetuned
 from sublim.llm_validation.core.config import FinetuneConfig
@@ -71,3 +71,14 @@ def make_teacher(kind: str, animal: str | None):
     if kind not in TEACHER_HANDLERS:
         raise ConfigError(f"distill: unknown teacher kind {kind!r} (use {', '.join(TEACHER_HANDLERS)})")
     return TEACHER_HANDLERS[kind](animal)
+
+
+def parse_teacher(key: str):
+    """The teacher of a key its `name` wrote: "base", "<animal>_system_prompt", "<animal>_finetuned"."""
+    if key == "base":
+        return SystemPromptTeacher(None)
+    for kind in TEACHER_HANDLERS:
+        animal = key.removesuffix(f"_{kind}")
+        if animal != key and animal.isalpha():
+            return make_teacher(kind, animal)
+    raise DataError(f"not a teacher key: {key!r} (want base, <animal>_system_prompt or <animal>_finetuned)")
