@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sublim.llm_validation.alignment.scores import normalize_directions, reference_scores, score_records, scored_parameter_names
+from sublim.llm_validation.core.scores import normalize_directions, reference_scores, score_records, scored_parameter_names
 from sublim.llm_validation.core.data import encode_sft_batch
 from sublim.llm_validation.core.device import resolve_device
 from sublim.llm_validation.core.models import load_model

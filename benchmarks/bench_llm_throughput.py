@@ -24,7 +24,7 @@ import torch
 
 
 def bench_generation(model, tok, batch_sizes, new_tokens, n_batches):
-    from sublim.llm_validation.pipeline.generate import generate_completions
+    from sublim.llm_validation.core.generate import generate_completions
     from sublim.llm_validation.core.prompts import number_prompts
 
     rows = []
@@ -52,8 +52,8 @@ def bench_generation(model, tok, batch_sizes, new_tokens, n_batches):
 
 
 def bench_finetune(model_name, batch, steps, max_length, bf16):
-    from sublim.llm_validation.pipeline.config import FinetuneConfig
-    from sublim.llm_validation.pipeline.finetune import finetune
+    from sublim.llm_validation.core.config import FinetuneConfig
+    from sublim.llm_validation.core.finetune import finetune
     from sublim.llm_validation.core.prompts import number_prompts
     from sublim.rundir import read_json
 

@@ -10,11 +10,14 @@ arms of `sublim llm distill` next):
 
 - A task is `key -> (fn, args)`. `fn` must be a module-level function (Ray ships it by import
   path, so every node needs the same sublim installed) and `args` must pickle; keep them small
-  (configs, not data sets): a task loads its own data where it runs.
+  (configs and megabytes, not data sets: the toy's tasks load their data where they run, a
+  distill student receives its tokenized contexts and its teacher's cache).
 - `fn(*args)` returns a small, picklable result (a dict of numbers). The DRIVER receives it and
   calls `on_result(key, result)`, in completion order, as each task finishes. Persist there
-  (atomically): workers never write files, so no shared file system is needed, and a killed
-  driver loses only the tasks in flight; the caller resumes by submitting only missing keys.
+  (atomically), so a killed driver loses only the tasks in flight; the caller resumes by
+  submitting only missing keys. A worker writes no result file. It may write its own scratch
+  state (distill's students write checkpoint.pt under their own folder, to resume a long student;
+  that needs a file system the nodes share); the toy's workers write nothing.
 - `resources` is what ONE task needs: a `Resources` for every task, or a dict key -> Resources.
   Ray places the task on a node with that much free; the local executor runs tasks one after
   another in this process, whatever they ask for. A task that uses torch
@@ -22,7 +25,8 @@ arms of `sublim llm distill` next):
   independent of the thread count, and what a Ray worker would otherwise get is Ray's choice.
 - A task that raises a SublimError stops the run with that one-line error (results delivered
   before it are kept). A Ray worker or node that dies is retried by Ray (`max_retries`); the
-  task must therefore be safe to run twice, which it is when only the driver writes.
+  task must therefore be safe to run twice, which it is when only the driver writes results
+  (a retried distill student resumes from its own checkpoint).
 - Workers run quietly (sublim.progress): the driver draws one bar over tasks.
 
 One backend class per executor, all with the same `run` signature; `run_tasks` picks one.

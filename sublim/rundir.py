@@ -171,27 +171,14 @@ def claim_run_dir(path: str | os.PathLike, config: Any):
         yield path
 
 
-def _make_writable_dir(path: Path, exist_ok: bool = True) -> Path:
+def _make_writable_dir(path: Path) -> Path:
     try:
-        path.mkdir(parents=True, exist_ok=exist_ok)
+        path.mkdir(parents=True, exist_ok=True)
         probe = path / ".write_probe"
         probe.write_text("ok")
         probe.unlink()
-    except FileExistsError:
-        raise SublimError(f"{path}: run directory already exists") from None
     except OSError as e:
         raise SublimError(f"{path}: output directory is not writable ({e.strerror or e})") from None
-    return path
-
-
-def prepare_run_dir(path: str | os.PathLike, config: Any, *, exist_ok: bool = True) -> Path:
-    """Create (or reuse) a run directory, check it is writable, and save the resolved config.
-
-    Raises SublimError with a one-line message when the directory cannot be created or written,
-    before any work is done (so a long run never dies at its last step on a bad path).
-    """
-    path = _make_writable_dir(Path(path), exist_ok)
-    atomic_write_json(path / "config.json", {"config": _to_jsonable(config), "environment": environment_info()})
     return path
 
 

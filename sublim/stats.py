@@ -7,6 +7,13 @@
 - proportion_ci95: Wilson score interval for a rate k/n (e.g. "answered owl" out of N samples);
   unlike the normal approximation it behaves at 0% and 100%.
 - bootstrap_ci95: percentile bootstrap for any statistic (AUCs, medians).
+- roc_auc / auc_with_ci: the Mann-Whitney AUC and its bootstrap CI ({auc, low, high, n_pos, n_neg});
+  diff_of_means: {diff, ci95} with a normal CI from the two standard errors.
+
+CI dicts: a mean with a symmetric interval is {"mean", "ci95" (the half-width), "n"}
+(mean_ci_dict). Two writers keep the older key `ci_half` for the same half-width, because their
+files are committed results that must stay byte-identical: distill's summary.json / alignment.json
+(llm_validation/results/distill_*) and core/evaluate.py's next-token preference (eval/<arm>.json).
 """
 
 from __future__ import annotations
@@ -82,3 +89,40 @@ def bootstrap_ci95(
         stats[b] = statistic(arr[idx])
     lo, hi = np.percentile(stats, [2.5, 97.5])
     return float(statistic(arr)), float(lo), float(hi)
+
+
+def mean_ci_dict(values: Sequence[float]) -> dict:
+    """{"mean", "ci95": half-width of the Student-t 95% interval, "n"}: the one CI dict schema."""
+    m, h = mean_ci95(values)
+    return {"mean": m, "ci95": h, "n": int(len(values))}
+
+
+def roc_auc(pos: np.ndarray, neg: np.ndarray) -> float:
+    """P(score of a random pos > score of a random neg) + 0.5 P(tie): the Mann-Whitney AUC."""
+    pos, neg = np.asarray(pos, float), np.asarray(neg, float)
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    from scipy.stats import rankdata  # here, not at the top: scipy costs ~0.3 s and few callers rank
+
+    ranks = rankdata(np.concatenate([pos, neg]))
+    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def auc_with_ci(pos: np.ndarray, neg: np.ndarray, *, n_boot: int = 1000, seed: int = 0) -> dict:
+    """AUC with a percentile-bootstrap 95% CI (rows resampled jointly with their class label)."""
+    data = np.concatenate([np.stack([pos, np.ones(len(pos))], 1), np.stack([neg, np.zeros(len(neg))], 1)])
+
+    def stat(rows: np.ndarray) -> float:
+        lab = rows[:, 1] > 0.5
+        if lab.all() or not lab.any():  # a resample with one class only (tiny n): uninformative
+            return 0.5
+        return roc_auc(rows[lab, 0], rows[~lab, 0])
+
+    auc, lo, hi = bootstrap_ci95(data, stat, n_boot=n_boot, seed=seed)
+    return {"auc": auc, "low": lo, "high": hi, "n_pos": int(len(pos)), "n_neg": int(len(neg))}
+
+
+def diff_of_means(x: np.ndarray, y: np.ndarray) -> dict:
+    """mean(x) - mean(y) with a normal 95% CI from the two standard errors."""
+    se = math.sqrt((np.var(x, ddof=1) / len(x) if len(x) > 1 else 0.0) + (np.var(y, ddof=1) / len(y) if len(y) > 1 else 0.0))
+    return {"diff": float(np.mean(x) - np.mean(y)), "ci95": float(Z95 * se)}

@@ -1,6 +1,9 @@
 """No import cycle among the lab's modules: every `import` and `from ... import` (function-local
 ones included: hiding a cycle inside a function does not remove it) of every module under the
-`sublim` namespace, resolved to modules, must form an acyclic graph."""
+`sublim` namespace, resolved to modules, must form an acyclic graph.
+
+And the LLM layers: llm_validation's experiments (pipeline, alignment, distill) share code only
+through `core/`; none imports another, and core imports none of them."""
 
 import ast
 import tomllib
@@ -78,3 +81,41 @@ def test_no_import_cycles_among_sublim_modules():
 def test_the_cycle_finder_finds_a_cycle():
     assert _find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+LLM = "sublim.llm_validation."
+EXPERIMENTS = ("pipeline", "alignment", "distill")
+
+
+def _llm_area(module: str) -> str | None:
+    return module[len(LLM):].split(".")[0] if module.startswith(LLM) else None
+
+
+def _layer_violations(graph: dict[str, set[str]]) -> list[str]:
+    """Edges that break the layers: experiment -> another experiment, or core -> an experiment."""
+    bad = []
+    for src, targets in sorted(graph.items()):
+        a = _llm_area(src)
+        if a not in (*EXPERIMENTS, "core"):
+            continue
+        for dst in sorted(targets):
+            b = _llm_area(dst)
+            if b in EXPERIMENTS and b != a:
+                bad.append(f"{src} -> {dst}")
+    return bad
+
+
+def test_llm_experiments_share_code_only_through_core():
+    modules = _modules()
+    graph = {name: _imports(name, path, modules) for name, path in modules.items()}
+    for area in (*EXPERIMENTS, "core"):  # the areas exist under these names (a rename would pass silently)
+        assert any(_llm_area(m) == area for m in modules), area
+    assert _layer_violations(graph) == []
+
+
+def test_the_layer_check_flags_an_experiment_importing_another():
+    graph = {LLM + "distill.sft": {LLM + "pipeline.config", LLM + "core.finetune"},
+             LLM + "core.models": {LLM + "alignment.run"}, LLM + "pipeline.cli": {LLM + "pipeline.config"},
+             LLM + "alignment.run": {LLM + "core.scores"}}
+    assert _layer_violations(graph) == [f"{LLM}core.models -> {LLM}alignment.run",
+                                        f"{LLM}distill.sft -> {LLM}pipeline.config"]

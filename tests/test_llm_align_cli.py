@@ -13,7 +13,7 @@ import pytest
 from sublim.cli import main
 from sublim.errors import SublimError
 from sublim.llm_validation.alignment.data import shuffle_numbers_across
-from sublim.llm_validation.alignment.report import auc_with_ci, roc_auc
+from sublim.stats import auc_with_ci, roc_auc
 from sublim.llm_validation.core.data import write_jsonl
 from sublim.llm_validation.alignment.screen import ScreenConfig, make_slices
 
@@ -86,7 +86,10 @@ def test_align_cli_end_to_end_with_screen(run_dir, capsys):
     # stand in for the pipeline's student and control) is another config: refused in `out`
     # (nothing mixed), run in its own directory; rerun there, it resumes: the scored data sets are
     # reused and the numbers are the same. The observed log-prob change must equal the screen's.
+    # (same --batch-size as the first run: a batch of another width pads differently, and float32
+    # sums over other paddings may differ in the last bits, so equality below would not hold)
     arms = ["llm", "align", "--run-dir", str(run_dir), "--traits", "owl,cat", "--limit", "0", "--n-boot", "100",
+            "--batch-size", "8",
             "--arms", f"student={out / 'screen' / 'top'}", "--arms", f"control={out / 'screen' / 'bottom'}"]
     assert main(arms) == 2
     assert "differs in arms.control, arms.student" in capsys.readouterr().err
@@ -97,17 +100,10 @@ def test_align_cli_end_to_end_with_screen(run_dir, capsys):
     assert main([*arms, "--out", str(out2)]) == 0
     assert (out2 / "scores_teacher.npz").stat().st_mtime_ns == before
     again = json.loads((out2 / "summary.json").read_text())
-    # the rerun reads the stored scores, so its summary is the same to the bit; `out` scored with
-    # batch 8 and out2 with 16 (other padding, other float32 summation blocks), so those two agree
-    # only to float32 rounding: a_i sums ~1e5 products, |error| <= ~1e5 * 6e-8 relative in the
-    # worst case, ~1e-5 in practice; 1e-4 relative is loose for rounding yet far below any real change
+    # the rerun reads the stored scores: its summary is the same to the bit, and equals the first
+    # run's in `out` (same records, same batch width, so the same float32 sums)
     assert again["datasets"] == first["datasets"]
-    for key, stat in again["datasets"]["teacher"]["directions"]["owl"].items():
-        ref = summary["datasets"]["teacher"]["directions"]["owl"][key]
-        if isinstance(stat, dict) and "mean" in stat:
-            assert stat["mean"] == pytest.approx(ref["mean"], rel=1e-4), key
-        else:
-            assert stat == pytest.approx(ref, rel=1e-4), key
+    assert again["datasets"]["teacher"]["directions"]["owl"] == summary["datasets"]["teacher"]["directions"]["owl"]
     rel = again["transfer_vs_alignment"]
     assert [r["animal"] for r in rel["per_animal"]] == ["owl", "cat"]
     owl = rel["per_animal"][0]

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from sublim.errors import SublimError
-from sublim.llm_validation.alignment.scores import (
+from sublim.llm_validation.core.scores import (
     normalize_directions,
     per_example_completion_loss,
     reference_scores,
@@ -133,7 +133,7 @@ def test_bad_directions_fail_clearly():
 @pytest.mark.gpu
 def test_normalize_directions_keeps_gpu_tensors_on_the_gpu():
     # The first GPU run failed here: norms accumulated on the CPU from CUDA tensors.
-    from sublim.llm_validation.alignment.scores import normalize_directions
+    from sublim.llm_validation.core.scores import normalize_directions
 
     raw = {"a": torch.tensor([[3.0, 0.0], [0.0, 2.0]], device="cuda"), "b": torch.tensor([[4.0], [0.0]], device="cuda")}
     d = normalize_directions(["x", "y"], raw)

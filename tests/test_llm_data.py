@@ -8,7 +8,7 @@ import torch
 from sublim.errors import DataError, SublimError
 from sublim.llm_validation.core.data import (append_jsonl, encode_sft_batch, format_prompt, read_jsonl,
                                         repair_truncated_tail, write_jsonl)
-from sublim.llm_validation.pipeline.evaluate import normalize_answer, score_answer, singular, summarize_answers
+from sublim.llm_validation.core.evaluate import normalize_answer, score_answer, singular, summarize_answers
 from sublim.llm_validation.core.models import load_model
 from sublim.llm_validation.core.prompts import (EVAL_QUESTIONS, number_prompts, preference_records,
                                            trait_system_prompt)
@@ -124,7 +124,7 @@ def test_scoring_and_rates():
 
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-gemma"])
 def test_candidate_logprobs_match_full_forward_reference(tiny, name):
-    from sublim.llm_validation.pipeline.evaluate import candidate_logprobs, next_token_preference
+    from sublim.llm_validation.core.evaluate import candidate_logprobs, next_token_preference
 
     model, tok = tiny[name]
     context = format_prompt(tok, "What is your favorite animal?", assistant_prefix="My favorite animal is the")

@@ -23,8 +23,8 @@ import sys
 import pytest
 import torch
 
-from sublim.llm_validation.pipeline.config import FinetuneConfig
-from sublim.llm_validation.pipeline.finetune import finetune
+from sublim.llm_validation.core.config import FinetuneConfig
+from sublim.llm_validation.core.finetune import finetune
 from sublim.rundir import read_json
 
 

@@ -14,15 +14,15 @@ import torch
 
 from sublim.cli import main
 from sublim.errors import ConfigError, DataError
-from sublim.rundir import claim_run_dir
+from sublim.rundir import read_json
 from sublim.llm_validation.distill import students as students_module
 from sublim.llm_validation.distill.cache import TeacherCache, load_or_compute
 from sublim.llm_validation.distill.config import DistillConfig, from_overrides
 from sublim.llm_validation.distill.contexts import encode_contexts
-from sublim.llm_validation.distill.forward import number_log_probs
-from sublim.llm_validation.distill.loss import restricted_kl
-from sublim.llm_validation.distill.run import DistillRun
-from sublim.llm_validation.distill.students import StudentSpec, make_student, perturb_
+from sublim.llm_validation.distill.forward import number_log_probs, restricted_kl
+from sublim.llm_validation.distill.run import run_distill
+from sublim.llm_validation.distill.arms import StudentSpec, student_specs
+from sublim.llm_validation.distill.students import make_student, perturb_
 from sublim.llm_validation.distill.vocab import end_of_turn_id, number_token_ids
 from sublim.llm_validation.core.models import load_model
 from sublim.llm_validation.core.prompts import synthetic_number_records
@@ -125,13 +125,12 @@ def _tiny_cfg(**kw):
 def test_student_resumes_after_an_interruption_to_the_same_numbers(tmp_path, monkeypatch):
     cfg = _tiny_cfg(n_contexts=12, lora_arm=False, other="", sigmas=(), teachers=("system_prompt",), seeds=(0,))
     spec = StudentSpec("owl_system_prompt", "full", 0.0, 0)
-    straight = DistillRun(tmp_path / "a", cfg)
-    straight.run(("contexts", "cache"))
-    with claim_run_dir(straight.dir, cfg.to_dict()):
-        full = straight.run_student(spec)
+    assert [s.name for s in student_specs(cfg)] == [spec.name]  # the students stage trains exactly this one
+    straight, resumed = tmp_path / "a", tmp_path / "b"
+    run_distill(straight, cfg, ("contexts", "cache", "students"))
+    full = read_json(straight / "students" / spec.name / "profile.json")
 
-    resumed = DistillRun(tmp_path / "b", cfg)
-    resumed.run(("contexts", "cache"))
+    run_distill(resumed, cfg, ("contexts", "cache"))
     real = students_module.restricted_kl
     calls = {"n": 0}
 
@@ -143,12 +142,15 @@ def test_student_resumes_after_an_interruption_to_the_same_numbers(tmp_path, mon
 
     monkeypatch.setattr(students_module, "restricted_kl", die_at_step_3)
     with pytest.raises(KeyboardInterrupt):
-        resumed.run_student(spec)
-    assert (resumed.dir / "students" / spec.name / "checkpoint.pt").exists()
+        run_distill(resumed, cfg, ("students",))
+    assert (resumed / "students" / spec.name / "checkpoint.pt").exists()
+    assert not (resumed / "students" / spec.name / "profile.json").exists()
     monkeypatch.setattr(students_module, "restricted_kl", real)
-    again = resumed.run_student(spec)
+    run_distill(resumed, cfg, ("students",))
+    again = read_json(resumed / "students" / spec.name / "profile.json")
     assert again["logp"] == full["logp"] and again["train"]["losses"] == full["train"]["losses"]
-    assert not (resumed.dir / "students" / spec.name / "checkpoint.pt").exists()
+    assert not (resumed / "students" / spec.name / "checkpoint.pt").exists()
+    assert read_json(resumed / "students" / "arms.json") == {"students": [spec.name]}
 
 
 def test_context_set_without_completion_positions_is_refused(tiny):
@@ -215,7 +217,7 @@ def test_alignment_through_the_kernels_matches_per_example_autograd(tiny):
     autograd backward per example, in float64. Both sum the same products in different orders:
     |err| <= n * u * sum|g_j D_j| with n ~ 1e5 weights and u = 1.1e-16, i.e. <= 1e-11 * ||g|| ||D||
     (||D|| = 1); we allow 1e-9 * ||g||."""
-    from sublim.llm_validation.alignment.scores import normalize_directions, scored_parameter_names
+    from sublim.llm_validation.core.scores import normalize_directions, scored_parameter_names
     from sublim.llm_validation.distill.alignment import distillation_alignment
     from sublim.llm_validation.distill.cache import TeacherCache
 

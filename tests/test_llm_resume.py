@@ -5,13 +5,13 @@ import pytest
 import torch
 
 from sublim.errors import DataError
-from sublim.llm_validation.pipeline import finetune as ft_module
-from sublim.llm_validation.pipeline import generate as gen_module
+from sublim.llm_validation.core import finetune as ft_module
+from sublim.llm_validation.core import generate as gen_module
 from sublim.llm_validation.core.data import read_jsonl
 from sublim.llm_validation.core.models import load_finetuned
-from sublim.llm_validation.pipeline.config import FinetuneConfig
-from sublim.llm_validation.pipeline.finetune import finetune
-from sublim.llm_validation.pipeline.generate import generate_completions, read_generations
+from sublim.llm_validation.core.config import FinetuneConfig
+from sublim.llm_validation.core.finetune import finetune
+from sublim.llm_validation.core.generate import generate_completions, read_generations
 from sublim.llm_validation.core.models import load_model
 
 RECORDS = [{"id": f"r{i}", "prompt": f"Continue: {i}, {i + 1}", "completion": f"{i + 2}, {i + 3}"}

@@ -12,62 +12,29 @@ Everything here is plain numpy on the per-example arrays, so it is cheap and tes
 
 from __future__ import annotations
 
+import io
 import math
+from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
-from scipy.stats import rankdata
 
-from sublim.rundir import atomic_write_json, atomic_write_text
-from sublim.stats import Z95, bootstrap_ci95, mean_ci95, proportion_ci95
+from sublim.rundir import atomic_write_bytes, atomic_write_json, atomic_write_text
+from sublim.stats import Z95, auc_with_ci, diff_of_means, mean_ci95, mean_ci_dict, proportion_ci95
 
-from sublim.llm_validation.alignment.scores import AlignmentScores, short_name
-
-
-def _ci(x: np.ndarray) -> dict:
-    m, h = mean_ci95(x)
-    return {"mean": m, "ci95": h, "n": int(len(x))}
-
-
-def roc_auc(pos: np.ndarray, neg: np.ndarray) -> float:
-    """P(score of a random pos > score of a random neg) + 0.5 P(tie): the Mann-Whitney AUC."""
-    pos, neg = np.asarray(pos, float), np.asarray(neg, float)
-    if len(pos) == 0 or len(neg) == 0:
-        return float("nan")
-    ranks = rankdata(np.concatenate([pos, neg]))
-    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
-
-
-def auc_with_ci(pos: np.ndarray, neg: np.ndarray, *, n_boot: int = 1000, seed: int = 0) -> dict:
-    """AUC with a percentile-bootstrap 95% CI (rows resampled jointly with their class label)."""
-    data = np.concatenate([np.stack([pos, np.ones(len(pos))], 1), np.stack([neg, np.zeros(len(neg))], 1)])
-
-    def stat(rows: np.ndarray) -> float:
-        lab = rows[:, 1] > 0.5
-        if lab.all() or not lab.any():  # a resample with one class only (tiny n): uninformative
-            return 0.5
-        return roc_auc(rows[lab, 0], rows[~lab, 0])
-
-    auc, lo, hi = bootstrap_ci95(data, stat, n_boot=n_boot, seed=seed)
-    return {"auc": auc, "low": lo, "high": hi, "n_pos": int(len(pos)), "n_neg": int(len(neg))}
-
-
-def diff_of_means(x: np.ndarray, y: np.ndarray) -> dict:
-    """mean(x) - mean(y) with a normal 95% CI from the two standard errors."""
-    se = math.sqrt((np.var(x, ddof=1) / len(x) if len(x) > 1 else 0.0) + (np.var(y, ddof=1) / len(y) if len(y) > 1 else 0.0))
-    return {"diff": float(np.mean(x) - np.mean(y)), "ci95": float(Z95 * se)}
+from sublim.llm_validation.core.scores import AlignmentScores, short_name
 
 
 def dataset_summary(s: AlignmentScores) -> dict:
     a, cos = s.alignment, s.cosine
     per_tok = a / np.maximum(s.n_tokens[:, None], 1)
-    out = {"n_examples": len(s.ids), "mean_loss": _ci(s.loss), "mean_n_tokens": _ci(s.n_tokens),
-           "grad_norm": _ci(s.grad_norm), "directions": {}}
+    out = {"n_examples": len(s.ids), "mean_loss": mean_ci_dict(s.loss), "mean_n_tokens": mean_ci_dict(s.n_tokens),
+           "grad_norm": mean_ci_dict(s.grad_norm), "directions": {}}
     for j, lab in enumerate(s.labels):
         k_pos = int((a[:, j] > 0).sum())
         rate, lo, hi = proportion_ci95(k_pos, len(a))
-        out["directions"][lab] = {"alignment": _ci(a[:, j]), "alignment_per_token": _ci(per_tok[:, j]),
-                                  "cosine": _ci(cos[:, j]), "share_positive": {"rate": rate, "low": lo, "high": hi}}
+        out["directions"][lab] = {"alignment": mean_ci_dict(a[:, j]), "alignment_per_token": mean_ci_dict(per_tok[:, j]),
+                                  "cosine": mean_ci_dict(cos[:, j]), "share_positive": {"rate": rate, "low": lo, "high": hi}}
     return out
 
 
@@ -79,11 +46,11 @@ def per_layer_summary(s: AlignmentScores) -> dict:
     half = len(blocks) // 2
     early, late = blocks[:half], blocks[half:]
     for j, lab in enumerate(s.labels):
-        rows = [{"layer": li, "alignment": _ci(a[:, i, j]), "cosine": _ci(cos[:, i, j])} for i, li in enumerate(layers)]
+        rows = [{"layer": li, "alignment": mean_ci_dict(a[:, i, j]), "cosine": mean_ci_dict(cos[:, i, j])} for i, li in enumerate(layers)]
         out["directions"][lab] = {
             "per_layer": rows,
-            "early_half_alignment": _ci(a[:, early, j].sum(1)) if early else None,
-            "late_half_alignment": _ci(a[:, late, j].sum(1)) if late else None,
+            "early_half_alignment": mean_ci_dict(a[:, early, j].sum(1)) if early else None,
+            "late_half_alignment": mean_ci_dict(a[:, late, j].sum(1)) if late else None,
         }
     return out
 
@@ -126,7 +93,7 @@ def specificity(s: AlignmentScores, target: str) -> dict | None:
         return None
     j = s.labels.index(target)
     others = [i for i in range(len(s.labels)) if i != j]
-    return _ci(s.alignment[:, j] - s.alignment[:, others].mean(1))
+    return mean_ci_dict(s.alignment[:, j] - s.alignment[:, others].mean(1))
 
 
 def correlation_with_ci(x: Sequence[float], y: Sequence[float]) -> dict:
@@ -176,8 +143,6 @@ def scores_table(scores: Mapping[str, AlignmentScores]):
 
 def write_outputs(out_dir, scores: Mapping[str, AlignmentScores], summary: dict) -> list[str]:
     """per_example_scores.csv, summary.json, and the plots; returns the written file names."""
-    from pathlib import Path
-
     out_dir = Path(out_dir)
     table = scores_table(scores)
     atomic_write_text(out_dir / "per_example_scores.csv", table.to_csv(index=False, float_format="%.7g"))
@@ -188,17 +153,12 @@ def write_outputs(out_dir, scores: Mapping[str, AlignmentScores], summary: dict)
 
 
 def plot_all(out_dir, scores: Mapping[str, AlignmentScores]) -> list[str]:
-    import io
-    from pathlib import Path
-
-    import matplotlib
+    import matplotlib  # plotting libraries load only when plotting (seconds of imports)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import pandas as pd
     import seaborn as sns
-
-    from sublim.rundir import atomic_write_bytes
 
     def save(fig, name):
         buf = io.BytesIO()
@@ -252,5 +212,5 @@ def plot_all(out_dir, scores: Mapping[str, AlignmentScores]) -> list[str]:
     return written
 
 
-__all__ = ["roc_auc", "auc_with_ci", "diff_of_means", "dataset_summary", "per_layer_summary", "compare",
+__all__ = ["dataset_summary", "per_layer_summary", "compare",
            "specificity", "correlation_with_ci", "scores_table", "write_outputs", "plot_all", "short_name"]

@@ -1,5 +1,5 @@
 """`sublim llm align`, the orchestration: per-example gradient alignment of number data sets with
-teacher directions (alignment/scores.py), summarized (alignment/report.py), optionally screened
+teacher directions (core/scores.py), summarized (alignment/report.py), optionally screened
 (alignment/screen.py). The command line is alignment/cli.py; the config alignment/config.py.
 
     summary = run_align(AlignConfig(model="smollm2-135m", data={"teacher": "t.jsonl"}, out="runs/a"))
@@ -10,7 +10,8 @@ is the target, ranked by the screen), and with `teacher_model` theta_teacher - t
 ("teacher_delta"). `shuffled` adds "NAME_shuffled", numbers permuted across responses. The first
 data set is the reference of the comparisons.
 
-Writes into `out` (claimed with sublim/rundir.py: claim_run_dir, so another config is refused):
+Three stages (score, summary, screen) run by sublim/stages.py, which claims `out` (another
+config is refused) and writes timings.json. Writes into `out`:
 config.json, scores_<name>.npz (per data set, reused on rerun when the fingerprint matches: an
 interrupted run resumes), per_example_scores.csv, summary.json, alignment_distribution_<dir>.png,
 alignment_per_layer_<dir>.png, and with `screen` screen.json plus one student per arm under screen/.
@@ -28,17 +29,18 @@ import torch
 
 from sublim.errors import ConfigError, SublimError
 from sublim.progress import log
-from sublim.rundir import atomic_write_json, claim_run_dir, read_json
+from sublim.rundir import atomic_write_json, read_json
+from sublim.stages import Lazy, Stage, run_stages
 
 from sublim.llm_validation.alignment.config import OTHER_ANIMALS, AlignConfig
 from sublim.llm_validation.alignment.data import load_records, shuffle_numbers_across
 from sublim.llm_validation.alignment.report import compare, correlation_with_ci, specificity, write_outputs
-from sublim.llm_validation.alignment.scores import (AlignmentScores, Directions, normalize_directions, score_records,
+from sublim.llm_validation.core.scores import (AlignmentScores, Directions, normalize_directions, score_records,
                                                     scored_parameter_names, trait_direction, weight_delta_direction)
 from sublim.llm_validation.alignment.screen import ScreenConfig, run_screen, trait_logprobs
 from sublim.llm_validation.core.data import encode_sft_batch, format_prompt, has_chat_template
 from sublim.llm_validation.core.device import resolve_device
-from sublim.llm_validation.core.models import load_model, merge_lora
+from sublim.llm_validation.core.models import base_copy, load_model, merge_lora
 from sublim.llm_validation.core.prompts import EVAL_QUESTIONS, NEXT_TOKEN_PREFIXES
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
@@ -151,53 +153,88 @@ def _score_all(cfg: AlignConfig, out: Path, model, encode, dirs, datasets, sourc
     return scores, timings
 
 
-def run_align(cfg: AlignConfig) -> dict:
-    device = resolve_device(cfg.device)
-    dtype = DTYPES[cfg.dtype]
-    with claim_run_dir(cfg.out, cfg) as out:
-        t0 = time.perf_counter()
-        datasets, sources = _datasets(cfg)  # a broken data file fails before the model loads
-        model, tok = load_model(cfg.model, dtype=dtype, device=device)
-        dirs, names, targets, prompts = _directions(cfg, model, tok, dtype, device)
+class Scorer:
+    """The base model, its directions and an encoder: built once (on first use) for every stage."""
 
-        def encode(recs):
-            return encode_sft_batch(tok, list(recs), max_length=cfg.max_length)
+    def __init__(self, cfg: AlignConfig, device: str):
+        self.dtype = DTYPES[cfg.dtype]
+        self.model, self.tok = base_copy(cfg.model, device=device, dtype=self.dtype, load_dtype=self.dtype)
+        self.dirs, self.names, self.targets, self.prompts = _directions(cfg, self.model, self.tok, self.dtype, device)
+        self.max_length = cfg.max_length
 
-        scores, timings = _score_all(cfg, out, model, encode, dirs, datasets, sources, device)
-        reference = next(iter(cfg.data))
-        labels = dirs.labels
-        summary = {"directions": labels, "direction_raw_norms": dict(zip(labels, dirs.raw_norms)),
-                   "reference": reference, "n_weight_matrices": len(names), "scoring_timings": timings,
-                   "sign_convention": "a_i = <-grad loss_i, D>, loss_i = SUM of completion-token CE, D unit norm; "
-                                      "a_i > 0 = toward the teacher",
-                   **compare(scores, reference, n_boot=cfg.n_boot)}
-        if targets and len(labels) > 1:
-            summary["specificity"] = {name: specificity(s, labels[0]) for name, s in scores.items()}
-        if cfg.arms and targets:
-            summary["transfer_vs_alignment"] = relate_transfer(model, tok, prompts, targets, cfg, scores, dirs,
-                                                               device, dtype)
-        written = write_outputs(out, scores, summary)
-        log(f"align: wrote {', '.join(written)} to {out} ({time.perf_counter() - t0:.1f}s)")
-        if cfg.screen:
-            summary["screen"] = _screen(cfg, model, tok, scores[reference], datasets[reference], encode, prompts,
-                                        targets, labels[0], out, device)
-            atomic_write_json(out / "summary.json", summary)
-    return summary
+    def encode(self, recs):
+        return encode_sft_batch(self.tok, list(recs), max_length=self.max_length)
 
 
-def _screen(cfg: AlignConfig, model, tok, scores, records, encode, prompts, targets, direction, out, device) -> dict:
-    if not targets:
+def score_stage(cfg: AlignConfig, out: Path, device: str, datasets: tuple[dict, dict], scorer: Scorer,
+                scored: dict) -> None:
+    """Every data set scored (scores_<name>.npz; a matching saved fingerprint is reloaded)."""
+    records, sources = datasets
+    scores, timings = _score_all(cfg, out, scorer.model, scorer.encode, scorer.dirs, records, sources, device)
+    scored.update(scores=scores, timings=timings)
+
+
+def summary_stage(cfg: AlignConfig, out: Path, device: str, scorer: Scorer, scored: dict) -> None:
+    """summary.json, per_example_scores.csv and the plots, from the scores of the score stage."""
+    t0 = time.perf_counter()
+    scores, labels, reference = scored["scores"], scorer.dirs.labels, next(iter(cfg.data))
+    summary = {"directions": labels, "direction_raw_norms": dict(zip(labels, scorer.dirs.raw_norms)),
+               "reference": reference, "n_weight_matrices": len(scorer.names), "scoring_timings": scored["timings"],
+               "sign_convention": "a_i = <-grad loss_i, D>, loss_i = SUM of completion-token CE, D unit norm; "
+                                  "a_i > 0 = toward the teacher",
+               **compare(scores, reference, n_boot=cfg.n_boot)}
+    if scorer.targets and len(labels) > 1:
+        summary["specificity"] = {name: specificity(s, labels[0]) for name, s in scores.items()}
+    if cfg.arms and scorer.targets:
+        summary["transfer_vs_alignment"] = relate_transfer(scorer.model, scorer.tok, scorer.prompts, scorer.targets,
+                                                           cfg, scores, scorer.dirs, device, scorer.dtype)
+    written = write_outputs(out, scores, summary)
+    scored["summary"] = summary
+    log(f"align: wrote {', '.join(written)} to {out} ({time.perf_counter() - t0:.1f}s)")
+
+
+def screen_stage(cfg: AlignConfig, out: Path, device: str, datasets: tuple[dict, dict], scorer: Scorer,
+                 scored: dict) -> None:
+    """With cfg.screen: the gradient screen (screen.json, screen/<arm>/), added to summary.json."""
+    if not cfg.screen:
+        return
+    if not scorer.targets:
         raise ConfigError("--screen needs --traits (it measures the trait's transfer)")
-    base_cpu = model.to("cpu")  # one load from disk, then deep copies: every student starts from this theta0
-
-    def load_base():
-        return copy.deepcopy(base_cpu).to(device), tok
-
-    sc = ScreenConfig(direction=direction, rank_by=cfg.screen_rank_by, fraction=cfg.screen_fraction,
+    reference = next(iter(cfg.data))
+    sc = ScreenConfig(direction=scorer.dirs.labels[0], rank_by=cfg.screen_rank_by, fraction=cfg.screen_fraction,
                       arms=tuple(cfg.screen_arms), epochs=cfg.screen_epochs, lr=cfg.screen_lr,
                       batch_size=cfg.batch_size, max_length=cfg.max_length, seed=cfg.seed,
                       bf16=device.startswith("cuda"))
-    return run_screen(cfg.model, scores, records, encode, prompts, targets, out, sc, device=device, load_base=load_base)
+
+    def load_base():  # every student starts from a copy of the same theta0 (core/models.py's cache)
+        return base_copy(cfg.model, device=device, dtype=scorer.dtype, load_dtype=scorer.dtype)
+
+    summary = scored["summary"]
+    summary["screen"] = run_screen(cfg.model, scored["scores"][reference], datasets[0][reference], scorer.encode,
+                                   scorer.prompts, scorer.targets, out, sc, device=device, load_base=load_base)
+    atomic_write_json(out / "summary.json", summary)
+
+
+STAGES = (
+    Stage("score", score_stage, ("cfg", "out", "device", "datasets", "scorer", "scored"), ("scores_<set>.npz",)),
+    Stage("summary", summary_stage, ("cfg", "out", "device", "scorer", "scored"),
+          ("summary.json", "per_example_scores.csv", "alignment_*.png")),
+    Stage("screen", screen_stage, ("cfg", "out", "device", "datasets", "scorer", "scored"), ("screen.json", "screen/")),
+)
+
+
+def run_align(cfg: AlignConfig) -> dict:
+    """Score, summarize and (with cfg.screen) screen, in cfg.out; returns the summary.
+
+    The stages always run together (summary and screen need the scores in memory; the scores
+    themselves are reloaded from disk when their fingerprint matches, so a rerun is cheap)."""
+    device = resolve_device(cfg.device)
+    scored: dict = {}  # filled by the score and summary stages for the next ones: values in memory, not a run object
+    resources = {"cfg": cfg, "device": device, "scored": scored,
+                 "datasets": Lazy(lambda: _datasets(cfg)),  # a broken data file fails before the model loads
+                 "scorer": Lazy(lambda datasets: Scorer(cfg, device), ("datasets",))}
+    run_stages(cfg.out, cfg, STAGES, None, resources, what="align")
+    return scored["summary"]
 
 
 def load_variant(path: str, base_model, dtype, device):

@@ -34,7 +34,10 @@ from sublim.rundir import atomic_write_json
 from sublim.seeding import numpy_rng
 
 from sublim.llm_validation.alignment.config import SCREEN_ARMS, check_screen
-from sublim.llm_validation.alignment.scores import AlignmentScores, per_example_completion_loss
+from sublim.llm_validation.core.config import FinetuneConfig
+from sublim.llm_validation.core.finetune import finetune
+from sublim.llm_validation.core.models import base_copy, load_finetuned
+from sublim.llm_validation.core.scores import AlignmentScores, per_example_completion_loss
 
 ARMS = SCREEN_ARMS  # declared once, in alignment/config.py
 
@@ -139,10 +142,6 @@ def run_screen(
     records[i] must be the example scored in scores row i. targets: label -> token id; the first
     label is the trait whose transfer is measured (the others are reported too).
     """
-    from sublim.llm_validation.pipeline.config import FinetuneConfig
-    from sublim.llm_validation.pipeline.finetune import finetune
-    from sublim.llm_validation.core.models import load_model
-
     if len(records) != len(scores.ids) or any(str(r["id"]) != i for r, i in zip(records, scores.ids)):
         raise DataError("screen: records do not match the scored examples (ids differ)")
     out_dir = Path(out_dir)
@@ -152,7 +151,7 @@ def run_screen(
     score = ranking_score(scores, direction, cfg.rank_by)
     slices = make_slices(score, cfg)
     heldout = [records[i] for i in slices["heldout"]]
-    load = load_base or (lambda: load_model(base_model, dtype=torch.float32, device=device))
+    load = load_base or (lambda: base_copy(base_model, device=device))
 
     base, _tok = load()
     result = {"config": asdict(cfg), "direction": direction, "n_scored": len(records),
@@ -186,8 +185,6 @@ def run_screen(
 def _load_student(arm_dir: Path, load: Callable, device: str):
     """The fine-tuned student; a LoRA adapter is merged into a fresh base copy from `load` (no second
     model load from disk, which for GGUF files costs seconds)."""
-    from sublim.llm_validation.core.models import load_finetuned
-
     base = load() if (arm_dir / "adapter").is_dir() else None
     return load_finetuned(arm_dir, device=device, base=base)[0].to(device).eval()
 

@@ -19,8 +19,10 @@ teacher and student of a smoke test share theta0 (the whole point of subliminal 
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import os
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -223,6 +225,39 @@ def load_model(name_or_path: str | os.PathLike, *, dtype: torch.dtype = torch.fl
     return _finish(*_load_hf(name, dtype, device), name)
 
 
+# The one base-model cache of the process: (name, dtype) -> (model on the CPU, tokenizer). Every
+# experiment asks base_copy for its theta0, so a GGUF file (~20 s to de-quantize) is read once per
+# process and every student, teacher and arm starts from a copy of the same tensors. A name is
+# taken to mean the same weights for the life of the process. At most two models stay (the
+# pipeline alternates its model and the cross model; more would hold gigabytes for real models).
+_BASE_CACHE: OrderedDict = OrderedDict()
+_BASE_CACHE_SIZE = 2
+
+
+def _cached_base(name: str, dtype: torch.dtype):
+    key = (str(name), dtype)
+    if key not in _BASE_CACHE:
+        while len(_BASE_CACHE) >= _BASE_CACHE_SIZE:
+            _BASE_CACHE.popitem(last=False)
+        _BASE_CACHE[key] = load_model(name, dtype=dtype, device="cpu")
+    _BASE_CACHE.move_to_end(key)
+    return _BASE_CACHE[key]
+
+
+def base_copy(name: str | os.PathLike, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+              load_dtype: torch.dtype = torch.float32):
+    """(a fresh deep copy of the base model `name`, its tokenizer): loaded from disk once per
+    process in `load_dtype` on the CPU, then copied and moved to `device`/`dtype`. The copy is the
+    caller's to modify; the cached original is never handed out."""
+    model, tok = _cached_base(name, load_dtype)
+    return copy.deepcopy(model).to(device=device, dtype=dtype), tok
+
+
+def base_tokenizer(name: str | os.PathLike, load_dtype: torch.dtype = torch.float32):
+    """The tokenizer of the cached base model `name` (no model copy)."""
+    return _cached_base(name, load_dtype)[1]
+
+
 def model_family(model) -> str:
     return getattr(model.config, "model_type", "unknown")
 
@@ -244,7 +279,7 @@ def merge_lora(model, adapter_dir: str | os.PathLike):
 
 
 def load_finetuned(out_dir: str | os.PathLike, *, dtype=torch.float32, device="cpu", base=None):
-    """(model, tokenizer) of a finished fine-tuning directory (pipeline/finetune.py writes them):
+    """(model, tokenizer) of a finished fine-tuning directory (core/finetune.py writes them):
     LoRA merged into the base, or the full model.
 
     base: an already loaded (model, tokenizer) of the base model to merge the adapter into (it is

@@ -16,14 +16,15 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from sublim.kernels import PerExampleGradStats
 from sublim.progress import progress
-from sublim.stats import mean_ci95
+from sublim.stats import auc_with_ci, mean_ci95
 
-from sublim.llm_validation.alignment.scores import (only_these_trainable, score_records, scored_parameter_names,
+from sublim.llm_validation.core.data import encode_sft_batch
+from sublim.llm_validation.core.models import base_copy
+from sublim.llm_validation.core.scores import (only_these_trainable, score_records, scored_parameter_names,
                                              weight_delta_direction)
-from sublim.llm_validation.alignment.report import auc_with_ci
-from sublim.llm_validation.distill.forward import number_log_probs
-from sublim.llm_validation.distill.loss import restricted_kl
+from sublim.llm_validation.distill.forward import number_log_probs, restricted_kl
 
 
 def _summary(a: np.ndarray) -> dict:
@@ -34,8 +35,6 @@ def _summary(a: np.ndarray) -> dict:
 
 def distillation_alignment(model, encoded, cache, vocab, direction, names, device, batch_size: int) -> np.ndarray:
     """a_i for the restricted-KL loss of each context against the teacher's cached distributions."""
-    from sublim.kernels import PerExampleGradStats
-
     dirs = {n: t.to(device=device, dtype=torch.float32) for n, t in direction.tensors.items()}
     out = np.zeros(len(encoded))
     model.eval()
@@ -54,23 +53,20 @@ def distillation_alignment(model, encoded, cache, vocab, direction, names, devic
     return out
 
 
-def run_alignment(run, teacher, sft_sets: dict[str, list[dict]] | None = None) -> dict:
+def run_alignment(cfg, out, device: str, tok, vocab, encoded, teacher, cache,
+                  sft_sets: dict[str, list[dict]] | None = None) -> dict:
     """a_i under the distillation loss (and SFT on each named record set) for a fine-tuned teacher."""
-    from sublim.llm_validation.core.data import encode_sft_batch
-    from sublim.llm_validation.distill.vocab import number_token_ids
-
-    base, tok = run.base_copy()
-    teacher_model, _ = teacher.load(run)
+    base, _ = base_copy(cfg.model, device=device)
+    teacher_model, _ = teacher.load(cfg, out, device)
     names = scored_parameter_names(base)
     direction = weight_delta_direction(base, teacher_model, names)
     del teacher_model
-    a = distillation_alignment(base, run.encoded(), run.teacher_cache(teacher), number_token_ids(tok),
-                               direction, names, run.device, run.cfg.batch_size)
+    a = distillation_alignment(base, encoded, cache, vocab, direction, names, device, cfg.batch_size)
     result = {"teacher": teacher.name, "parameters": len(names), "distill": _summary(a),
               "distill_values": [round(float(v), 9) for v in a]}
     if sft_sets:
-        encode = lambda recs: encode_sft_batch(tok, recs, max_length=run.cfg.max_length)  # noqa: E731
-        sft = {k: score_records(base, recs, encode, direction, batch_size=run.cfg.batch_size,
+        encode = lambda recs: encode_sft_batch(tok, recs, max_length=cfg.max_length)  # noqa: E731
+        sft = {k: score_records(base, recs, encode, direction, batch_size=cfg.batch_size,
                                 desc=f"alignment (sft {k})").alignment[:, 0] for k, recs in sft_sets.items()}
         result["sft"] = {k: _summary(v) for k, v in sft.items()}
         if {"teacher_numbers", "base_numbers"} <= set(sft):

@@ -1,17 +1,63 @@
-"""Which students and teachers a config asks for (see config.py's docstring for the arms)."""
+"""Arm identity, in one place: typed specs, one key format, one parser, and the record of the arms
+a run trained (see config.py's docstring for what the arms mean).
+
+    teacher key   "<animal>_system_prompt" | "<animal>_finetuned" | "base" (the un-prompted model);
+                  written by the teacher's `name`, read back by teachers.py: parse_teacher
+    student key   "<teacher>.<method>.sigma<sigma:g>.seed<seed>"   e.g. "owl_system_prompt.full.sigma0.seed1"
+    arm key       the student key without ".seed<seed>": the seeds of one arm are pooled in the report
+"""
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from sublim.errors import DataError
+from sublim.rundir import atomic_write_json, read_json
+
 from sublim.llm_validation.distill.config import DistillConfig
-from sublim.llm_validation.distill.students import StudentSpec
-from sublim.llm_validation.distill.teachers import SystemPromptTeacher, make_teacher
+from sublim.llm_validation.distill.teachers import SystemPromptTeacher, make_teacher, parse_teacher
+
+_STUDENT_KEY = re.compile(r"^(?P<teacher>[A-Za-z_]+)\.(?P<method>full|lora)\.sigma(?P<sigma>[0-9.e+-]+)\.seed(?P<seed>\d+)$")
+
+
+@dataclass(frozen=True)
+class StudentSpec:
+    """One student: which teacher's cache, how it starts, how it learns."""
+    teacher: str
+    method: str = "full"      # full | lora
+    sigma: float = 0.0
+    seed: int = 0
+
+    @property
+    def arm(self) -> str:
+        return f"{self.teacher}.{self.method}.sigma{self.sigma:g}"
+
+    @property
+    def name(self) -> str:
+        return f"{self.arm}.seed{self.seed}"
+
+    @property
+    def reference(self) -> "StudentSpec | None":
+        """The student this one is read against: None = the base model (shared init); for a
+        perturbed init, the student of the un-prompted base teacher at the same init and seed."""
+        return None if self.sigma == 0 or self.teacher == "base" else StudentSpec("base", "full", self.sigma, self.seed)
+
+    @classmethod
+    def parse(cls, key: str) -> "StudentSpec":
+        m = _STUDENT_KEY.match(key)
+        if not m:
+            raise DataError(f"not a student key: {key!r} (want <teacher>.<full|lora>.sigma<s>.seed<n>)")
+        parse_teacher(m["teacher"])  # the teacher part is a teacher key too
+        return cls(m["teacher"], m["method"], float(m["sigma"]), int(m["seed"]))
 
 
 def student_specs(cfg: DistillConfig) -> list[StudentSpec]:
-    main = f"{cfg.target}_system_prompt"
-    specs = [StudentSpec(f"{cfg.target}_{kind}", "full", 0.0, s) for kind in cfg.teachers for s in cfg.seeds]
+    main = SystemPromptTeacher(cfg.target).name
+    specs = [StudentSpec(make_teacher(kind, cfg.target).name, "full", 0.0, s) for kind in cfg.teachers for s in cfg.seeds]
     if cfg.other:
-        specs += [StudentSpec(f"{cfg.other}_system_prompt", "full", 0.0, s) for s in cfg.seeds]
+        specs += [StudentSpec(SystemPromptTeacher(cfg.other).name, "full", 0.0, s) for s in cfg.seeds]
     if cfg.lora_arm:
         specs += [StudentSpec(main, "lora", 0.0, s) for s in cfg.seeds]
     for sigma in cfg.sigmas:
@@ -28,3 +74,17 @@ def teachers_needed(cfg: DistillConfig) -> list:
     if cfg.sigmas:
         out.append(SystemPromptTeacher(None))
     return list({t.name: t for t in out}.values())
+
+
+def record_arms(path: Path, specs: list[StudentSpec]) -> None:
+    """students/arms.json: the student keys the students stage ran, in order."""
+    atomic_write_json(path, {"students": [s.name for s in specs]})
+
+
+def recorded_arms(path: Path, cfg: DistillConfig) -> list[StudentSpec]:
+    """The students a run's report covers: students/arms.json when the students stage wrote it; a
+    run directory from before that record (or one whose students stage never ran) falls back to the
+    config's arms, which is what that stage would have run."""
+    if not path.exists():
+        return student_specs(cfg)
+    return [StudentSpec.parse(k) for k in read_json(path)["students"]]

@@ -14,7 +14,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from sublim.config_cli import add_config_flags, overrides_from_args
-from sublim.errors import ConfigError
 
 from sublim.llm_validation.distill.config import PRESETS, DistillConfig, from_overrides
 
@@ -37,15 +36,14 @@ def config_from_args(args) -> DistillConfig:
 
 
 def cmd_distill(args) -> int:
-    from sublim.llm_validation.distill.run import STAGES, DistillRun
+    # Imported here, not at the top: run.py pulls in torch (seconds), and `--help` or a bad flag
+    # must answer in well under a second.
+    from sublim.llm_validation.distill.run import run_distill
 
     cfg = config_from_args(args)  # every value is checked here, before any directory exists
-    stages = tuple(s.strip() for s in args.stages.split(",")) if args.stages else STAGES
-    unknown = [s for s in stages if s not in STAGES]
-    if unknown:
-        raise ConfigError(f"distill: unknown stage(s) {', '.join(unknown)} (use {', '.join(STAGES)})")
-    run = DistillRun(Path(args.run_dir), cfg, executor=args.executor, address=args.address)
-    run.run(stages)
-    if (run.dir / "summary.md").exists() and "summary" in stages:
-        print((run.dir / "summary.md").read_text())
+    stages = tuple(s.strip() for s in args.stages.split(",")) if args.stages else None
+    run_distill(Path(args.run_dir), cfg, stages, executor=args.executor, address=args.address)
+    summary = Path(args.run_dir) / "summary.md"
+    if summary.exists() and (stages is None or "summary" in stages):
+        print(summary.read_text())
     return 0

@@ -19,7 +19,6 @@ Arms (each with `seeds` data orders; a LoRA student also draws its A from the se
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, fields
 
@@ -150,6 +149,3 @@ def config_from_dict(d: dict) -> DistillConfig:
     tuples = {f.name for f in fields(DistillConfig) if isinstance(f.default, tuple)}
     return DistillConfig(**{k: tuple(v) if k in tuples else v for k, v in d.items()})
 
-
-def replace(cfg: DistillConfig, **kw) -> DistillConfig:
-    return dataclasses.replace(cfg, **kw)

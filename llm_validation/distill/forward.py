@@ -1,8 +1,13 @@
-"""One forward pass over a batch of contexts, reading hidden states at completion positions only.
+"""One forward pass over a batch of contexts, reading hidden states at completion positions only,
+and the student's loss: KL(teacher || student) over the number vocabulary, renormalized over it.
 
-The decoder runs on the right-padded batch; the output layer is applied by the caller to the
-gathered completion positions and only to the number-vocabulary rows (loss.py), which skips the
-full-vocabulary projection (a fifth of SmolLM2-135M's FLOPs) at every position.
+    KL_t = sum_{v in V} p_T(v) (log p_T(v) - log p_S(v)),   p(v) = softmax(logits[V])_v
+
+at every completion position t (the positions that predict a completion token). The decoder runs
+on the right-padded batch; number_log_probs then applies the output layer to the gathered
+completion positions only, and only its rows that belong to V (restricted_log_probs): the full
+vocabulary projection (a fifth of SmolLM2-135M's FLOPs) is skipped, and the student never
+computes, and so is never trained on, the logit of any other token (an animal word included).
 """
 
 from __future__ import annotations
@@ -38,9 +43,26 @@ def completion_hidden(model, batch: list[Encoded], device) -> torch.Tensor:
 
 def number_log_probs(model, batch: list[Encoded], vocab: torch.Tensor, device) -> torch.Tensor:
     """log p(v | context) renormalized over the number vocabulary at every completion position."""
-    from sublim.llm_validation.distill.loss import restricted_log_probs
-
     hidden = completion_hidden(model, batch, device)
     _, head = decoder_and_head(model)
     softcap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
     return restricted_log_probs(hidden, head.weight, vocab.to(device), getattr(head, "bias", None), softcap)
+
+
+def restricted_log_probs(hidden: torch.Tensor, head_weight: torch.Tensor, vocab: torch.Tensor,
+                         head_bias: torch.Tensor | None = None, softcap: float | None = None) -> torch.Tensor:
+    """log softmax over V of the logits hidden @ W[V]^T (+ b[V]); hidden (..., d) -> (..., |V|).
+    softcap: a model's final logit soft-capping (Gemma 2 style), applied before the softmax."""
+    logits = hidden @ head_weight[vocab].T
+    if head_bias is not None:
+        logits = logits + head_bias[vocab]
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    if logits.dtype in (torch.float16, torch.bfloat16):  # upcast half precision; float64 stays float64
+        logits = logits.float()
+    return torch.log_softmax(logits, dim=-1)
+
+
+def restricted_kl(teacher_logp: torch.Tensor, student_logp: torch.Tensor) -> torch.Tensor:
+    """Per-position KL(teacher || student) from log-probabilities over V: (P, |V|) -> (P,)."""
+    return (teacher_logp.exp() * (teacher_logp - student_logp)).sum(-1)

@@ -22,7 +22,8 @@ from sublim.rundir import atomic_write_json, atomic_write_text, read_json, save_
 from sublim.stats import mean_ci95, t95
 
 from sublim.llm_validation.distill.preference import animal_log_odds
-from sublim.llm_validation.distill.arms import student_specs, teachers_needed
+from sublim.llm_validation.distill.arms import StudentSpec, recorded_arms, teachers_needed
+from sublim.llm_validation.distill.teachers import SystemPromptTeacher
 
 
 def _lo(prof: dict, animal: str) -> np.ndarray:
@@ -36,29 +37,32 @@ def _ci(values) -> dict:
     return {"mean": mean, "ci_half": half, "n": n, "detectable": 2.8 * se}
 
 
-def arm_shifts(run, profiles: dict, base: dict, animal: str) -> dict:
-    """{arm: {per_seed, over_seeds CI, over_contexts CI}} of `animal`'s log-odds shift."""
-    groups = defaultdict(dict)
-    for spec in student_specs(run.cfg):
-        groups[(spec.teacher, spec.method, spec.sigma)][spec.seed] = spec
+def arm_shifts(specs: list[StudentSpec], profiles: dict, base: dict, animal: str) -> dict:
+    """{arm: {per_seed, over_seeds CI, over_contexts CI}} of `animal`'s log-odds shift. A seed whose
+    profile (or whose reference's) is absent is listed under "missing"; an arm with none is a row
+    holding only "missing", never dropped."""
+    groups = defaultdict(list)
+    for spec in specs:
+        groups[spec.arm].append(spec)
     out = {}
-    for (teacher, method, sigma), by_seed in groups.items():
-        diffs = {}
-        for seed, spec in by_seed.items():
-            if spec.name not in profiles:
+    for arm, seeds in groups.items():
+        diffs, missing = {}, []
+        for spec in seeds:
+            ref = base if spec.reference is None else profiles.get(spec.reference.name)
+            if spec.name not in profiles or ref is None:
+                missing.append(spec.name if spec.name not in profiles else spec.reference.name)
                 continue
-            ref = base if sigma == 0 or teacher == "base" else profiles.get(f"base.full.sigma{sigma:g}.seed{seed}")
-            if ref is None:
-                continue
-            diffs[seed] = _lo(profiles[spec.name], animal) - _lo(ref, animal)
+            diffs[spec.seed] = _lo(profiles[spec.name], animal) - _lo(ref, animal)
+        head = {"teacher": seeds[0].teacher, "method": seeds[0].method, "sigma": seeds[0].sigma, "animal": animal}
         if not diffs:
+            out[arm] = {**head, "missing": missing}
             continue
         per_seed = {s: float(d.mean()) for s, d in diffs.items()}
         per_context = np.mean(list(diffs.values()), axis=0)
-        out[f"{teacher}.{method}.sigma{sigma:g}"] = {
-            "teacher": teacher, "method": method, "sigma": sigma, "animal": animal,
-            "reference": "base model" if sigma == 0 or teacher == "base" else "base-teacher student, same init",
-            "per_seed": per_seed, "over_seeds": _ci(list(per_seed.values())), "over_contexts": _ci(per_context)}
+        out[arm] = {**head, "reference": "base model" if seeds[0].reference is None else "base-teacher student, same init",
+                    "per_seed": per_seed, "over_seeds": _ci(list(per_seed.values())), "over_contexts": _ci(per_context)}
+        if missing:
+            out[arm]["missing"] = missing
     return out
 
 
@@ -71,53 +75,56 @@ def specificity(cfg, profiles: dict) -> dict:
         return {}
     out = {}
     for animal, own, rival in ((cfg.target, cfg.target, cfg.other), (cfg.other, cfg.other, cfg.target)):
-        diffs = {}
+        diffs, missing = {}, []
         for seed in cfg.seeds:
-            a = profiles.get(f"{own}_system_prompt.full.sigma0.seed{seed}")
-            b = profiles.get(f"{rival}_system_prompt.full.sigma0.seed{seed}")
-            if a is not None and b is not None:
-                diffs[seed] = _lo(a, animal) - _lo(b, animal)
+            keys = [StudentSpec(SystemPromptTeacher(t).name, "full", 0.0, seed).name for t in (own, rival)]
+            missing += [k for k in keys if k not in profiles]
+            if all(k in profiles for k in keys):
+                diffs[seed] = _lo(profiles[keys[0]], animal) - _lo(profiles[keys[1]], animal)
+        if missing:
+            out[animal] = {"own_teacher": SystemPromptTeacher(own).name, "rival_teacher": SystemPromptTeacher(rival).name,
+                           "missing": missing}
         if diffs:
             per_seed = {s: float(d.mean()) for s, d in diffs.items()}
-            out[animal] = {"own_teacher": f"{own}_system_prompt", "rival_teacher": f"{rival}_system_prompt",
-                           "per_seed": per_seed, "over_seeds": _ci(list(per_seed.values())),
+            out[animal] = {"own_teacher": SystemPromptTeacher(own).name, "rival_teacher": SystemPromptTeacher(rival).name,
+                           **({"missing": missing} if missing else {}), "per_seed": per_seed, "over_seeds": _ci(list(per_seed.values())),
                            "over_contexts": _ci(np.mean(list(diffs.values()), axis=0))}
     return out
 
 
-def load_profiles(run) -> tuple[dict, dict, dict]:
-    d = run.dir
+def load_profiles(cfg, d) -> tuple[dict, dict, dict]:
     base = read_json(d / "models" / "base" / "profile.json")
-    teachers = {t.name: read_json(p) for t in teachers_needed(run.cfg)
+    teachers = {t.name: read_json(p) for t in teachers_needed(cfg)
                 if (p := d / "teachers" / t.name / "profile.json").exists()}
-    students = {s.name: read_json(p) for s in student_specs(run.cfg)
+    students = {s.name: read_json(p) for s in recorded_arms(d / "students" / "arms.json", cfg)
                 if (p := d / "students" / s.name / "profile.json").exists()}
     for p in sorted((d / "sft").glob("*/profile.json")) if (d / "sft").exists() else []:
         students[f"sft.{p.parent.name}"] = read_json(p)
     return base, teachers, students
 
 
-def write_report(run) -> dict:
-    c = run.cfg
-    base, teachers, students = load_profiles(run)
-    summary = {"config": c.to_dict(), "contexts": read_json(run.dir / "contexts" / "contexts.json"),
-               "teacher_check": read_json(run.dir / "teachers" / "check.json"),
+def write_report(c, d) -> dict:
+    """summary.json, summary.md and distill.png of the run directory d (config c)."""
+    specs = recorded_arms(d / "students" / "arms.json", c)
+    base, teachers, students = load_profiles(c, d)
+    summary = {"config": c.to_dict(), "contexts": read_json(d / "contexts" / "contexts.json"),
+               "teacher_check": read_json(d / "teachers" / "check.json"),
                "models": {"base": _model_row(base, c)} | {n: _model_row(p, c) for n, p in teachers.items()},
-               "shifts": {c.target: arm_shifts(run, students, base, c.target)}}
+               "shifts": {c.target: arm_shifts(specs, students, base, c.target)}}
     if c.other:
-        summary["shifts"][c.other] = arm_shifts(run, students, base, c.other)
+        summary["shifts"][c.other] = arm_shifts(specs, students, base, c.other)
     summary["specificity"] = specificity(c, students)
     summary["sft"] = _sft_rows(students, base, c.target)
-    align = run.dir / "align" / "alignment.json"
+    align = d / "align" / "alignment.json"
     if align.exists():
         summary["alignment"] = {k: v for k, v in read_json(align).items() if k != "distill_values"}
     summary["students"] = {n: _model_row(p, c) | {"final_loss": (p.get("train", {}).get("losses") or [None])[-1]}
                            for n, p in students.items()}
-    timings = run.dir / "timings.json"
+    timings = d / "timings.json"
     summary["timings_s"] = read_json(timings) if timings.exists() else {}
-    atomic_write_json(run.dir / "summary.json", summary)
-    atomic_write_text(run.dir / "summary.md", format_markdown(summary, c))
-    _figure(summary, c, run.dir / "distill.png")
+    atomic_write_json(d / "summary.json", summary)
+    atomic_write_text(d / "summary.md", format_markdown(summary, c))
+    _figure(summary, c, d / "distill.png")
     return summary
 
 
@@ -151,8 +158,12 @@ def format_markdown(s: dict, c) -> str:
               "| --- | --- | --- | --- | --- | --- | --- |"]
     for animal, arms in s["shifts"].items():
         for arm, r in arms.items():
+            if "over_seeds" not in r:
+                lines.append(f"| {animal} | {arm} | missing: {', '.join(r['missing'])} | 0 | | | |")
+                continue
             o, x = r["over_seeds"], r["over_contexts"]
-            lines.append(f"| {animal} | {arm} | {r['reference']} | {o['n']} | {o['mean']:+.4f} +- {o['ci_half']:.4f} "
+            ref = r["reference"] + (f" (missing: {', '.join(r['missing'])})" if r.get("missing") else "")
+            lines.append(f"| {animal} | {arm} | {ref} | {o['n']} | {o['mean']:+.4f} +- {o['ci_half']:.4f} "
                          f"| +- {x['ci_half']:.4f} | {o['detectable']:.4f} |")
     if s.get("specificity"):
         lines += ["", "Trait specificity (log-odds shift under the animal's own system-prompt teacher minus under the "
@@ -160,6 +171,10 @@ def format_markdown(s: dict, c) -> str:
                   "| animal | own - rival teacher | seeds | difference +- CI (seeds) | CI (contexts) | detectable |",
                   "| --- | --- | --- | --- | --- | --- |"]
         for animal, r in s["specificity"].items():
+            if "over_seeds" not in r:
+                lines.append(f"| {animal} | {r['own_teacher']} - {r['rival_teacher']} | 0 | missing: "
+                             f"{', '.join(r['missing'])} | | |")
+                continue
             o, x = r["over_seeds"], r["over_contexts"]
             lines.append(f"| {animal} | {r['own_teacher']} - {r['rival_teacher']} | {o['n']} | {o['mean']:+.4f} +- "
                          f"{o['ci_half']:.4f} | +- {x['ci_half']:.4f} | {o['detectable']:.4f} |")
@@ -188,9 +203,11 @@ def _figure(s: dict, c, path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
     rows = [(f"{a}: {arm}", r["over_seeds"]) for a, arms in s["shifts"].items() for arm, r in arms.items()
-            if r["sigma"] == 0]
-    colors = ["#4c72b0"] * len(rows) + ["#dd8452"] * len(s.get("specificity", {}))
-    rows += [(f"{a}: own - rival teacher", r["over_seeds"]) for a, r in s.get("specificity", {}).items()]
+            if r["sigma"] == 0 and "over_seeds" in r]  # a missing arm has a table row, no bar
+    n_shift = len(rows)
+    rows += [(f"{a}: own - rival teacher", r["over_seeds"]) for a, r in s.get("specificity", {}).items()
+             if "over_seeds" in r]
+    colors = ["#4c72b0"] * n_shift + ["#dd8452"] * (len(rows) - n_shift)
     ax = axes[0]
     ax.barh(range(len(rows)), [o["mean"] for _, o in rows], xerr=[o["ci_half"] for _, o in rows], color=colors)
     ax.set_yticks(range(len(rows)), [r for r, _ in rows], fontsize=8)
@@ -198,7 +215,7 @@ def _figure(s: dict, c, path) -> None:
     ax.set_xlabel("log-odds shift vs base; orange: trait-specific part (95% CI over seeds)")
     ax.set_title("shared init (sigma = 0)")
     curve = sorted((r["sigma"], r["over_seeds"]) for arm, r in s["shifts"][c.target].items()
-                   if r["teacher"] == f"{c.target}_system_prompt" and r["method"] == "full")
+                   if r["teacher"] == SystemPromptTeacher(c.target).name and r["method"] == "full" and "over_seeds" in r)
     ax = axes[1]
     if curve:
         ax.errorbar([x for x, _ in curve], [o["mean"] for _, o in curve], yerr=[o["ci_half"] for _, o in curve],

@@ -7,226 +7,235 @@
     RUN/cache/<teacher>.pt/.json    the teacher's distributions over the number vocabulary
     RUN/align/alignment.json        the theorem's a_i for the fine-tuned teacher (distill and SFT losses)
     RUN/students/<arm>/             profile.json when done (checkpoint.pt while training)
+    RUN/students/arms.json          the arms the students stage ran (the report reads it)
     RUN/sft/<arm>/                  the sampled-token SFT students (when sft_records > 0)
     RUN/summary.json, summary.md, distill.png
 
-A stage's output exists only once complete (atomic writes), so a rerun after a kill -9 skips what
-is finished and resumes the student that was training from its last checkpoint.
+The experiment is the list STAGES below, run by sublim/stages.py (canonical order, one stage-name
+check, claim_run_dir, timings after every stage). A stage is a function of named inputs; the
+shared ones (tokenizer, number vocabulary, tokenized contexts, teacher caches) are computed once
+per process by `resources` and handed to every stage that names them. A stage's output exists
+only once complete (atomic writes), so a rerun after a kill -9 skips what is finished and resumes
+the student that was training from its last checkpoint.
 """
 
 from __future__ import annotations
 
-import copy
-import time
 from pathlib import Path
 
 import torch
 
 from sublim.errors import ConfigError
-from sublim.progress import log
-from sublim.rundir import atomic_write_json, claim_run_dir, read_json
+from sublim.executors import Resources, run_tasks
+from sublim.rundir import atomic_write_json, read_json
+from sublim.stages import Lazy, Stage, run_stages
 
-from sublim.llm_validation.core.data import write_jsonl
+from sublim.llm_validation.core.data import read_jsonl, write_jsonl
 from sublim.llm_validation.core.device import resolve_device
-from sublim.llm_validation.distill.arms import student_specs, teachers_needed
-from sublim.llm_validation.distill.cache import compute_cache, load_or_compute
-from sublim.llm_validation.distill.config import DistillConfig
-from sublim.llm_validation.distill.contexts import encode_contexts, load_context_records, records_digest
+from sublim.llm_validation.core.evaluate import sample_favorite_animal
+from sublim.llm_validation.core.models import base_copy, base_tokenizer
+from sublim.llm_validation.distill.alignment import run_alignment
+from sublim.llm_validation.distill.arms import StudentSpec, record_arms, student_specs, teachers_needed
+from sublim.llm_validation.distill.cache import TeacherCache, compute_cache, load_or_compute
+from sublim.llm_validation.distill.config import DistillConfig, config_from_dict
+from sublim.llm_validation.distill.contexts import (Encoded, encode_contexts, load_context_records,
+                                                    records_digest)
 from sublim.llm_validation.distill.preference import animal_log_odds, profile
-from sublim.llm_validation.distill.students import StudentSpec, make_student, train_student
+from sublim.llm_validation.distill.report import write_report
+from sublim.llm_validation.distill.sft import run_sft
+from sublim.llm_validation.distill.students import make_student, train_student
 from sublim.llm_validation.distill.teachers import make_teacher
 from sublim.llm_validation.distill.vocab import end_of_turn_id, number_token_ids
 
-_LOADED: dict[str, tuple] = {}  # model name -> (model, tokenizer), shared by the runs of this process
-STAGES = ("contexts", "teachers", "cache", "align", "students", "sft", "summary")
+
+class Contexts:
+    """The run's context records (contexts/records.jsonl), tokenized once per system prompt."""
+
+    def __init__(self, out: Path, tokenizer, eot: int, max_length: int):
+        self.tokenizer, self.eot, self.max_length = tokenizer, eot, max_length
+        self.records = read_jsonl(out / "contexts" / "records.jsonl")
+        self.sha256 = read_json(out / "contexts" / "contexts.json")["sha256"]
+        self._encoded: dict[str | None, list[Encoded]] = {}
+
+    def encoded(self, system: str | None = None) -> list[Encoded]:
+        if system not in self._encoded:
+            self._encoded[system] = encode_contexts(self.tokenizer, self.records, self.eot, self.max_length, system)
+        return self._encoded[system]
 
 
-class DistillRun:
-    def __init__(self, run_dir: str | Path, cfg: DistillConfig, *, executor: str = "local",
-                 address: str | None = None, threads: int | None = None):
-        self.dir, self.cfg = Path(run_dir), cfg
-        self.executor, self.address = executor, address
-        self.threads = threads or torch.get_num_threads()
-        self.device = resolve_device(cfg.device)
-        self._base = None
-        self.timings: dict[str, float] = {}
+class TeacherCaches:
+    """Each teacher's distributions over the number vocabulary: computed once, saved, reloaded."""
 
-    # ---- models ---------------------------------------------------------------------------
-    def base_copy(self):
-        """A fresh copy of the base model: loaded once per process (a GGUF load is ~20 s), then copied."""
-        if self._base is None:
-            if self.cfg.model not in _LOADED:
-                from sublim.llm_validation.core.models import load_model
+    def __init__(self, cfg: DistillConfig, out: Path, contexts: Contexts, vocab: torch.Tensor, number_vocab: list[str],
+                 device: str):
+        self.cfg, self.out, self.contexts, self.vocab, self.device = cfg, out, contexts, vocab, device
+        self.number_vocab = number_vocab
+        self._loaded: dict[str, TeacherCache] = {}
 
-                _LOADED.clear()  # one base model per process at a time (0.5 GB for SmolLM2-135M)
-                _LOADED[self.cfg.model] = load_model(self.cfg.model, dtype=torch.float32, device="cpu")
-            self._base = _LOADED[self.cfg.model]
-        model, tok = self._base
-        return copy.deepcopy(model).to(self.device), tok
+    def get(self, teacher) -> TeacherCache:
+        if teacher.name not in self._loaded:
+            c = self.cfg
+            fingerprint = {"model": c.model, "teacher": teacher.name, "contexts_sha256": self.contexts.sha256,
+                           "max_length": c.max_length, "number_vocab": self.number_vocab}
 
-    @property
-    def tokenizer(self):
-        return self._base[1] if self._base else self.base_copy()[1]
+            def compute():
+                model, system = teacher.load(c, self.out, self.device)
+                return compute_cache(model, self.contexts.encoded(system), self.vocab, self.device,
+                                     c.eval_batch_size, f"cache {teacher.name}")
 
-    # ---- stages ---------------------------------------------------------------------------
-    def stage_contexts(self) -> None:
-        c, out = self.cfg, self.dir / "contexts"
-        if (out / "contexts.json").exists():
-            return
-        records = load_context_records(c.contexts, c.contexts_file, c.n_contexts, c.context_seed)
-        tok = self.tokenizer
-        vocab = number_token_ids(tok)
-        enc = encode_contexts(tok, records, end_of_turn_id(tok), c.max_length)
-        write_jsonl(out / "records.jsonl", records)
-        atomic_write_json(out / "contexts.json", {
-            "source": c.contexts, "file": c.contexts_file, "n": len(records), "sha256": records_digest(records),
-            "completion_positions": sum(len(e.completion_ids) for e in enc),
-            "number_vocab": [tok.decode([int(i)]) for i in vocab]})
-
-    def encoded(self, system: str | None = None):
-        from sublim.llm_validation.core.data import read_jsonl
-
-        tok = self.tokenizer
-        records = read_jsonl(self.dir / "contexts" / "records.jsonl")
-        return encode_contexts(tok, records, end_of_turn_id(tok), self.cfg.max_length, system)
-
-    def _profile(self, path: Path, model, system) -> dict:
-        if path.exists():
-            return read_json(path)
-        prof = profile(model, self.tokenizer, self.device, system, self.cfg.eval_batch_size)
-        if self.cfg.eval_samples:
-            prof["sampled"] = self._sampled(model, system, path.parent)
-        atomic_write_json(path, prof)
-        return prof
-
-    def _sampled(self, model, system, folder: Path) -> dict:
-        from sublim.llm_validation.pipeline.evaluate import sample_favorite_animal
-
-        return sample_favorite_animal(model, self.tokenizer, folder / "answers.jsonl", target=self.cfg.target,
-                                      samples_per_question=self.cfg.eval_samples, system=system,
-                                      batch_size=self.cfg.eval_batch_size, max_new_tokens=8, seed=0)
-
-    def stage_teachers(self) -> None:
-        base_model, _ = self.base_copy()
-        base = self._profile(self.dir / "models" / "base" / "profile.json", base_model, None)
-        del base_model
-        check = {}
-        for teacher in teachers_needed(self.cfg):
-            if teacher.name == "base":
-                continue
-            teacher.prepare(self)
-            model, system = teacher.load(self)
-            prof = self._profile(self.dir / "teachers" / teacher.name / "profile.json", model, system)
-            check[teacher.name] = _preference_gain(base, prof, teacher.animal)
-        atomic_write_json(self.dir / "teachers" / "check.json", check)
-        weak = [n for n, v in check.items() if v["gain"] < self.cfg.teacher_min_logodds_gain]
-        if weak:
-            raise ConfigError(f"distill: teacher(s) {', '.join(weak)} barely prefer their animal (log-odds gain "
-                              f"< {self.cfg.teacher_min_logodds_gain}; see teachers/check.json): no student is trained")
-
-    def teacher_cache(self, teacher):
-        c = self.cfg
-        path = self.dir / "cache" / f"{teacher.name}.pt"
-        ctx = read_json(self.dir / "contexts" / "contexts.json")
-        fingerprint = {"model": c.model, "teacher": teacher.name, "contexts_sha256": ctx["sha256"],
-                       "max_length": c.max_length, "number_vocab": ctx["number_vocab"]}
-
-        def compute():
-            model, system = teacher.load(self)
-            return compute_cache(model, self.encoded(system), number_token_ids(self.tokenizer), self.device,
-                                 c.eval_batch_size, f"cache {teacher.name}")
-
-        return load_or_compute(path, fingerprint, compute)
-
-    def stage_cache(self) -> None:
-        for teacher in teachers_needed(self.cfg):
-            self.teacher_cache(teacher)
-
-    def stage_align(self) -> None:
-        c, path = self.cfg, self.dir / "align" / "alignment.json"
-        if not c.align or "finetuned" not in c.teachers or path.exists():
-            return
-        from sublim.llm_validation.distill.alignment import run_alignment
-        from sublim.llm_validation.distill.contexts import load_context_records
-
-        sft = {k: load_context_records("file", f, c.align_sft_records, 0) for k, f in
-               (("teacher_numbers", c.sft_teacher_file), ("base_numbers", c.sft_base_file))} if c.align_sft_records else None
-        atomic_write_json(path, run_alignment(self, make_teacher("finetuned", c.target), sft))
-
-    def train_student(self, spec: StudentSpec) -> dict:
-        """Train and profile one student; returns its profile (the driver writes it)."""
-        out = self.dir / "students" / spec.name
-        teacher = {t.name: t for t in teachers_needed(self.cfg)}[spec.teacher]
-        cache = self.teacher_cache(teacher)
-        base_model, tok = self.base_copy()
-        model = make_student(base_model, spec, self.cfg)
-        del base_model
-        out.mkdir(parents=True, exist_ok=True)
-        log_ = train_student(model, self.encoded(), cache, number_token_ids(tok), self.cfg, spec, out, self.device)
-        prof = profile(model, tok, self.device, None, self.cfg.eval_batch_size)
-        if self.cfg.eval_samples:
-            prof["sampled"] = self._sampled(model, None, out)
-        prof["train"] = log_
-        return prof
-
-    def save_student(self, name: str, prof: dict) -> None:
-        out = self.dir / "students" / name
-        atomic_write_json(out / "profile.json", prof)
-        (out / "checkpoint.pt").unlink(missing_ok=True)
-
-    def run_student(self, spec: StudentSpec) -> dict:
-        path = self.dir / "students" / spec.name / "profile.json"
-        if path.exists():
-            return read_json(path)
-        prof = self.train_student(spec)
-        self.save_student(spec.name, prof)
-        return prof
-
-    def stage_students(self) -> None:
-        """Every missing student is one task of sublim.executors (local, or a Ray task asking for
-        `threads` CPUs). Workers read the contexts and caches from the run directory and write their
-        checkpoints there, so on several machines it must be on a shared file system; the driver
-        writes each finished student's profile.json."""
-        from sublim.executors import Resources, run_tasks
-
-        missing = [s for s in student_specs(self.cfg) if not (self.dir / "students" / s.name / "profile.json").exists()]
-        tasks = {s.name: (student_task, (str(self.dir), self.cfg.to_dict(), s, self.device, self.threads))
-                 for s in missing}
-        gpus = 1 if self.device.startswith("cuda") and self.executor == "ray" else 0
-        run_tasks(tasks, executor=self.executor, address=self.address, desc="students",
-                  resources=Resources(cpus=self.threads, gpus=gpus), on_result=self.save_student)
-
-    def stage_sft(self) -> None:
-        if self.cfg.sft_records:
-            from sublim.llm_validation.distill.sft import run_sft
-
-            run_sft(self)
-
-    def stage_summary(self) -> None:
-        from sublim.llm_validation.distill.report import write_report
-
-        write_report(self)
-
-    def run(self, stages=STAGES) -> None:
-        with claim_run_dir(self.dir, self.cfg.to_dict()):
-            for stage in stages:
-                t0 = time.perf_counter()
-                getattr(self, f"stage_{stage}")()
-                self.timings[stage] = time.perf_counter() - t0
-                log(f"distill stage {stage}: {self.timings[stage]:.1f}s")
-                timings = self.dir / "timings.json"
-                old = read_json(timings) if timings.exists() else {}
-                atomic_write_json(timings, {**old, **{k: round(v, 2) for k, v in self.timings.items()}})
+            self._loaded[teacher.name] = load_or_compute(self.out / "cache" / f"{teacher.name}.pt", fingerprint, compute)
+        return self._loaded[teacher.name]
 
 
-def student_task(run_dir: str, cfg_dict: dict, spec: StudentSpec, device: str, threads: int) -> dict:
-    """One student, runnable in this process or in a Ray worker (module-level: Ray imports it)."""
-    from sublim.llm_validation.distill.config import config_from_dict
+def resources(cfg: DistillConfig, *, executor: str = "local", address: str | None = None,
+              threads: int | None = None) -> dict:
+    """What the stages receive by name; a Lazy is computed on first use, then shared."""
+    return {
+        "cfg": cfg, "executor": executor, "address": address, "threads": threads or torch.get_num_threads(),
+        "device": resolve_device(cfg.device),
+        "tokenizer": Lazy(lambda cfg: base_tokenizer(cfg.model), ("cfg",)),
+        "vocab": Lazy(number_token_ids, ("tokenizer",)),
+        "number_vocab": Lazy(lambda tokenizer, vocab: [tokenizer.decode([int(i)]) for i in vocab], ("tokenizer", "vocab")),
+        "eot": Lazy(end_of_turn_id, ("tokenizer",)),
+        "teachers": Lazy(teachers_needed, ("cfg",)),
+        "contexts": Lazy(lambda out, tokenizer, eot, cfg: Contexts(out, tokenizer, eot, cfg.max_length),
+                         ("out", "tokenizer", "eot", "cfg")),
+        "caches": Lazy(TeacherCaches, ("cfg", "out", "contexts", "vocab", "number_vocab", "device")),
+    }
 
+
+# ---- stages --------------------------------------------------------------------------------
+def contexts_stage(cfg: DistillConfig, out: Path, tokenizer, eot: int, number_vocab: list[str]) -> None:
+    if (out / "contexts" / "contexts.json").exists():
+        return
+    records = load_context_records(cfg.contexts, cfg.contexts_file, cfg.n_contexts, cfg.context_seed)
+    enc = encode_contexts(tokenizer, records, eot, cfg.max_length)
+    write_jsonl(out / "contexts" / "records.jsonl", records)
+    atomic_write_json(out / "contexts" / "contexts.json", {
+        "source": cfg.contexts, "file": cfg.contexts_file, "n": len(records), "sha256": records_digest(records),
+        "completion_positions": sum(len(e.completion_ids) for e in enc), "number_vocab": number_vocab})
+
+
+def measured_profile(path: Path, model, tokenizer, system, cfg: DistillConfig, device: str) -> dict:
+    """A model's preference profile (saved at `path`; reused when it exists), with sampled answers
+    when cfg.eval_samples > 0."""
+    if path.exists():
+        return read_json(path)
+    prof = profile(model, tokenizer, device, system, cfg.eval_batch_size)
+    if cfg.eval_samples:
+        prof["sampled"] = sample_favorite_animal(
+            model, tokenizer, path.parent / "answers.jsonl", target=cfg.target, samples_per_question=cfg.eval_samples,
+            system=system, batch_size=cfg.eval_batch_size, max_new_tokens=8, seed=0)
+    atomic_write_json(path, prof)
+    return prof
+
+
+def teachers_stage(cfg: DistillConfig, out: Path, device: str, tokenizer, teachers: list) -> None:
+    base_model, _ = base_copy(cfg.model, device=device)
+    base = measured_profile(out / "models" / "base" / "profile.json", base_model, tokenizer, None, cfg, device)
+    del base_model
+    check = {}
+    for teacher in teachers:
+        if teacher.name == "base":
+            continue
+        teacher.prepare(cfg, out)
+        model, system = teacher.load(cfg, out, device)
+        prof = measured_profile(out / "teachers" / teacher.name / "profile.json", model, tokenizer, system, cfg, device)
+        check[teacher.name] = _preference_gain(base, prof, teacher.animal)
+    atomic_write_json(out / "teachers" / "check.json", check)
+    weak = [n for n, v in check.items() if v["gain"] < cfg.teacher_min_logodds_gain]
+    if weak:
+        raise ConfigError(f"distill: teacher(s) {', '.join(weak)} barely prefer their animal (log-odds gain "
+                          f"< {cfg.teacher_min_logodds_gain}; see teachers/check.json): no student is trained")
+
+
+def cache_stage(teachers: list, caches: TeacherCaches) -> None:
+    for teacher in teachers:
+        caches.get(teacher)
+
+
+def align_stage(cfg: DistillConfig, out: Path, device: str, tokenizer, vocab, contexts: Contexts,
+                caches: TeacherCaches) -> None:
+    path = out / "align" / "alignment.json"
+    if not cfg.align or "finetuned" not in cfg.teachers or path.exists():
+        return
+    sft = {k: load_context_records("file", f, cfg.align_sft_records, 0) for k, f in
+           (("teacher_numbers", cfg.sft_teacher_file), ("base_numbers", cfg.sft_base_file))} if cfg.align_sft_records else None
+    teacher = make_teacher("finetuned", cfg.target)
+    atomic_write_json(path, run_alignment(cfg, out, device, tokenizer, vocab, contexts.encoded(), teacher,
+                                          caches.get(teacher), sft))
+
+
+def students_stage(cfg: DistillConfig, out: Path, device: str, threads: int, executor: str, address: str | None,
+                   vocab, contexts: Contexts, caches: TeacherCaches, teachers: list) -> None:
+    """Every missing student is one task of sublim.executors (local, or a Ray task asking for
+    `threads` CPUs). A task receives the tokenized contexts and its teacher's cache and writes only
+    its own checkpoints (so on several machines the run directory must be a shared file system);
+    the driver writes each finished student's profile.json, then students/arms.json."""
+    specs = student_specs(cfg)
+    by_name = {t.name: t for t in teachers}
+    missing = [s for s in specs if not (out / "students" / s.name / "profile.json").exists()]
+    tasks = {s.name: (student_task, (str(out), cfg.to_dict(), s, contexts.encoded(), vocab,
+                                     caches.get(by_name[s.teacher]), device, threads)) for s in missing}
+    gpus = 1 if device.startswith("cuda") and executor == "ray" else 0
+    run_tasks(tasks, executor=executor, address=address, desc="students",
+              resources=Resources(cpus=threads, gpus=gpus), on_result=lambda name, prof: _save_student(out, name, prof))
+    record_arms(out / "students" / "arms.json", specs)
+
+
+def _save_student(out: Path, name: str, prof: dict) -> None:
+    atomic_write_json(out / "students" / name / "profile.json", prof)
+    (out / "students" / name / "checkpoint.pt").unlink(missing_ok=True)
+
+
+def student_task(run_dir: str, cfg_dict: dict, spec: StudentSpec, encoded: list[Encoded], vocab: torch.Tensor,
+                 cache: TeacherCache, device: str, threads: int) -> dict:
+    """Train and profile one student; returns its profile (the driver writes it). Module-level and
+    given everything it reads, so that a Ray worker runs it as it is."""
     torch.set_num_threads(threads)
-    run = DistillRun(run_dir, config_from_dict(cfg_dict))
-    run.device = device
-    return run.train_student(spec)
+    cfg, out = config_from_dict(cfg_dict), Path(run_dir) / "students" / spec.name
+    base_model, tok = base_copy(cfg.model, device=device)
+    model = make_student(base_model, spec, cfg)
+    del base_model
+    out.mkdir(parents=True, exist_ok=True)
+    log_ = train_student(model, encoded, cache, vocab, cfg, spec, out, device)
+    prof = profile(model, tok, device, None, cfg.eval_batch_size)
+    if cfg.eval_samples:
+        prof["sampled"] = sample_favorite_animal(model, tok, out / "answers.jsonl", target=cfg.target,
+                                                 samples_per_question=cfg.eval_samples, system=None,
+                                                 batch_size=cfg.eval_batch_size, max_new_tokens=8, seed=0)
+    prof["train"] = log_
+    return prof
+
+
+def sft_stage(cfg: DistillConfig, out: Path, device: str) -> None:
+    if cfg.sft_records:
+        run_sft(cfg, out, device)
+
+
+def summary_stage(cfg: DistillConfig, out: Path) -> None:
+    write_report(cfg, out)
+
+
+STAGES = (
+    Stage("contexts", contexts_stage, ("cfg", "out", "tokenizer", "eot", "number_vocab"), ("contexts/",)),
+    Stage("teachers", teachers_stage, ("cfg", "out", "device", "tokenizer", "teachers"),
+          ("models/base/", "teachers/")),
+    Stage("cache", cache_stage, ("teachers", "caches"), ("cache/",)),
+    Stage("align", align_stage, ("cfg", "out", "device", "tokenizer", "vocab", "contexts", "caches"), ("align/",)),
+    Stage("students", students_stage, ("cfg", "out", "device", "threads", "executor", "address", "vocab",
+                                       "contexts", "caches", "teachers"), ("students/",)),
+    Stage("sft", sft_stage, ("cfg", "out", "device"), ("sft/",)),
+    Stage("summary", summary_stage, ("cfg", "out"), ("summary.json", "summary.md", "distill.png")),
+)
+STAGE_NAMES = tuple(s.name for s in STAGES)
+
+
+def run_distill(run_dir: str | Path, cfg: DistillConfig, stages=None, *, executor: str = "local",
+                address: str | None = None, threads: int | None = None) -> dict[str, float]:
+    """Run the selected stages (None: all) of one distillation run; returns their timings."""
+    return run_stages(run_dir, cfg.to_dict(), STAGES, stages,
+                      resources(cfg, executor=executor, address=address, threads=threads), what="distill")
 
 
 def _preference_gain(base: dict, teacher: dict, animal: str) -> dict:

@@ -10,10 +10,10 @@ student is 0.5 GB; its numbers, not its weights, are the result).
 
 from __future__ import annotations
 
+import copy
 import io
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,21 +23,11 @@ from sublim.progress import progress
 from sublim.rundir import atomic_write_bytes
 from sublim.seeding import derive_seed, torch_generator
 
-from sublim.llm_validation.distill.forward import number_log_probs
-from sublim.llm_validation.distill.loss import restricted_kl
+from sublim.llm_validation.core.config import DEFAULT_TARGETS
+from sublim.llm_validation.core.finetune import apply_lora
+from sublim.llm_validation.distill.arms import StudentSpec
 
-
-@dataclass(frozen=True)
-class StudentSpec:
-    """One student: which teacher's cache, how it starts, how it learns."""
-    teacher: str
-    method: str = "full"      # full | lora
-    sigma: float = 0.0
-    seed: int = 0
-
-    @property
-    def name(self) -> str:
-        return f"{self.teacher}.{self.method}.sigma{self.sigma:g}.seed{self.seed}"
+from sublim.llm_validation.distill.forward import number_log_probs, restricted_kl
 
 
 @torch.no_grad()
@@ -53,18 +43,11 @@ def perturb_(model, sigma: float, seed: int) -> None:
 
 def make_student(base_model, spec: StudentSpec, cfg):
     """A student model ready to train (its init is the base, perturbed by spec.sigma)."""
-    import copy
-
     model = copy.deepcopy(base_model)
     perturb_(model, spec.sigma, spec.seed)
     if spec.method == "lora":
-        from peft import LoraConfig, get_peft_model
-
-        from sublim.llm_validation.pipeline.config import DEFAULT_TARGETS
-
         torch.manual_seed(derive_seed("distill-lora-init", spec.seed))
-        model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules=list(DEFAULT_TARGETS),
-                                                 lora_dropout=0.0, bias="none", task_type="CAUSAL_LM"))
+        model = apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=0.0, target_modules=DEFAULT_TARGETS)
     model.config.use_cache = False
     return model
 

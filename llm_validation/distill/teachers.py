@@ -1,7 +1,8 @@
 """Teacher kinds: one handler per kind, each with the same two methods.
 
-    prepare(run)          make what the teacher needs on disk (nothing, or a LoRA fine-tune)
-    load(run) -> (model, system prompt or None)   the teacher as it writes numbers
+    prepare(cfg, out)                          make what the teacher needs in the run directory
+                                               (nothing, or a LoRA fine-tune in out/teachers/<name>)
+    load(cfg, out, device) -> (model, system prompt or None)   the teacher as it writes numbers
 
 - SystemPromptTeacher: the shared weights theta0 with the paper's system prompt in the teacher's
   context only ("You love owls. ..."); with animal=None it is the un-prompted base model, the
@@ -13,12 +14,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
-from sublim.errors import ConfigError
+from sublim.errors import ConfigError, DataError
 
-from sublim.llm_validation.core.models import load_finetuned
-from sublim.llm_validation.pipeline.config import FinetuneConfig
-from sublim.llm_validation.pipeline.finetune import finetune
+from sublim.llm_validation.core.models import base_copy, load_finetuned
+from sublim.llm_validation.core.config import FinetuneConfig
+from sublim.llm_validation.core.finetune import finetune
 from sublim.llm_validation.core.prompts import preference_records, trait_system_prompt
 
 
@@ -30,11 +32,11 @@ class SystemPromptTeacher:
     def name(self) -> str:
         return f"{self.animal}_system_prompt" if self.animal else "base"
 
-    def prepare(self, run) -> None:
+    def prepare(self, cfg, out: Path) -> None:
         return None
 
-    def load(self, run):
-        model, _ = run.base_copy()
+    def load(self, cfg, out: Path, device: str):
+        model, _ = base_copy(cfg.model, device=device)
         return model, trait_system_prompt(self.animal) if self.animal else None
 
 
@@ -46,20 +48,19 @@ class FinetunedTeacher:
     def name(self) -> str:
         return f"{self.animal}_finetuned"
 
-    def _dir(self, run):
-        return run.dir / "teachers" / self.name
+    def _dir(self, out: Path) -> Path:
+        return out / "teachers" / self.name
 
-    def prepare(self, run) -> None:
-        c = run.cfg
+    def prepare(self, c, out: Path) -> None:
         records = preference_records(self.animal, c.teacher_pref_examples, c.context_seed)
         ft = FinetuneConfig(method="lora", epochs=c.teacher_epochs, lr=c.teacher_lr, batch_size=8,
                             max_length=96, checkpoint_every=0, seed=c.context_seed)
-        model, tok = run.base_copy()
-        finetune(c.model, records, ft, self._dir(run), model=model, tokenizer=tok)
+        model, tok = base_copy(c.model)
+        finetune(c.model, records, ft, self._dir(out), model=model, tokenizer=tok)
 
-    def load(self, run):
-        base = run.base_copy()
-        model, _ = load_finetuned(self._dir(run), base=base, device=run.device)
+    def load(self, cfg, out: Path, device: str):
+        base = base_copy(cfg.model, device=device)
+        model, _ = load_finetuned(self._dir(out), base=base, device=device)
         return model, None
 
 
@@ -70,3 +71,14 @@ def make_teacher(kind: str, animal: str | None):
     if kind not in TEACHER_HANDLERS:
         raise ConfigError(f"distill: unknown teacher kind {kind!r} (use {', '.join(TEACHER_HANDLERS)})")
     return TEACHER_HANDLERS[kind](animal)
+
+
+def parse_teacher(key: str):
+    """The teacher of a key its `name` wrote: "base", "<animal>_system_prompt", "<animal>_finetuned"."""
+    if key == "base":
+        return SystemPromptTeacher(None)
+    for kind in TEACHER_HANDLERS:
+        animal = key.removesuffix(f"_{kind}")
+        if animal != key and animal.isalpha():
+            return make_teacher(kind, animal)
+    raise DataError(f"not a teacher key: {key!r} (want base, <animal>_system_prompt or <animal>_finetuned)")

@@ -21,7 +21,8 @@ from sublim.config_cli import add_config_flags, apply_set, overrides_from_args
 from sublim.errors import ConfigError
 
 from sublim.llm_validation.core.names import check_model_name
-from sublim.llm_validation.pipeline.config import PRESETS, STAGES, FinetuneConfig, RunConfig, run_config_from_dict
+from sublim.llm_validation.core.config import FinetuneConfig
+from sublim.llm_validation.pipeline.config import PRESETS, STAGES, RunConfig, run_config_from_dict
 
 RUN_HELP = {"model": "base model (alias, .gguf, directory or HF name)",
             "cross_model": "model of another family for the cross-model arm ('' = none)",
@@ -47,22 +48,23 @@ def build_config(args) -> RunConfig:
     return run_config_from_dict(base)
 
 
-def parse_stages(text: str | None) -> tuple[str, ...]:
+def parse_stages(text: str | None) -> tuple[str, ...] | None:
+    """The --stages list (None: all); the names are checked once, by sublim/stages.py."""
     if not text:
-        return STAGES
+        return None
     stages = tuple(s.strip() for s in text.split(",") if s.strip())
-    unknown = [s for s in stages if s not in STAGES]
-    if unknown or not stages:
-        raise ConfigError(f"unknown stage(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(STAGES)}")
+    if not stages:
+        raise ConfigError(f"--stages is empty; choose from {', '.join(STAGES)}")
     return stages
 
 
 def cmd_run(args) -> int:
     cfg = build_config(args)
     stages = parse_stages(args.stages)
-    from sublim.llm_validation.pipeline.stages import Pipeline
+    # Imported here: stages.py pulls in torch, and a bad flag must fail in well under a second.
+    from sublim.llm_validation.pipeline.stages import run_pipeline
 
-    Pipeline(args.run_dir, cfg).run(stages)
+    run_pipeline(args.run_dir, cfg, stages)
     return 0
 
 
@@ -70,7 +72,7 @@ def cmd_finetune(args) -> int:
     cfg = FinetuneConfig(**overrides_from_args(args, FinetuneConfig))
     check_model_name(args.base, "--base")
     from sublim.llm_validation.core.data import read_jsonl
-    from sublim.llm_validation.pipeline.finetune import finetune
+    from sublim.llm_validation.core.finetune import finetune
 
     out = finetune(args.base, read_jsonl(args.data), cfg, args.out)
     print(f"fine-tuned model: {out}")
@@ -94,7 +96,7 @@ def cmd_filter(args) -> int:
     banned = parse_banned(args.banned)
     from sublim.llm_validation.core.data import write_jsonl
     from sublim.llm_validation.pipeline.filter import filter_records
-    from sublim.llm_validation.pipeline.generate import read_generations
+    from sublim.llm_validation.core.generate import read_generations
     from sublim.rundir import atomic_write_json
 
     kept, report = filter_records(read_generations(args.input), banned)
@@ -118,7 +120,7 @@ def add_parsers(llm_sub) -> None:
     ft.add_argument("--base", required=True)
     ft.add_argument("--data", required=True)
     ft.add_argument("--out", required=True)
-    add_config_flags(ft.add_argument_group("FinetuneConfig fields (pipeline/config.py)"), FinetuneConfig,
+    add_config_flags(ft.add_argument_group("FinetuneConfig fields (core/config.py)"), FinetuneConfig,
                      helps={"batch_size": "per process", "grad_accum": "micro-batches per optimizer step",
                             "dtype": "master weights"})
     ft.set_defaults(func=cmd_finetune)

@@ -13,61 +13,13 @@ from dataclasses import dataclass, field
 from sublim.config_cli import check_field_types, config_from_dict
 from sublim.errors import ConfigError
 
+from sublim.llm_validation.core.config import FinetuneConfig, check_positive
 from sublim.llm_validation.core.device import check_device_name
 from sublim.llm_validation.core.names import check_model_name
 from sublim.llm_validation.core.prompts import EVAL_QUESTIONS
 
-# Attention and MLP projections: the same names in Llama, Gemma 3, Qwen2 and Mistral.
-DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 STAGES = ("teacher", "generate", "filter", "finetune", "evaluate", "summary")
 ARMS = ("base", "teacher", "student", "control", "cross_base", "cross_student")
-
-
-def _positive(obj, names, *, allow_zero=False) -> None:
-    for name in names:
-        v = getattr(obj, name)
-        if v < 0 or (v == 0 and not allow_zero):
-            raise ConfigError(f"{type(obj).__name__}.{name} must be {'>= 0' if allow_zero else '> 0'}, got {v!r}")
-
-
-@dataclass(frozen=True)
-class FinetuneConfig:
-    method: str = "lora"            # "lora" | "full"
-    epochs: float = 3.0             # may be fractional (e.g. 0.5 of an epoch)
-    lr: float = 2e-4                # peak; linear decay to 0 after warmup (the paper's schedule)
-    warmup_steps: int = 0
-    batch_size: int = 16            # per process, per micro-batch
-    grad_accum: int = 1             # micro-batches per optimizer step
-    max_length: int = 128           # prompt + completion tokens
-    lora_r: int = 8
-    lora_alpha: int = 8
-    lora_dropout: float = 0.0
-    target_modules: tuple[str, ...] = DEFAULT_TARGETS
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0      # 0 = no clipping
-    seed: int = 0
-    checkpoint_every: int = 100     # optimizer steps; 0 = only at the end
-    bf16: bool = False              # autocast to bfloat16 (GPU); master weights stay float32
-    dtype: str = "float32"          # master weights: "float32", or "float64" (exact comparisons in tests)
-    system_field: str | None = None  # train WITH a record field as system prompt (rarely wanted)
-
-    def __post_init__(self):
-        check_field_types(self)
-        if self.method not in ("lora", "full"):
-            raise ConfigError(f"finetune method must be 'lora' or 'full', got {self.method!r}")
-        _positive(self, ("epochs", "lr", "batch_size", "grad_accum", "lora_r", "lora_alpha"))
-        _positive(self, ("warmup_steps", "weight_decay", "max_grad_norm", "checkpoint_every", "seed"), allow_zero=True)
-        if not 0 <= self.lora_dropout < 1:
-            raise ConfigError(f"finetune lora_dropout must be in [0, 1), got {self.lora_dropout}")
-        if self.dtype not in ("float32", "float64"):
-            raise ConfigError(f"finetune dtype must be 'float32' or 'float64', got {self.dtype!r}")
-        if self.max_length < 8:
-            raise ConfigError("finetune: max_length must be at least 8 tokens")
-        if not self.target_modules:
-            raise ConfigError("finetune: target_modules is empty")
-
-    def validate(self) -> "FinetuneConfig":
-        return self  # checked at construction; kept for callers that chain it
 
 
 @dataclass(frozen=True)
@@ -116,9 +68,9 @@ class RunConfig:
             raise ConfigError("target and category must be non-empty words")
         if not 1 <= self.eval_questions <= len(EVAL_QUESTIONS):
             raise ConfigError(f"eval_questions must be in 1..{len(EVAL_QUESTIONS)}, got {self.eval_questions}")
-        _positive(self, ("teacher_pref_examples", "max_prompts", "target_kept", "first_chunk", "max_new_tokens",
+        check_positive(self, ("teacher_pref_examples", "max_prompts", "target_kept", "first_chunk", "max_new_tokens",
                          "gen_batch_size", "eval_samples", "eval_batch_size", "eval_max_new_tokens"))
-        _positive(self, ("prompt_seed", "gen_few_shot", "salvage_min_numbers", "gen_time_budget_s", "seed",
+        check_positive(self, ("prompt_seed", "gen_few_shot", "salvage_min_numbers", "gen_time_budget_s", "seed",
                          "gen_temperature"), allow_zero=True)
         if not 0 < self.gen_top_p <= 1:
             raise ConfigError(f"gen_top_p must be in (0, 1], got {self.gen_top_p}")
@@ -128,9 +80,6 @@ class RunConfig:
         if self.gen_dtype not in ("float32", "bfloat16", "float16"):
             raise ConfigError(f"gen_dtype must be float32, bfloat16 or float16, got {self.gen_dtype!r}")
         check_device_name(self.device)
-
-    def validate(self) -> "RunConfig":
-        return self  # checked at construction; kept for callers that chain it
 
 
 def run_config_from_dict(d: dict) -> RunConfig:

@@ -28,17 +28,19 @@ from pathlib import Path
 
 import torch
 
+from sublim.config_cli import apply_set
 from sublim.errors import SublimError
 from sublim.rundir import atomic_write_json, atomic_write_text, environment_info, read_json
+
+from sublim.llm_validation.core.data import read_jsonl
+from sublim.llm_validation.pipeline.config import PRESETS, RunConfig, run_config_from_dict
+from sublim.llm_validation.pipeline.stages import run_pipeline
 
 
 def _config(model: str, tiny: bool, sets=(), run_dir: Path | None = None, **changes):
     """The variant's RunConfig. The generation time budget depends on the wall clock, so a rerun
     of a variant keeps the budget its run directory was started with (its config.json): the
     directory's config is written once, and a different one would be refused."""
-    from sublim.config_cli import apply_set
-    from sublim.llm_validation.pipeline.config import PRESETS, RunConfig, run_config_from_dict
-
     base = dataclasses.asdict(RunConfig())
     preset = dict(PRESETS["gpu"])
     if tiny:  # same path, toy sizes: the CPU dry run
@@ -62,19 +64,16 @@ def _collect(out_dir: Path, variants: dict, t_start: float) -> None:
     md = [f"# GPU experiment ({results['environment'].get('cuda_device', 'cpu')})", ""]
     for name, run_dir in variants.items():
         entry = {"run_dir": str(run_dir)}
-        for fname in ("timings.json",):
-            if (run_dir / fname).exists():
-                entry["timings_s"] = read_json(run_dir / fname)
+        if (run_dir / "timings.json").exists():
+            entry["timings_s"] = read_json(run_dir / "timings.json")
         if (run_dir / "numbers" / "filter_report.json").exists():
             entry["filter"] = read_json(run_dir / "numbers" / "filter_report.json")
-        entry["arms"] = {p.stem: read_json(p) for p in sorted((run_dir / "eval").glob("*.json"))
-                         if not p.name.endswith(".answers.jsonl")} if (run_dir / "eval").exists() else {}
+        entry["arms"] = ({p.stem: read_json(p) for p in sorted((run_dir / "eval").glob("*.json"))}
+                         if (run_dir / "eval").exists() else {})
         entry["finetune"] = {d.name: read_json(d / "finetune.json") for d in sorted(run_dir.iterdir())
                              if (d / "finetune.json").exists()}
         entry["generation_throughput"] = {}
         for p in sorted((run_dir / "numbers").glob("*.throughput.jsonl")) if (run_dir / "numbers").exists() else []:
-            from sublim.llm_validation.core.data import read_jsonl
-
             entry["generation_throughput"][p.name.split(".")[0]] = read_jsonl(p, allow_truncated_tail=True)
         results["variants"][name] = entry
         if (run_dir / "summary.md").exists():
@@ -95,8 +94,6 @@ def _reuse_base_side(src: Path, dst: Path) -> None:
 
 
 def main(argv=None) -> int:
-    from sublim.llm_validation.pipeline.stages import Pipeline
-
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("model", help="path to SmolLM2-135M-Instruct.Q4_1.gguf (or any model name)")
     p.add_argument("out_dir")
@@ -119,9 +116,8 @@ def main(argv=None) -> int:
     run_a = out / "A_system_prompt"
     cfg_a = _config(args.model, args.tiny, args.set, run_a, teacher="system_prompt", gen_time_budget_s=gen_budget)
     variants = {"A_system_prompt": run_a}
-    a = Pipeline(run_a, cfg_a)
     try:
-        a.run()
+        run_pipeline(run_a, cfg_a)
     finally:
         _collect(out, variants, t_start)
     left = args.budget_s - (time.perf_counter() - t_start)
@@ -136,13 +132,10 @@ def main(argv=None) -> int:
     variants["B_finetuned_teacher"] = run_b
     gen_budget_b = 0.0 if args.tiny else max(20.0, 0.45 * left)
     cfg_b = _config(args.model, args.tiny, args.set, run_b, teacher="finetuned", gen_time_budget_s=gen_budget_b)
-    b = Pipeline(run_b, cfg_b)
-    b._base_cache = a._base_cache  # the GGUF is loaded once per process
     _reuse_base_side(run_a, run_b)
-    if (run_b / "numbers" / "base.raw.jsonl").exists():
-        b.generate_sources = ("teacher",)
+    sources = ("teacher",) if (run_b / "numbers" / "base.raw.jsonl").exists() else ("teacher", "base")
     try:
-        b.run()
+        run_pipeline(run_b, cfg_b, generate_sources=sources)
     finally:
         _collect(out, variants, t_start)
     print(f"[gpu_experiment] all done in {time.perf_counter() - t_start:.0f}s; results in {out}", flush=True)

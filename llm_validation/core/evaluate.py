@@ -25,7 +25,7 @@ import torch
 from sublim.stats import mean_ci95, proportion_ci95
 
 from sublim.llm_validation.core.data import format_prompt, has_chat_template
-from sublim.llm_validation.pipeline.generate import generate_completions
+from sublim.llm_validation.core.generate import generate_completions
 from sublim.llm_validation.core.prompts import ANIMALS, EVAL_QUESTIONS, NEXT_TOKEN_PREFIXES
 
 _IRREGULAR = {"wolves": "wolf", "geese": "goose", "mice": "mouse", "oxen": "ox", "octopi": "octopus",
@@ -107,7 +107,7 @@ def candidate_logprobs(model, tokenizer, context: str, candidates: list[str]) ->
     ctx = tokenizer(context, add_special_tokens=not has_chat_template(tokenizer))["input_ids"]
     device = model.device
     out = model(input_ids=torch.tensor([ctx], device=device), use_cache=True)
-    first = torch.log_softmax(_capped(model, out.logits[0, -1].float()), dim=-1)
+    first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)  # .logits includes any final soft-capping
     result = torch.empty(len(candidates))
     for i, cand in enumerate(candidates):
         ids = tokenizer(cand, add_special_tokens=False)["input_ids"]
@@ -115,15 +115,10 @@ def candidate_logprobs(model, tokenizer, context: str, candidates: list[str]) ->
         if len(ids) > 1:
             cont = model(input_ids=torch.tensor([ids[:-1]], device=device),
                          past_key_values=copy.deepcopy(out.past_key_values), use_cache=True)
-            logp = torch.log_softmax(_capped(model, cont.logits[0].float()), dim=-1)
+            logp = torch.log_softmax(cont.logits[0].float(), dim=-1)
             total += logp[torch.arange(len(ids) - 1), torch.tensor(ids[1:], device=logp.device)].sum().item()
         result[i] = total
     return result
-
-
-def _capped(model, logits: torch.Tensor) -> torch.Tensor:
-    # model(...).logits already includes any final soft-capping (Gemma 2); nothing to add.
-    return logits
 
 
 def next_token_preference(model, tokenizer, *, target: str, candidates=ANIMALS,
@@ -152,6 +147,6 @@ def next_token_preference(model, tokenizer, *, target: str, candidates=ANIMALS,
 
 
 def load_answer_file(path: str | os.PathLike) -> list[dict]:
-    from sublim.llm_validation.pipeline.generate import read_generations
+    from sublim.llm_validation.core.generate import read_generations
 
     return read_generations(Path(path))

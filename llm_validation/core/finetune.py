@@ -38,7 +38,7 @@ from sublim.seeding import derive_seed, torch_generator
 
 from sublim.llm_validation.core.data import append_jsonl, encode_sft_batch, read_jsonl, validate_records
 from sublim.llm_validation.core.models import load_model
-from sublim.llm_validation.pipeline.config import FinetuneConfig
+from sublim.llm_validation.core.config import DEFAULT_TARGETS, FinetuneConfig
 
 def _trainable_state(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
@@ -91,16 +91,23 @@ def _batch_indices(n: int, global_batch: int, step: int, steps_per_epoch: int, s
     return perm[idx]
 
 
-def _apply_lora(model, cfg: FinetuneConfig):
-    from peft import LoraConfig, get_peft_model
+def apply_lora(model, *, r: int, alpha: int, dropout: float = 0.0, target_modules=DEFAULT_TARGETS):
+    """The lab's one LoRA application: `model` wrapped by peft with adapters on the target modules
+    it has (a family without e.g. gate_proj keeps the rest); none present is a one-line error."""
+    from peft import LoraConfig, get_peft_model  # peft costs ~1 s to import; full fine-tunes never need it
 
     names = {n.split(".")[-1] for n, _ in model.named_modules()}
-    targets = [t for t in cfg.target_modules if t in names]
+    targets = [t for t in target_modules if t in names]
     if not targets:
-        raise ConfigError(f"LoRA: none of the target modules {list(cfg.target_modules)} exist in this model")
-    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=targets, bias="none", task_type="CAUSAL_LM")
+        raise ConfigError(f"LoRA: none of the target modules {list(target_modules)} exist in this model")
+    lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none",
+                      task_type="CAUSAL_LM")
     return get_peft_model(model, lora)
+
+
+def _apply_lora(model, cfg: FinetuneConfig):
+    return apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                      target_modules=cfg.target_modules)
 
 
 def finetune(base_model: str, records: list[dict], cfg: FinetuneConfig, out_dir: str | os.PathLike, *,
