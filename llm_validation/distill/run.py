@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from sublim.errors import ConfigError
+from sublim.precision import check_fast_matmul
 from sublim.progress import log
 from sublim.rundir import atomic_write_json, claim_run_dir, read_json
 
@@ -48,6 +49,7 @@ class DistillRun:
         self.executor, self.address = executor, address
         self.threads = threads or torch.get_num_threads()
         self.device = resolve_device(cfg.device)
+        check_fast_matmul(cfg.fast_matmul, self.device)  # one line before the run directory exists
         self._base = None
         self.timings: dict[str, float] = {}
 
