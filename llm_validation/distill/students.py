@@ -10,8 +10,9 @@ student is 0.5 GB; its numbers, not its weights, are the result).
 
 from __future__ import annotations
 
-import io
 import math
+import os
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,6 @@ import torch
 from sublim.batching import length_bucketed_batches
 from sublim.errors import NumericalError
 from sublim.progress import progress
-from sublim.rundir import atomic_write_bytes
 from sublim.seeding import derive_seed, torch_generator
 
 from sublim.llm_validation.distill.forward import number_log_probs
@@ -77,10 +77,19 @@ def _batches(lengths: list[int], batch_size: int, seed: int, epochs: int, window
 
 
 def _save(path: Path, model, optimizer, step: int, losses: list[float]) -> None:
-    buf = io.BytesIO()
+    """Atomically (temp file, fsync, rename). torch.save streams into the file: a full student's
+    weights + Adam state are 1.6 GB, which an in-memory buffer would copy once more (time and RAM)."""
     trainable = {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
-    torch.save({"trainable": trainable, "optimizer": optimizer.state_dict(), "step": step, "losses": losses}, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save({"trainable": trainable, "optimizer": optimizer.state_dict(), "step": step, "losses": losses}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _restore(path: Path, model, optimizer) -> tuple[int, list[float]]:
