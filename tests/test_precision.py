@@ -120,6 +120,19 @@ def _tiny_student_inputs():
     return model, enc, number_token_ids(tok)
 
 
+def test_float32_default_computes_exactly_what_the_former_code_did():
+    """fast_matmul=off: number_log_probs is bit for bit the former body (decoder, then the
+    restricted head), so the committed float32 runs are unchanged."""
+    from sublim.llm_validation.distill.forward import completion_hidden, decoder_and_head, number_log_probs
+    from sublim.llm_validation.distill.loss import restricted_log_probs
+
+    model, enc, vocab = _tiny_student_inputs()
+    head = decoder_and_head(model)[1]
+    former = restricted_log_probs(completion_hidden(model, enc, "cpu"), head.weight, vocab, None, None)
+    assert torch.equal(number_log_probs(model, enc, vocab, "cpu"), former)
+    assert torch.equal(number_log_probs(model, enc, vocab, "cpu", "off"), former)
+
+
 @needs_bf16
 def test_bf16_student_loss_is_within_the_bf16_bound_of_float32_and_masters_stay_float32():
     """The distill loss (restricted KL to a teacher) under the knob vs float32, on tiny-llama.
