@@ -350,3 +350,16 @@ def test_bench_toy_bf16_mode_reads_against_the_bf16_matmul_rate(tmp_path):
     assert "error" not in run, run
     assert run["fast_matmul"] == "bf16" and run["matmul_bf16_gflops"] > 0 and 0 < run["ratio_to_bf16_matmul"] < 2
     assert len(run["loadavg"]) == 3
+
+
+@needs_bf16
+def test_bench_toy_step_precision_smoke(tmp_path):
+    out = tmp_path / "t.json"
+    proc = subprocess.run([sys.executable, "benchmarks/bench_toy_step_precision.py", "--groups", "1", "--repeats", "1",
+                           "--out", str(out)], capture_output=True, text=True, timeout=300,
+                          cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads(out.read_text())
+    assert r["flops_per_step"] == 4 * 1024 * (4 * (784 * 256 + 256 * 256 + 256 * 13) + 2 * (256 * 256 + 256 * 13))
+    for kind in ("fp32", "bf16_copies", "fpmath"):
+        assert r[kind]["gflops"] > 0 and r["median"][f"{kind}_s"] > 0
