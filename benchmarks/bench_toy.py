@@ -16,6 +16,8 @@ each arm against the public script's 100-model CIs (docs/reference.md section 2)
 
     python benchmarks/bench_toy.py                              # CPU, writes benchmarks/results/toy_cpu.json
     python benchmarks/bench_toy.py --device cuda --models 10,100   # the GPU entry (+ paper run)
+    python benchmarks/bench_toy.py --fast-matmul bf16 --out benchmarks/results/toy_cpu_bf16.json
+                                    # the CPU bf16 engine (HandMLPBf16), also read against the bf16 matmul rate
 """
 
 from __future__ import annotations
@@ -55,10 +57,10 @@ PUBLIC_100 = {"reference": (10.0, 0.5), "teacher": (94.3, 0.04), "student_aux": 
 PUBLIC_100_WALL_S = 24.9
 
 
-def matmul_rate(device: torch.device, tf32: bool = False, reps: int = 30) -> float:
-    """GFLOP/s of a plain fp32 (1024x784)@(784x1024) matmul, median of `reps`."""
-    a = torch.randn(1024, 784, device=device)
-    b = torch.randn(784, 1024, device=device)
+def matmul_rate(device: torch.device, tf32: bool = False, reps: int = 30, dtype: torch.dtype = torch.float32) -> float:
+    """GFLOP/s of a plain (1024x784)@(784x1024) matmul in dtype (fp32, or bf16 for the bf16 engine), median of `reps`."""
+    a = torch.randn(1024, 784, device=device).to(dtype)
+    b = torch.randn(784, 1024, device=device).to(dtype)
     old = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = tf32
     inner = 1 if device.type == "cpu" else 50
@@ -116,6 +118,8 @@ def child(args) -> dict:
     fast = args.fast_matmul
     rate = matmul_rate(dev)
     rate_tf32 = matmul_rate(dev, tf32=True) if dev.type == "cuda" else None
+    bf16 = fast == "bf16"  # the bf16 engine is read against the bf16 matmul rate
+    rate_bf16 = matmul_rate(dev, dtype=torch.bfloat16) if bf16 else None
     data = load_mnist(device=dev)
     cfg = ToyConfig(n_models=args.n, teacher_epochs=1, distill_epochs=1, max_examples_per_epoch=args.examples,
                     max_test_examples=1000, device=args.device, fast_matmul=fast, chunk_models=args.chunk)
@@ -127,6 +131,7 @@ def child(args) -> dict:
     res = run_experiment(cfg, data, desc=f"bench {args.n}")
     # the machine may be shared: take the better of the matmul rates before and after the run
     rate = max(rate, matmul_rate(dev))
+    rate_bf16 = max(rate_bf16, matmul_rate(dev, dtype=torch.bfloat16)) if bf16 else None
     t_train = res.phase_s["teacher"] + res.phase_s["student"]
     n, e, k = cfg.n_models, cfg.max_examples_per_epoch, len(cfg.student_arms)
     flops = useful_flops(cfg)
@@ -141,6 +146,10 @@ def child(args) -> dict:
         "ratio_to_fp32_matmul": flops / t_train / 1e9 / rate,
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
     }
+    if rate_bf16:
+        out["matmul_bf16_gflops"] = rate_bf16
+        out["ratio_to_bf16_matmul"] = out["achieved_gflops"] / rate_bf16
+    out["loadavg"] = os.getloadavg()
     if rate_tf32:
         out["matmul_tf32_gflops"] = rate_tf32
         out["ratio_to_tf32_matmul"] = out["achieved_gflops"] / rate_tf32
@@ -192,7 +201,10 @@ def summarize_repeats(runs: list[dict], counts: list[int]) -> dict:
         if not ok:
             continue
         entry = {"repeats": len(ok)}
-        for key in ("ratio_to_fp32_matmul", "achieved_gflops", "matmul_fp32_gflops", "teacher_s", "student_s"):
+        for key in ("ratio_to_fp32_matmul", "achieved_gflops", "matmul_fp32_gflops", "teacher_s", "student_s",
+                    "ratio_to_bf16_matmul", "matmul_bf16_gflops"):
+            if key not in ok[0]:
+                continue
             vals = sorted(r[key] for r in ok)
             mid = len(vals) // 2
             median = vals[mid] if len(vals) % 2 else (vals[mid - 1] + vals[mid]) / 2

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, fields
 
 from sublim.config_cli import parse_text
 from sublim.errors import ConfigError
+from sublim.precision import check_fast_matmul
 
 from .model import INIT_SCHEMES, MLPSpec
 
@@ -83,7 +84,7 @@ class ToyConfig:
     ## Hardware
     device: str = "cpu"  # cpu | cuda[:N]
     dtype: str = "float32"  # float32 | float64 (the reference engine of the tests)
-    fast_matmul: str = "off"  # off = exact fp32 | tf32 (CUDA tensor cores) | bf16 autocast
+    fast_matmul: str = "off"  # off = exact fp32 | tf32 (CUDA tensor cores) | bf16 (CPU: bf16 matmuls, fp32 masters; CUDA: autocast)
 
     def __post_init__(self):
         ints_pos = ("width", "depth", "batch_size", "n_models")
@@ -129,6 +130,8 @@ class ToyConfig:
             raise ConfigError(f"device must be cpu or cuda[:N], got {self.device!r}")
         if self.fast_matmul == "tf32" and not self.device.startswith("cuda"):
             raise ConfigError("fast_matmul=tf32 needs a CUDA device (CPUs have no TF32 matmul)")
+        if self.fast_matmul == "bf16" and self.device == "cpu":
+            check_fast_matmul("bf16", "cpu")  # one line where the CPU has no bf16 units
 
     # Derived pieces
     @property

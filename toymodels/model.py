@@ -313,3 +313,41 @@ class HandMLP:
         kw = d.shape[0] // groups * width
         torch.bmm(d.view(groups, kw, batch), x, out=self.params[0].grad[ms].view(groups, kw, d_in))
         torch.sum(d, -1, out=self.params[1].grad[ms])
+
+
+class HandMLPBf16(HandMLP):
+    """HandMLP with bf16 matmuls and float32 master weights (fast_matmul=bf16 on a CPU with bf16 units).
+
+    Each forward casts the float32 masters into bf16 copies (workspace memory; `frozen` networks,
+    the distillation teachers, cast once) and the input batch into bf16, then runs HandMLP's passes
+    on the copies: activations and matmul outputs are bf16, every matmul accumulates in float32
+    (oneDNN). The logits come back in the masters' dtype (float32) for the float32 losses; backward
+    takes that dz, runs in bf16 and writes each master's gradient, converted to the master's dtype,
+    into master.grad, so the optimizer and its state stay float32. Same interface as HandMLP.
+    """
+
+    def __init__(self, masters: list[torch.Tensor], workspace: Workspace | None = None, name: str = "mlp",
+                 block_groups: int = 0, frozen: bool = False):
+        ws = workspace if workspace is not None else Workspace()
+        copies = [ws.get(f"{name}.bf16.{i}", tuple(p.shape), torch.bfloat16, p.device) for i, p in enumerate(masters)]
+        super().__init__(copies, ws, name, block_groups)
+        self.masters, self.frozen, self._fresh = masters, frozen, False
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.frozen and self._fresh):
+            for c, m in zip(self.params, self.masters):
+                c.copy_(m)
+            self._fresh = True
+        xb = self.ws.get(f"{self.name}.x_bf16", tuple(x.shape), torch.bfloat16, x.device)
+        z = super().forward(xb.copy_(x))
+        return self.ws.get(f"{self.name}.z_master", tuple(z.shape), self.masters[0].dtype, z.device).copy_(z)
+
+    @torch.no_grad()
+    def backward(self, dz: torch.Tensor) -> None:
+        db = self.ws.get(f"{self.name}.dz_bf16", tuple(dz.shape), torch.bfloat16, dz.device)
+        super().backward(db.copy_(dz))
+        for i, (c, m) in enumerate(zip(self.params, self.masters)):
+            if m.grad is None or m.grad.shape != m.shape or m.grad.dtype != m.dtype:
+                m.grad = self.ws.get(f"{self.name}.grad_fp32.{i}", tuple(m.shape), m.dtype, m.device)
+            m.grad.copy_(c.grad)

@@ -31,7 +31,7 @@ from .arms import derangement, student_inits
 from .config import AUX_ARMS, ToyConfig
 from .inputs import DistillInputs, batch_slice, epoch_orders, make_generator, steps_per_epoch
 from .mnist import MNIST, load_mnist
-from .model import HandMLP, Workspace, forward, forward_fast, init_params
+from .model import HandMLP, HandMLPBf16, Workspace, forward, forward_fast, init_params
 
 EVAL_BATCH = 1000
 CPU_AUTO_CHUNK = 20
@@ -112,9 +112,17 @@ def evaluate(params: list[torch.Tensor], data: MNIST, n_classes: int, cfg: ToyCo
 
 
 def hand_engine(cfg: ToyConfig, device: torch.device) -> bool:
-    """The hand-written forward/backward (model.HandMLP) trains on CPU in exact fp32/fp64. CUDA and
-    bf16 autocast keep forward_fast + autograd: their GPU numbers in FINDINGS were measured with it."""
-    return device.type == "cpu" and cfg.fast_matmul == "off"
+    """The hand-written forward/backward (model.HandMLP) trains on CPU in exact fp32/fp64, and in
+    bf16 matmuls with float32 masters (model.HandMLPBf16). CUDA keeps forward_fast + autograd
+    (tf32 or bf16 autocast): its GPU numbers in FINDINGS were measured with it."""
+    return device.type == "cpu" and cfg.fast_matmul in ("off", "bf16")
+
+
+def hand_mlp(cfg: ToyConfig, params: list[torch.Tensor], ws: Workspace, name: str, frozen: bool = False) -> HandMLP:
+    """The CPU engine for cfg's precision (frozen: weights that do not change, cast to bf16 once)."""
+    if cfg.fast_matmul == "bf16":
+        return HandMLPBf16(params, ws, name, frozen=frozen)
+    return HandMLP(params, ws, name)
 
 
 def autograd_step(params: list[torch.Tensor], opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
@@ -137,7 +145,7 @@ def train_teachers(cfg: ToyConfig, params: list[torch.Tensor], data: MNIST, chun
     g = make_generator(dev, "teacher-data", cfg.seed, chunk_start)
     opt = make_optimizer(cfg, params)
     ws = ws if ws is not None else Workspace()
-    hand = HandMLP(params, ws, "teacher") if hand_engine(cfg, dev) else None
+    hand = hand_mlp(cfg, params, ws, "teacher") if hand_engine(cfg, dev) else None
     epoch_loss = torch.zeros(n_models, device=dev)
     for epoch in range(cfg.teacher_epochs):
         order = epoch_orders(groups, n_train, n_ex, g, dev)
@@ -233,7 +241,8 @@ class HandStudentStep:
         self.opt = opt
         self.n_classes = cfg.spec.n_classes
         self.aux_arm = torch.tensor([a in AUX_ARMS for a in cfg.student_arms], device=dev)
-        self.students, self.teachers = HandMLP(students, ws, "student"), HandMLP(teachers, ws, "distill_teacher")
+        self.students = hand_mlp(cfg, students, ws, "student")
+        self.teachers = hand_mlp(cfg, teachers, ws, "distill_teacher", frozen=True)
 
     def __call__(self, x: torch.Tensor, n_groups: int, k: int) -> torch.Tensor:
         zt = self.teachers.forward(x)  # once per batch, shared by all arms

@@ -103,7 +103,7 @@ def generate_completions(model, tokenizer, prompts: list[dict], out_path: str | 
     """Sample one completion per prompt record; append to out_path; return ALL finished records.
 
     Records written: {"id", "prompt", "completion", "stopped", "n_tokens", "teacher": writer, ...}
-    plus the prompt record's other fields and `extra_fields`. (Just over 60 lines: the resume
+    plus the prompt record's other fields and `extra_fields`. (Over 60 lines because the resume
     bookkeeping, the rank sharding and the batch loop share the same prompt list and file.)
     """
     if batch_size < 1 or max_new_tokens < 1:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, fields
 
 from sublim.config_cli import check_field_types
 from sublim.errors import ConfigError
+from sublim.precision import FAST_MATMUL_MODES
 from sublim.llm_validation.core.device import check_device_name
 
 TEACHER_KINDS = ("system_prompt", "finetuned")
@@ -71,13 +72,22 @@ class DistillConfig:
     eval_samples: int = 0                      # sampled one-word answers per question (0 = skip)
     eval_batch_size: int = 32
     device: str = "auto"
+    # Speed knobs (sublim/precision.py, sublim/batching.py); both change the numbers, so both are off
+    # by default, and at their defaults they are left out of config.json (older run directories and
+    # cache fingerprints stay valid).
+    fast_matmul: str = "off"                   # off = float32 | bf16: students' decoder matmuls in bf16
+    length_buckets: int = 0                    # 0 = plain seeded shuffle | W >= 2: similar-length batches (windows of W)
 
     def __post_init__(self):
         check_field_types(self)
         _validate(self)
 
     def to_dict(self) -> dict:
-        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in fields(self)}
+        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in fields(self)
+                if not (f.name in _OMITTED_AT_DEFAULT and getattr(self, f.name) == f.default)}
+
+
+_OMITTED_AT_DEFAULT = ("fast_matmul", "length_buckets")  # knobs added after results were committed
 
 
 def _validate(c: DistillConfig) -> None:
@@ -94,9 +104,10 @@ def _validate(c: DistillConfig) -> None:
     need(c.contexts in CONTEXT_SOURCES, f"contexts must be one of {', '.join(CONTEXT_SOURCES)}, got {c.contexts!r}")
     need(c.contexts != "file" or bool(c.contexts_file), "contexts=file needs contexts_file")
     check_device_name(c.device)
+    need(c.fast_matmul in FAST_MATMUL_MODES, f"fast_matmul must be one of {', '.join(FAST_MATMUL_MODES)}, got {c.fast_matmul!r}")
     for name in ("n_contexts", "epochs", "batch_size", "lora_r", "lora_alpha", "eval_batch_size"):
         need(isinstance(getattr(c, name), int) and getattr(c, name) >= 1, f"{name} must be an integer >= 1")
-    for name in ("checkpoint_every", "teacher_pref_examples", "sft_records", "align_sft_records", "eval_samples", "context_seed"):
+    for name in ("length_buckets", "checkpoint_every", "teacher_pref_examples", "sft_records", "align_sft_records", "eval_samples", "context_seed"):
         need(isinstance(getattr(c, name), int) and getattr(c, name) >= 0, f"{name} must be an integer >= 0")
     need(c.max_length >= 16, "max_length must be at least 16 tokens")
     for name in ("lr", "lora_lr", "teacher_lr", "teacher_epochs", "sft_epochs", "sft_lr"):

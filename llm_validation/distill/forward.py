@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import torch
 
+from sublim.precision import matmul_autocast
+
 from sublim.llm_validation.distill.contexts import Encoded
 
 
@@ -41,9 +43,14 @@ def completion_hidden(model, batch: list[Encoded], device) -> torch.Tensor:
     return hidden[torch.tensor(rows, device=device), torch.tensor(cols, device=device)]
 
 
-def number_log_probs(model, batch: list[Encoded], vocab: torch.Tensor, device) -> torch.Tensor:
-    """log p(v | context) renormalized over the number vocabulary at every completion position."""
-    hidden = completion_hidden(model, batch, device)
+def number_log_probs(model, batch: list[Encoded], vocab: torch.Tensor, device, fast_matmul: str = "off") -> torch.Tensor:
+    """log p(v | context) renormalized over the number vocabulary at every completion position.
+    fast_matmul="bf16": the decoder's matmuls in bf16 (sublim/precision.py); the restricted head,
+    its log-softmax and the loss stay float32 (19 rows: nothing to gain, the KL's precision to lose)."""
+    with matmul_autocast(fast_matmul, device):
+        hidden = completion_hidden(model, batch, device)
+    if hidden.dtype in (torch.float16, torch.bfloat16):
+        hidden = hidden.float()
     _, head = decoder_and_head(model)
     softcap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
     return restricted_log_probs(hidden, head.weight, vocab.to(device), getattr(head, "bias", None), softcap)

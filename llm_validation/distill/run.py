@@ -27,6 +27,7 @@ import torch
 
 from sublim.errors import ConfigError
 from sublim.executors import Resources, run_tasks
+from sublim.precision import check_fast_matmul
 from sublim.rundir import atomic_write_json, read_json
 from sublim.stages import Lazy, Stage, run_stages
 
@@ -234,6 +235,7 @@ STAGE_NAMES = tuple(s.name for s in STAGES)
 def run_distill(run_dir: str | Path, cfg: DistillConfig, stages=None, *, executor: str = "local",
                 address: str | None = None, threads: int | None = None) -> dict[str, float]:
     """Run the selected stages (None: all) of one distillation run; returns their timings."""
+    check_fast_matmul(cfg.fast_matmul, resolve_device(cfg.device))  # one line before the run directory exists
     return run_stages(run_dir, cfg.to_dict(), STAGES, stages,
                       resources(cfg, executor=executor, address=address, threads=threads), what="distill")
 
