@@ -95,7 +95,7 @@ def step_flops(model, batch, n_vocab: int) -> dict:
 def timed_step(model, batch, teacher_logp, vocab, optimizer, fast_matmul: str) -> dict:
     """One student step (students.train_student's body), with its parts timed."""
     from sublim.llm_validation.distill.forward import completion_hidden, decoder_and_head
-    from sublim.llm_validation.distill.loss import restricted_kl, restricted_log_probs
+    from sublim.llm_validation.distill.forward import restricted_kl, restricted_log_probs
     from sublim.precision import matmul_autocast
 
     t = {}

@@ -124,7 +124,7 @@ def test_float32_default_computes_exactly_what_the_former_code_did():
     """fast_matmul=off: number_log_probs is bit for bit the former body (decoder, then the
     restricted head), so the committed float32 runs are unchanged."""
     from sublim.llm_validation.distill.forward import completion_hidden, decoder_and_head, number_log_probs
-    from sublim.llm_validation.distill.loss import restricted_log_probs
+    from sublim.llm_validation.distill.forward import restricted_log_probs
 
     model, enc, vocab = _tiny_student_inputs()
     head = decoder_and_head(model)[1]
@@ -147,7 +147,7 @@ def test_bf16_student_loss_is_within_the_bf16_bound_of_float32_and_masters_stay_
     The knob must also change something (h differs from float32 by more than float32 noise), and
     every gradient and Adam state tensor must be float32."""
     from sublim.llm_validation.distill.forward import completion_hidden, decoder_and_head, number_log_probs
-    from sublim.llm_validation.distill.loss import restricted_kl, restricted_log_probs
+    from sublim.llm_validation.distill.forward import restricted_kl, restricted_log_probs
 
     model, enc, vocab = _tiny_student_inputs()
     model.train()
@@ -261,19 +261,16 @@ def _tiny_cfg(**kw):
 @pytest.mark.parametrize("knobs", [dict(length_buckets=2)] + ([dict(length_buckets=2, fast_matmul="bf16")] if HAS_BF16 else []))
 def test_bucketed_student_resumes_after_an_interruption_to_the_same_numbers(tmp_path, monkeypatch, knobs):
     """The smoke version of the kill test below: interrupted at step 3, rerun, same losses and profile."""
+    import json
+
     from sublim.llm_validation.distill import students as students_module
-    from sublim.llm_validation.distill.run import DistillRun
-    from sublim.llm_validation.distill.students import StudentSpec
-    from sublim.rundir import claim_run_dir
+    from sublim.llm_validation.distill.run import run_distill
 
     cfg = _tiny_cfg(**knobs)
-    spec = StudentSpec("owl_system_prompt", "full", 0.0, 0)
-    straight = DistillRun(tmp_path / "a", cfg)
-    straight.run(("contexts", "cache"))
-    with claim_run_dir(straight.dir, cfg.to_dict()):
-        full = straight.run_student(spec)
-    resumed = DistillRun(tmp_path / "b", cfg)
-    resumed.run(("contexts", "cache"))
+    name = "owl_system_prompt.full.sigma0.seed0"  # the one student of this config
+    run_distill(tmp_path / "a", cfg, ("contexts", "cache", "students"))
+    full = json.loads((tmp_path / "a" / "students" / name / "profile.json").read_text())
+    run_distill(tmp_path / "b", cfg, ("contexts", "cache"))
     real, calls = students_module.restricted_kl, {"n": 0}
 
     def die_at_step_3(t, s):
@@ -284,9 +281,11 @@ def test_bucketed_student_resumes_after_an_interruption_to_the_same_numbers(tmp_
 
     monkeypatch.setattr(students_module, "restricted_kl", die_at_step_3)
     with pytest.raises(KeyboardInterrupt):
-        resumed.run_student(spec)
+        run_distill(tmp_path / "b", cfg, ("students",))
+    assert not (tmp_path / "b" / "students" / name / "profile.json").exists()
     monkeypatch.setattr(students_module, "restricted_kl", real)
-    again = resumed.run_student(spec)
+    run_distill(tmp_path / "b", cfg, ("students",))
+    again = json.loads((tmp_path / "b" / "students" / name / "profile.json").read_text())
     assert again["logp"] == full["logp"] and again["train"]["losses"] == full["train"]["losses"]
 
 

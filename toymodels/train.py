@@ -307,32 +307,26 @@ def run_experiment(cfg: ToyConfig, data: MNIST | None = None, *, desc: str = "to
     C = chunk_size(cfg, dev)
     chunks = [(s, min(s + C, N)) for s in range(0, N, C)]
     ws = Workspace()  # scratch buffers of the training steps, reused by every chunk
-
-    def clock(name, t0):
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        phase[name] += time.perf_counter() - t0
-        return time.perf_counter()
+    clock = _PhaseClock(phase, dev)
 
     with matmul_mode(cfg, dev), progress(total=total_steps(cfg) * len(chunks), desc=desc, unit="step") as bar:
-        t0 = time.perf_counter()
         inits = init_params(spec, N, seed=cfg.seed, device=dev, dtype=dtype)
-        t0 = clock("init", t0)
+        clock.lap("init")
         for c0, c1 in chunks:
             ref = [p[c0:c1] for p in inits]
             if "reference" in cfg.arms:
                 acc["reference"].append(evaluate(ref, data, spec.n_classes, cfg))
-                t0 = clock("eval", t0)
+                clock.lap("eval")
             if not cfg.trains_teachers:
                 continue
             teachers = [p.clone().requires_grad_(True) for p in ref]
             bar.set_description(f"{desc}: teachers {c0}-{c1 - 1}")
             final.setdefault("teacher", []).append(train_teachers(cfg, teachers, data, c0, bar, ws))
             teachers = [p.detach() for p in teachers]
-            t0 = clock("teacher", t0)
+            clock.lap("teacher")
             if "teacher" in cfg.arms:
                 acc["teacher"].append(evaluate(teachers, data, spec.n_classes, cfg))
-                t0 = clock("eval", t0)
+                clock.lap("eval")
             arms = cfg.student_arms
             if not arms:
                 continue
@@ -340,19 +334,27 @@ def run_experiment(cfg: ToyConfig, data: MNIST | None = None, *, desc: str = "to
                         student_inits(cfg, list(range(c0, c1)), perm, inits, device=dev, dtype=dtype)]
             bar.set_description(f"{desc}: students {c0}-{c1 - 1}")
             s_loss = train_students(cfg, students, teachers, data, c0, bar, ws).view(c1 - c0, len(arms))
-            t0 = clock("student", t0)
+            clock.lap("student")
             s_acc = evaluate([p.detach() for p in students], data, spec.n_classes, cfg).view(c1 - c0, len(arms))
             for j, a in enumerate(arms):
                 acc[a].append(s_acc[:, j])
                 final.setdefault(a, []).append(s_loss[:, j])
             del students
-            t0 = clock("eval", t0)
-    result = ToyResult(
-        config=cfg,
-        accuracy={a: torch.cat(v).cpu().double().numpy() for a, v in acc.items()},
-        final_loss={a: torch.cat(v).cpu().double().numpy() for a, v in final.items()},
-        derangement=perm,
-        wall_s=time.perf_counter() - t_start,
-        phase_s=phase,
-    )
-    return result
+            clock.lap("eval")
+    return ToyResult(config=cfg, accuracy={a: torch.cat(v).cpu().double().numpy() for a, v in acc.items()},
+                     final_loss={a: torch.cat(v).cpu().double().numpy() for a, v in final.items()},
+                     derangement=perm, wall_s=time.perf_counter() - t_start, phase_s=phase)
+
+
+class _PhaseClock:
+    """Adds the time since the last lap to a phase's total (after the GPU has caught up)."""
+
+    def __init__(self, phase: dict, dev: torch.device):
+        self.phase, self.dev, self.t0 = phase, dev, time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        if self.dev.type == "cuda":
+            torch.cuda.synchronize(self.dev)
+        now = time.perf_counter()
+        self.phase[name] += now - self.t0
+        self.t0 = now
