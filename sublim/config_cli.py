@@ -278,6 +278,10 @@ def resolve_config(cls, *, preset: str | None = None, presets: dict | None = Non
     if preset is not None and preset not in presets:
         raise ConfigError(f"{what or cls.__name__}: unknown preset {preset!r} (use {', '.join(sorted(presets))})")
     data: dict = dict(saved) if (saved is not None and preset is None) else {}
+    for f in dataclasses.fields(cls):  # a section starts from the field's own default, so a
+        if _is_section(cls, f.name) and f.name not in data:  # partial override keeps the rest
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            data[f.name] = _as_dict(default)
     for layer in (presets.get(preset, {}) if preset else {}), (flags or {}):
         for key, value in layer.items():
             old = data.get(key)

@@ -20,7 +20,7 @@ Each student is a finished fine-tuning directory under out_dir/screen/<arm>/: a 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 

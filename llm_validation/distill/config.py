@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 
-from sublim.config_cli import check_field_types
+from sublim.config_cli import check_field_types, resolve_config
 from sublim.errors import ConfigError
 from sublim.precision import FAST_MATMUL_MODES
 from sublim.llm_validation.core.device import check_device_name
@@ -144,16 +144,9 @@ PRESETS = {
 
 
 def from_overrides(preset: str | None, overrides: dict) -> DistillConfig:
-    """A config from a preset plus knob overrides (already typed); unknown knobs are refused."""
-    names = {f.name for f in fields(DistillConfig)}
-    if preset is not None and preset not in PRESETS:
-        raise ConfigError(f"distill: unknown preset {preset!r} (use {', '.join(PRESETS)})")
-    base = dict(PRESETS.get(preset or "", {}))
-    for key, value in overrides.items():
-        if key not in names:
-            raise ConfigError(f"distill: unknown knob {key!r}")
-        base[key] = value
-    return DistillConfig(**base)
+    """A config from a preset plus knob overrides (already typed), by the project's one resolution
+    (sublim.config_cli.resolve_config); unknown knobs and presets are refused in one line."""
+    return resolve_config(DistillConfig, preset=preset, presets=PRESETS, flags=overrides, what="distill")
 
 
 def config_from_dict(d: dict) -> DistillConfig:

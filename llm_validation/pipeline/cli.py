@@ -13,16 +13,15 @@ refused (sublim/rundir.py: claim_run_dir), so results of two configs never mix i
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
-from sublim.config_cli import add_config_flags, apply_set, overrides_from_args
+from sublim.config_cli import add_config_flags, overrides_from_args, resolve_config
 from sublim.errors import ConfigError
 
 from sublim.llm_validation.core.names import check_model_name
 from sublim.llm_validation.core.config import FinetuneConfig
-from sublim.llm_validation.pipeline.config import PRESETS, STAGES, RunConfig, run_config_from_dict
+from sublim.llm_validation.pipeline.config import PRESETS, STAGES, RunConfig
 
 RUN_HELP = {"model": "base model (alias, .gguf, directory or HF name)",
             "cross_model": "model of another family for the cross-model arm ('' = none)",
@@ -36,16 +35,9 @@ def build_config(args) -> RunConfig:
     from sublim.rundir import read_json
 
     cfg_path = Path(args.run_dir) / "config.json"
-    if args.preset is None and cfg_path.exists():
-        base = read_json(cfg_path)["config"]  # rerun of an existing run: same experiment
-    else:
-        base = dataclasses.asdict(RunConfig())
-    for key, value in PRESETS.get(args.preset or "", {}).items():
-        base[key] = {**base[key], **value} if isinstance(value, dict) else value
-    base.update(overrides_from_args(args, RunConfig))
-    for item in args.set or []:
-        apply_set(base, RunConfig, item)
-    return run_config_from_dict(base)
+    saved = read_json(cfg_path)["config"] if args.preset is None and cfg_path.exists() else None
+    return resolve_config(RunConfig, preset=args.preset, presets=PRESETS, saved=saved,
+                          flags=overrides_from_args(args, RunConfig), sets=args.set or [], what="run")
 
 
 def parse_stages(text: str | None) -> tuple[str, ...] | None:
