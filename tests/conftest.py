@@ -6,6 +6,9 @@ the Triton kernels run in the interpreter on tiny shapes. Tests marked `gpu` ski
 
 import os
 import shutil
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))  # tests/helpers.py, importable from every area folder
 
 if shutil.which("nvidia-smi") is None:
     os.environ.setdefault("TRITON_INTERPRET", "1")

@@ -9,7 +9,7 @@ import ast
 import tomllib
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _modules() -> dict[str, Path]:

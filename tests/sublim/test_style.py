@@ -5,7 +5,7 @@ derivation reads best as one unbroken chain of equalities."""
 import ast
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 AREAS = ("sublim", "theory", "toymodels", "kernels", "llm_validation")
 EXEMPT = {"theory/symbolic.py"}
 MAX_LINES = 60

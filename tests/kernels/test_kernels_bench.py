@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_kernels.py"
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_kernels.py"
 
 
 def test_bench_kernels_smoke(tmp_path):

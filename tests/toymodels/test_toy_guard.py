@@ -22,7 +22,7 @@ from sublim.toymodels import memory, mnist
 from sublim.toymodels.config import ToyConfig
 from sublim.toymodels.model import init_params
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--width", "16", "--n-models", "3", "--teacher-epochs", "1", "--distill-epochs", "1",
         "--max-examples-per-epoch", "512", "--batch-size", "256", "--max-test-examples", "1000", "-q"]
 SWEEP = ["toy", "sweep", "--grid", "m=1,3", *TINY, "--arms", "teacher+student_aux+cross_aux"]

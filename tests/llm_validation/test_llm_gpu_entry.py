@@ -11,7 +11,7 @@ import pytest
 
 from sublim.rundir import read_json
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow

@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+from helpers import one_line_error
+
 from sublim.cli import main
 from sublim.rundir import claim_run_dir
 
@@ -32,8 +34,7 @@ BAD_RUN_FLAGS = [
 def test_bad_config_values_fail_at_parse_time(tmp_path, capsys, flags, message):
     run_dir = tmp_path / "run"
     assert main(["-q", "llm", "run", "--run-dir", str(run_dir), "--preset", "tiny", *flags]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("sublim: error:") and message in err and "\n" not in err
+    one_line_error(capsys, message)
     assert not run_dir.exists()  # nothing created
 
 

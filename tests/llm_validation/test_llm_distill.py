@@ -10,6 +10,8 @@ import sys
 import time
 
 import pytest
+
+from helpers import one_line_error
 import torch
 
 from sublim.cli import main
@@ -171,8 +173,8 @@ def test_context_set_without_completion_positions_is_refused(tiny):
 def test_bad_input_is_one_line_exit_2_and_creates_nothing(tmp_path, capsys, args, message):
     out = tmp_path / "run"
     rc = main(["-q", "llm", "distill", "--preset", "tiny", "--run-dir", str(out), *args])
-    err = capsys.readouterr().err.strip()
-    assert rc == 2 and message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert rc == 2
+    one_line_error(capsys, message)
     assert not out.exists()
 
 
@@ -180,8 +182,8 @@ def test_unwritable_run_directory_is_one_line(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     rc = main(["-q", "llm", "distill", "--preset", "tiny", "--run-dir", str(blocker / "run")])
-    err = capsys.readouterr().err.strip()
-    assert rc == 2 and "not writable" in err and len(err.splitlines()) == 1
+    assert rc == 2
+    one_line_error(capsys, "not writable")
 
 
 def test_end_to_end_tiny_run_then_a_changed_config_is_refused(tmp_path, capsys):
@@ -207,8 +209,8 @@ def test_end_to_end_tiny_run_then_a_changed_config_is_refused(tmp_path, capsys):
     before = {p: p.read_bytes() for p in [out / "config.json", out / "summary.json"]}
     capsys.readouterr()
     rc = main(["-q", "llm", "distill", "--preset", "tiny", "--run-dir", str(out), "--lr", "0.5"])
-    err = capsys.readouterr().err.strip()
-    assert rc == 2 and "different config" in err and len(err.splitlines()) == 1
+    assert rc == 2
+    one_line_error(capsys, "different config")
     assert {p: p.read_bytes() for p in before} == before
 
 

@@ -6,15 +6,12 @@ import os
 import numpy as np
 import pytest
 
+from helpers import one_line_error
+
 from sublim.cli import main
 
 TINY = ["--width", "16", "--n-models", "3", "--teacher-epochs", "1", "--distill-epochs", "1",
         "--max-examples-per-epoch", "512", "--batch-size", "256", "--max-test-examples", "1000", "-q"]
-
-
-def one_line_error(capsys, needle):
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and err.startswith("sublim: error:") and needle in err, err
 
 
 def test_toy_writes_a_complete_run_directory(tmp_path, capsys):

@@ -5,7 +5,7 @@ import importlib.util
 import json
 from pathlib import Path
 
-_SPEC = importlib.util.spec_from_file_location("compare_runs", Path(__file__).resolve().parent.parent / "tools" / "compare_runs.py")
+_SPEC = importlib.util.spec_from_file_location("compare_runs", Path(__file__).resolve().parents[2] / "tools" / "compare_runs.py")
 compare_runs = importlib.util.module_from_spec(_SPEC)
 _SPEC.loader.exec_module(compare_runs)
 
