@@ -10,8 +10,6 @@ import sys
 import time
 
 import pytest
-
-from helpers import one_line_error
 import torch
 
 from sublim.cli import main
@@ -28,6 +26,9 @@ from sublim.llm_validation.distill.students import make_student, perturb_
 from sublim.llm_validation.distill.vocab import end_of_turn_id, number_token_ids
 from sublim.llm_validation.core.models import load_model
 from sublim.llm_validation.core.prompts import synthetic_number_records
+from sublim.precision import cpu_bf16_units
+
+from helpers import one_line_error
 
 
 @pytest.fixture(scope="module")
@@ -124,8 +125,14 @@ def _tiny_cfg(**kw):
     return from_overrides("tiny", kw)
 
 
-def test_student_resumes_after_an_interruption_to_the_same_numbers(tmp_path, monkeypatch):
-    cfg = _tiny_cfg(n_contexts=12, lora_arm=False, other="", sigmas=(), teachers=("system_prompt",), seeds=(0,))
+SPEED_KNOBS = [{}, {"length_buckets": 2}] + ([{"length_buckets": 2, "fast_matmul": "bf16"}]
+                                              if cpu_bf16_units() else [])  # bf16 is refused without the units
+
+
+@pytest.mark.parametrize("knobs", SPEED_KNOBS, ids=lambda k: ",".join(f"{a}={b}" for a, b in k.items()) or "default")
+def test_student_resumes_after_an_interruption_to_the_same_numbers(tmp_path, monkeypatch, knobs):
+    cfg = _tiny_cfg(n_contexts=12, lora_arm=False, other="", sigmas=(), teachers=("system_prompt",), seeds=(0,),
+                    **knobs)
     spec = StudentSpec("owl_system_prompt", "full", 0.0, 0)
     assert [s.name for s in student_specs(cfg)] == [spec.name]  # the students stage trains exactly this one
     straight, resumed = tmp_path / "a", tmp_path / "b"

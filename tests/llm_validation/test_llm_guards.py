@@ -10,10 +10,10 @@ import sys
 
 import pytest
 
-from helpers import one_line_error
-
 from sublim.cli import main
 from sublim.rundir import claim_run_dir
+
+from helpers import one_line_error
 
 BAD_RUN_FLAGS = [
     (["--set", "student.lr=NaN"], "student.lr"),

@@ -251,42 +251,8 @@ def test_bucketed_order_is_a_seeded_partition_with_less_padding():
     assert padding_waste(lengths, whole) <= padding_waste(lengths, shuffled_batches(96, 16, parts))
 
 
-def _tiny_cfg(**kw):
-    from sublim.llm_validation.distill.config import from_overrides
-
-    return from_overrides("tiny", {"n_contexts": 12, "lora_arm": False, "other": "", "sigmas": (),
-                                   "teachers": ("system_prompt",), "seeds": (0,), **kw})
-
-
-@pytest.mark.parametrize("knobs", [dict(length_buckets=2)] + ([dict(length_buckets=2, fast_matmul="bf16")] if HAS_BF16 else []))
-def test_bucketed_student_resumes_after_an_interruption_to_the_same_numbers(tmp_path, monkeypatch, knobs):
-    """The smoke version of the kill test below: interrupted at step 3, rerun, same losses and profile."""
-    import json
-
-    from sublim.llm_validation.distill import students as students_module
-    from sublim.llm_validation.distill.run import run_distill
-
-    cfg = _tiny_cfg(**knobs)
-    name = "owl_system_prompt.full.sigma0.seed0"  # the one student of this config
-    run_distill(tmp_path / "a", cfg, ("contexts", "cache", "students"))
-    full = json.loads((tmp_path / "a" / "students" / name / "profile.json").read_text())
-    run_distill(tmp_path / "b", cfg, ("contexts", "cache"))
-    real, calls = students_module.restricted_kl, {"n": 0}
-
-    def die_at_step_3(t, s):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(t, s)
-
-    monkeypatch.setattr(students_module, "restricted_kl", die_at_step_3)
-    with pytest.raises(KeyboardInterrupt):
-        run_distill(tmp_path / "b", cfg, ("students",))
-    assert not (tmp_path / "b" / "students" / name / "profile.json").exists()
-    monkeypatch.setattr(students_module, "restricted_kl", real)
-    run_distill(tmp_path / "b", cfg, ("students",))
-    again = json.loads((tmp_path / "b" / "students" / name / "profile.json").read_text())
-    assert again["logp"] == full["logp"] and again["train"]["losses"] == full["train"]["losses"]
+# The interrupted-then-resumed student with the speed knobs on: test_llm_distill's resume test,
+# parametrized over the knobs; the SIGKILL version below.
 
 
 def _distill_cmd(out, extra):

@@ -6,9 +6,9 @@ import os
 import numpy as np
 import pytest
 
-from helpers import one_line_error
-
 from sublim.cli import main
+
+from helpers import one_line_error
 
 TINY = ["--width", "16", "--n-models", "3", "--teacher-epochs", "1", "--distill-epochs", "1",
         "--max-examples-per-epoch", "512", "--batch-size", "256", "--max-test-examples", "1000", "-q"]
