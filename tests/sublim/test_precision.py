@@ -24,6 +24,8 @@ from sublim.errors import ConfigError
 from sublim.precision import BF16_UNIT_ROUNDOFF as U, check_fast_matmul, matmul_autocast, matmul_error_bound
 from sublim.seeding import torch_generator
 
+from helpers import REPO
+
 HAS_BF16 = bool(precision.cpu_bf16_units())
 needs_bf16 = pytest.mark.skipif(not HAS_BF16, reason="this CPU has no bf16 units (the knob refuses it)")
 
@@ -293,7 +295,7 @@ def test_kill_9_with_the_speed_knobs_then_rerun_gives_the_same_numbers(tmp_path,
 def test_bench_llm_step_tiny_writes_its_numbers(tmp_path):
     out = tmp_path / "s.json"
     proc = subprocess.run([sys.executable, "benchmarks/bench_llm_step.py", "--tiny", "--out", str(out)],
-                          capture_output=True, text=True, timeout=600, cwd=os.path.dirname(os.path.dirname(__file__)))
+                          capture_output=True, text=True, timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
     r = json.loads(out.read_text())
     assert r["machine"]["bf16_units"] and len(r["machine"]["loadavg_start"]) == 3
@@ -313,7 +315,7 @@ def test_bench_toy_bf16_mode_reads_against_the_bf16_matmul_rate(tmp_path):
     out = tmp_path / "toy.json"
     proc = subprocess.run([sys.executable, "benchmarks/bench_toy.py", "--models", "2", "--examples", "1024",
                            "--fast-matmul", "bf16", "--no-paper", "--out", str(out)],
-                          capture_output=True, text=True, timeout=600, cwd=os.path.dirname(os.path.dirname(__file__)))
+                          capture_output=True, text=True, timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
     run = json.loads(out.read_text())["runs"][0]
     assert "error" not in run, run
@@ -326,7 +328,7 @@ def test_bench_toy_step_precision_smoke(tmp_path):
     out = tmp_path / "t.json"
     proc = subprocess.run([sys.executable, "benchmarks/bench_toy_step_precision.py", "--groups", "1", "--repeats", "1",
                            "--out", str(out)], capture_output=True, text=True, timeout=300,
-                          cwd=os.path.dirname(os.path.dirname(__file__)))
+                          cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
     r = json.loads(out.read_text())
     assert r["flops_per_step"] == 4 * 1024 * (4 * (784 * 256 + 256 * 256 + 256 * 13) + 2 * (256 * 256 + 256 * 13))
