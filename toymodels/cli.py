@@ -87,7 +87,9 @@ def add_parser(subparsers) -> None:
     _one_line_errors(s, "toy sweep")
     c = sub.add_parser("claims", help="one published claim as a controlled arm set (claims_run.CLAIMS)",
                        description="Distill every arm of a claim from one set of teachers; rerun with the same --out to resume.")
-    c.add_argument("claim", metavar="NAME", help="heads | optimizer | alignment | sigma")
+    from .claims_run import CLAIMS  # the one list of claim names
+
+    c.add_argument("claim", metavar="NAME", help=" | ".join(CLAIMS))
     c.add_argument("--tiny", action="store_true", help="a seconds-long smoke (3 models, width 32, 2,048 examples, 1+1 epochs)")
     c.add_argument("--out", default=None, help="run directory (default runs/toy_claims/<name>-<timestamp>)")
     _add_knobs(c)

@@ -19,7 +19,7 @@ from collections import defaultdict
 import numpy as np
 
 from sublim.rundir import atomic_write_json, atomic_write_text, read_json, save_figure
-from sublim.stats import mean_ci95, t95
+from sublim.stats import ci_text, mean_ci95, t95
 
 from sublim.llm_validation.distill.preference import animal_log_odds
 from sublim.llm_validation.distill.arms import StudentSpec, recorded_arms, teachers_needed
@@ -163,8 +163,8 @@ def format_markdown(s: dict, c) -> str:
                 continue
             o, x = r["over_seeds"], r["over_contexts"]
             ref = r["reference"] + (f" (missing: {', '.join(r['missing'])})" if r.get("missing") else "")
-            lines.append(f"| {animal} | {arm} | {ref} | {o['n']} | {o['mean']:+.4f} +- {o['ci_half']:.4f} "
-                         f"| +- {x['ci_half']:.4f} | {o['detectable']:.4f} |")
+            lines.append(f"| {animal} | {arm} | {ref} | {o['n']} | {o['mean']:+.4f} +- {_ci4(o)} "
+                         f"| +- {_ci4(x)} | {_detectable(o)} |")
     if s.get("specificity"):
         lines += ["", "Trait specificity (log-odds shift under the animal's own system-prompt teacher minus under the "
                       "other animal's, paired by seed and context):", "",
@@ -177,7 +177,7 @@ def format_markdown(s: dict, c) -> str:
                 continue
             o, x = r["over_seeds"], r["over_contexts"]
             lines.append(f"| {animal} | {r['own_teacher']} - {r['rival_teacher']} | {o['n']} | {o['mean']:+.4f} +- "
-                         f"{o['ci_half']:.4f} | +- {x['ci_half']:.4f} | {o['detectable']:.4f} |")
+                         f"{_ci4(o)} | +- {_ci4(x)} | {_detectable(o)} |")
     if "alignment" in s:
         a = s["alignment"]
         lines += ["", f"Theorem's a_i = <-grad loss_i(theta0), Delta/||Delta||> for {a['teacher']} "
@@ -227,3 +227,12 @@ def _figure(s: dict, c, path) -> None:
     ax.set_title("shared-init condition")
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def _ci4(stat: dict) -> str:
+    return ci_text(stat["ci_half"], stat["n"], ".4f")
+
+
+def _detectable(stat: dict) -> str:
+    """n/a with one seed: no spread estimate, so no smallest detectable effect either."""
+    return ci_text(stat["detectable"], stat["n"], ".4f")
