@@ -20,7 +20,7 @@ T = TypeVar("T")
 _QUIET = os.environ.get("SUBLIM_QUIET", "") not in ("", "0")
 LOG_STEPS = 10  # lines per bar in a non-terminal
 LOG_INTERVAL_S = 60.0  # a bar without a total: one line at most this often
-LOG_FORMAT = "{desc}: {percentage:3.0f}% {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}]"
+LOG_FORMAT = "{l_bar}{n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}]"  # l_bar: "desc: NN%|"
 
 
 def set_quiet(quiet: bool) -> None:

@@ -24,7 +24,7 @@ def test_log_file_gets_a_line_per_tenth(loud):
     lines = text.splitlines()
     # the opening line, one per ceil(95/10) = 10 updates (9 of them), the closing 100% line
     assert len(lines) <= pg.LOG_STEPS + 2, lines
-    assert lines[-1].startswith("work: 100% 95/95"), lines[-1]
+    assert lines[-1].startswith("work: 100%|95/95"), lines[-1]
 
 
 def test_resumed_bar_counts_only_the_remaining_steps(loud):
@@ -34,7 +34,7 @@ def test_resumed_bar_counts_only_the_remaining_steps(loud):
             bar.update(1)
     lines = buf.getvalue().splitlines()
     assert len(lines) <= pg.LOG_STEPS + 2, lines
-    assert lines[0].startswith("resume:  75% 150/200") and lines[-1].startswith("resume: 100% 200/200")
+    assert lines[0].startswith("resume:  75%|150/200") and lines[-1].startswith("resume: 100%|200/200")
 
 
 def test_quiet_prints_nothing():
@@ -43,3 +43,11 @@ def test_quiet_prints_nothing():
     for _ in pg.progress(range(10), file=buf):
         pass
     assert buf.getvalue() == ""
+
+
+def test_a_description_set_later_keeps_one_colon(loud):
+    buf = io.StringIO()
+    with pg.progress(total=10, desc="toy", file=buf) as bar:
+        bar.set_description("toy: teachers 0-9")  # tqdm stores it as "toy: teachers 0-9: "
+        bar.update(10)
+    assert buf.getvalue().splitlines()[-1].startswith("toy: teachers 0-9: 100%|10/10"), buf.getvalue()
