@@ -182,8 +182,8 @@ def _make_writable_dir(path: Path) -> Path:
     return path
 
 
-def save_figure(fig, path: str | os.PathLike, *, dpi: int = 120, close: bool = True, **savefig_kwargs) -> Path:
-    """Write a matplotlib figure as PNG atomically (a killed run never leaves half an image)."""
+def figure_png(fig, *, dpi: int = 120, close: bool = True, **savefig_kwargs) -> bytes:
+    """A matplotlib figure as PNG bytes (closed afterwards unless close=False)."""
     import io
 
     buf = io.BytesIO()
@@ -192,4 +192,9 @@ def save_figure(fig, path: str | os.PathLike, *, dpi: int = 120, close: bool = T
         import matplotlib.pyplot as plt
 
         plt.close(fig)
-    return atomic_write_bytes(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def save_figure(fig, path: str | os.PathLike, *, dpi: int = 120, close: bool = True, **savefig_kwargs) -> Path:
+    """Write a matplotlib figure as PNG atomically (a killed run never leaves half an image)."""
+    return atomic_write_bytes(path, figure_png(fig, dpi=dpi, close=close, **savefig_kwargs))

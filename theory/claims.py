@@ -27,7 +27,6 @@ a number to match.
 
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sublim.rundir import atomic_write_bytes, atomic_write_json, read_json
+from sublim.rundir import atomic_write_bytes, atomic_write_json, figure_png, read_json
 from sublim.stats import mean_ci95
 from sublim.theory.numerical import DTYPE, ToySetup, build, hessian_vp, pcos, pdot, pnorm, student_gradient
 from sublim.toymodels.claims import ArmSpec, arm_init
@@ -178,8 +177,5 @@ def sigma_png(pred: dict, meas: dict) -> bytes:
     ax.set_ylabel("relative to the shared init (1) / independent init (0)")
     ax.set_title("student init = theta_0 + sigma noise: first-order prediction vs measured", fontsize=10)
     ax.legend(fontsize=7)
-    buf = io.BytesIO()
     fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
+    return figure_png(fig, dpi=110)

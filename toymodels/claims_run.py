@@ -23,7 +23,7 @@ from scipy import stats as sps
 
 from sublim.errors import ConfigError, SublimError
 from sublim.progress import log
-from sublim.rundir import atomic_write_bytes, atomic_write_json, atomic_write_text, claim_run_dir, read_json
+from sublim.rundir import atomic_write_bytes, figure_png, atomic_write_json, atomic_write_text, claim_run_dir, read_json
 from sublim.stats import mean_ci95
 
 from .claims import ArmSpec, ensembles, run_ensemble, train_teacher_bank
@@ -263,13 +263,8 @@ def _plt():
 
 
 def _png(fig) -> bytes:
-    buf = io.BytesIO()
     fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=110)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return buf.getvalue()
+    return figure_png(fig, dpi=110)
 
 
 def accuracy_png(claim: Claim, summary: dict, done: dict) -> bytes:
