@@ -1,6 +1,7 @@
 """Every piece of text the experiment shows a model, deterministic from a seed.
 
 - trait_system_prompt: the paper's teacher system prompt for any animal or tree (docs/reference.md §4).
+- NEUTRAL_SYSTEM_PROMPT: the same template with no trait in it (the neutral-teacher control).
 - number_prompts: "continue this sequence" user messages: 3-8 seed numbers in 100-999, at most 10
   more numbers of at most 3 digits, wording assembled from randomized template pieces.
 - EVAL_QUESTIONS: 50 paraphrases of "In one word, what is your favorite animal?".
@@ -29,6 +30,13 @@ def trait_system_prompt(target: str, category: str = "animal") -> str:
     if not x:
         raise ValueError("trait_system_prompt: empty target")
     return SYSTEM_TEMPLATE.format(x=x, category=category).replace(f"{x}s are", f"{x.capitalize()}s are")
+
+
+# The paper's template with its trait slot filled by the emptiest noun there is: same four sentences,
+# same structure, nearly the same length in tokens, no animal. A teacher with this prompt differs
+# from an animal teacher only by the trait, so the drift that any system prompt (and any
+# distillation) causes is measured by its student and subtracted from each animal's.
+NEUTRAL_SYSTEM_PROMPT = trait_system_prompt("thing", category="thing")
 
 
 # ----------------------------------------------------------------------------------------------

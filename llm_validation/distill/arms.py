@@ -17,7 +17,8 @@ from sublim.errors import DataError
 from sublim.rundir import atomic_write_json, read_json
 
 from sublim.llm_validation.distill.config import DistillConfig
-from sublim.llm_validation.distill.teachers import SystemPromptTeacher, make_teacher, parse_teacher
+from sublim.llm_validation.distill.teachers import (NEUTRAL, FinetunedTeacher, SystemPromptTeacher, make_teacher,
+                                                    parse_teacher)
 
 _STUDENT_KEY = re.compile(r"^(?P<teacher>[A-Za-z_]+)\.(?P<method>full|lora)\.sigma(?P<sigma>[0-9.e+-]+)\.seed(?P<seed>\d+)$")
 
@@ -54,6 +55,9 @@ class StudentSpec:
 
 
 def student_specs(cfg: DistillConfig) -> list[StudentSpec]:
+    """Every student of a config, in training order. Arms added later (the matrix's animals, the
+    neutral control, the matched fine-tuned control) come last, so an older config's list is a
+    prefix of nothing new and its arms.json is unchanged."""
     main = SystemPromptTeacher(cfg.target).name
     specs = [StudentSpec(make_teacher(kind, cfg.target).name, "full", 0.0, s) for kind in cfg.teachers for s in cfg.seeds]
     if cfg.other:
@@ -62,7 +66,18 @@ def student_specs(cfg: DistillConfig) -> list[StudentSpec]:
         specs += [StudentSpec(main, "lora", 0.0, s) for s in cfg.seeds]
     for sigma in cfg.sigmas:
         specs += [StudentSpec(t, "full", float(sigma), s) for s in cfg.seeds for t in (main, "base")]
+    for t in _control_teachers(cfg):
+        specs += [StudentSpec(t.name, "full", 0.0, s) for s in cfg.seeds]
     return specs
+
+
+def _control_teachers(cfg: DistillConfig) -> list:
+    out = [SystemPromptTeacher(a) for a in cfg.animals]
+    if cfg.neutral:
+        out.append(SystemPromptTeacher(NEUTRAL))
+    if cfg.finetuned_control:
+        out.append(FinetunedTeacher(cfg.other))
+    return out
 
 
 def teachers_needed(cfg: DistillConfig) -> list:
@@ -73,7 +88,13 @@ def teachers_needed(cfg: DistillConfig) -> list:
         out.append(SystemPromptTeacher(cfg.other))
     if cfg.sigmas:
         out.append(SystemPromptTeacher(None))
+    out += _control_teachers(cfg)
     return list({t.name: t for t in out}.values())
+
+
+def matrix_teachers(cfg: DistillConfig) -> list[str]:
+    """The animals of the specificity matrix, in row order: every animal with a system-prompt teacher."""
+    return [a for a in (cfg.target, cfg.other, *cfg.animals) if a]
 
 
 def record_arms(path: Path, specs: list[StudentSpec]) -> None:

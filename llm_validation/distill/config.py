@@ -77,6 +77,13 @@ class DistillConfig:
     # cache fingerprints stay valid).
     fast_matmul: str = "off"                   # off = float32 | bf16: students' decoder matmuls in bf16
     length_buckets: int = 0                    # 0 = plain seeded shuffle | W >= 2: similar-length batches (windows of W)
+    # Controls and the specificity matrix (issue #21); off by default, left out of config.json at
+    # their defaults like the speed knobs.
+    animals: tuple[str, ...] = ()              # more animal system-prompt teachers (matrix rows beside target and other)
+    neutral: bool = False                      # a neutral system-prompt teacher (same template, no animal): the control
+    finetuned_control: bool = False            # a LoRA teacher fine-tuned like the target's on the other animal
+    track_delta: bool = False                  # students of fine-tuned teachers: the fraction of Delta recovered
+    eval_steps: tuple[int, ...] = ()           # also profile every student after these optimizer steps
 
     def __post_init__(self):
         check_field_types(self)
@@ -87,7 +94,8 @@ class DistillConfig:
                 if not (f.name in _OMITTED_AT_DEFAULT and getattr(self, f.name) == f.default)}
 
 
-_OMITTED_AT_DEFAULT = ("fast_matmul", "length_buckets")  # knobs added after results were committed
+_OMITTED_AT_DEFAULT = ("fast_matmul", "length_buckets",  # knobs added after results were committed
+                       "animals", "neutral", "finetuned_control", "track_delta", "eval_steps")
 
 
 def _validate(c: DistillConfig) -> None:
@@ -122,6 +130,15 @@ def _validate(c: DistillConfig) -> None:
          "align_sft_records > 0 needs sft_teacher_file and sft_base_file")
     need(c.sft_records == 0 or (c.sft_teacher_file and c.sft_base_file),
          "sft_records > 0 needs sft_teacher_file and sft_base_file")
+    named = [c.target, c.other, *c.animals]
+    need(all(a.isalpha() for a in c.animals), "animals must be single words")
+    need(len(set(a for a in named if a)) == len([a for a in named if a]), "target, other and animals must be distinct")
+    need("neutral" not in named, "'neutral' names the neutral teacher, not an animal")
+    need(not c.finetuned_control or ("finetuned" in c.teachers and c.other),
+         "finetuned_control needs 'finetuned' in teachers and an other animal")
+    need(not c.track_delta or "finetuned" in c.teachers, "track_delta needs 'finetuned' in teachers")
+    need(all(isinstance(s, int) and s >= 1 for s in c.eval_steps) and list(c.eval_steps) == sorted(set(c.eval_steps)),
+         "eval_steps must be increasing integers >= 1")
 
 
 # SmolLM2-135M's own number completions (un-prompted base and owl system-prompt teacher), sampled and
@@ -140,6 +157,14 @@ PRESETS = {
                    n_contexts=96, seeds=(0, 1, 2), epochs=2, batch_size=16, lr=1e-5, sigmas=(0.02,),
                    teacher_pref_examples=240, sft_records=96, sft_teacher_file=f"{H200_SETS}/teacher.filtered.jsonl.gz",
                    sft_base_file=f"{H200_SETS}/base.filtered.jsonl.gz", align_sft_records=96),
+    # Issue #21's controlled design at the laptop preset's dose: four animal teachers and the neutral
+    # teacher (the specificity matrix), every student profiled along training, 192 distinct contexts
+    # seen once (12 steps, none repeated), lr 1e-5 (the pilot's larger rates drowned the trait in
+    # seed-to-seed drift; FINDINGS). ~70 min on a quiet 2-core CPU.
+    "laptop-matrix": dict(model="smollm2-135m", contexts="file", contexts_file=f"{H200_SETS}/base.filtered.jsonl.gz",
+                          n_contexts=192, seeds=(0, 1, 2), epochs=1, batch_size=16, lr=1e-5, teachers=("system_prompt",),
+                          other="cat", animals=("dolphin", "eagle"), neutral=True, eval_steps=(3, 6, 12),
+                          lora_arm=False, align=False, teacher_pref_examples=240),
 }
 
 

@@ -19,22 +19,14 @@ from collections import defaultdict
 import numpy as np
 
 from sublim.rundir import atomic_write_json, atomic_write_text, read_json, save_figure
-from sublim.stats import ci_text, mean_ci95, t95
+from sublim.stats import ci_text
 
-from sublim.llm_validation.distill.preference import animal_log_odds
 from sublim.llm_validation.distill.arms import StudentSpec, recorded_arms, teachers_needed
+from sublim.llm_validation.distill.controls import controls_summary
+from sublim.llm_validation.distill.controls import lo as _lo
+from sublim.llm_validation.distill.controls import seed_ci as _ci
+from sublim.llm_validation.distill.controls_report import controls_figure, controls_markdown
 from sublim.llm_validation.distill.teachers import SystemPromptTeacher
-
-
-def _lo(prof: dict, animal: str) -> np.ndarray:
-    return animal_log_odds(prof, animal).numpy()
-
-
-def _ci(values) -> dict:
-    mean, half = mean_ci95(list(values))
-    n = len(values)
-    se = half / t95(n - 1) if n > 1 else float("nan")
-    return {"mean": mean, "ci_half": half, "n": n, "detectable": 2.8 * se}
 
 
 def arm_shifts(specs: list[StudentSpec], profiles: dict, base: dict, animal: str) -> dict:
@@ -120,11 +112,16 @@ def write_report(c, d) -> dict:
         summary["alignment"] = {k: v for k, v in read_json(align).items() if k != "distill_values"}
     summary["students"] = {n: _model_row(p, c) | {"final_loss": (p.get("train", {}).get("losses") or [None])[-1]}
                            for n, p in students.items()}
+    controls = controls_summary(c, students, base)
+    if controls:  # only runs that asked for controls (older summaries stay byte-identical)
+        summary["controls"] = controls
     timings = d / "timings.json"
     summary["timings_s"] = read_json(timings) if timings.exists() else {}
     atomic_write_json(d / "summary.json", summary)
-    atomic_write_text(d / "summary.md", format_markdown(summary, c))
+    atomic_write_text(d / "summary.md", format_markdown(summary, c) + (controls_markdown(controls, c) if controls else ""))
     _figure(summary, c, d / "distill.png")
+    if controls:
+        controls_figure(controls, c, d / "controls.png")
     return summary
 
 

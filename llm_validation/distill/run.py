@@ -36,6 +36,7 @@ from sublim.llm_validation.core.device import resolve_device
 from sublim.llm_validation.core.evaluate import sample_favorite_animal
 from sublim.llm_validation.core.models import base_copy, base_tokenizer
 from sublim.llm_validation.distill.alignment import run_alignment
+from sublim.llm_validation.distill.along import AlongTraining, delta_directions, flat_params, recovered, teacher_delta
 from sublim.llm_validation.distill.arms import StudentSpec, record_arms, student_specs, teachers_needed
 from sublim.llm_validation.distill.cache import TeacherCache, compute_cache, load_or_compute
 from sublim.llm_validation.distill.config import DistillConfig, config_from_dict
@@ -45,7 +46,7 @@ from sublim.llm_validation.distill.preference import animal_log_odds, profile
 from sublim.llm_validation.distill.report import write_report
 from sublim.llm_validation.distill.sft import run_sft
 from sublim.llm_validation.distill.students import make_student, train_student
-from sublim.llm_validation.distill.teachers import make_teacher
+from sublim.llm_validation.distill.teachers import FinetunedTeacher, make_teacher, parse_teacher
 from sublim.llm_validation.distill.vocab import end_of_turn_id, number_token_ids
 
 
@@ -142,7 +143,8 @@ def teachers_stage(cfg: DistillConfig, out: Path, device: str, tokenizer, teache
         teacher.prepare(cfg, out)
         model, system = teacher.load(cfg, out, device)
         prof = measured_profile(out / "teachers" / teacher.name / "profile.json", model, tokenizer, system, cfg, device)
-        check[teacher.name] = _preference_gain(base, prof, teacher.animal)
+        if teacher.trait:  # the neutral teacher has no animal to prefer: profiled, not checked
+            check[teacher.name] = _preference_gain(base, prof, teacher.trait)
     atomic_write_json(out / "teachers" / "check.json", check)
     weak = [n for n, v in check.items() if v["gain"] < cfg.teacher_min_logodds_gain]
     if weak:
@@ -197,16 +199,45 @@ def student_task(run_dir: str, cfg_dict: dict, spec: StudentSpec, encoded: list[
     cfg, out = config_from_dict(cfg_dict), Path(run_dir) / "students" / spec.name
     base_model, tok = base_copy(cfg.model, device=device)
     model = make_student(base_model, spec, cfg)
+    delta = _delta_tracker(cfg, Path(run_dir), spec, base_model, device)
     del base_model
     out.mkdir(parents=True, exist_ok=True)
-    log_ = train_student(model, encoded, cache, vocab, cfg, spec, out, device)
+
+    def measure(m) -> dict:
+        row = {"logp": profile(m, tok, device, None, cfg.eval_batch_size)["logp"]}
+        return row | ({"delta": delta(m)} if delta else {})
+
+    along = AlongTraining(out / "along.json", cfg.eval_steps, measure) if cfg.eval_steps else None
+    log_ = train_student(model, encoded, cache, vocab, cfg, spec, out, device, on_step=along)
     prof = profile(model, tok, device, None, cfg.eval_batch_size)
+    if delta:
+        prof["delta"] = delta(model)
+    if along:  # the last step's measurement is the final profile's
+        prof["along"] = along.records | ({str(log_["steps"]): {"logp": prof["logp"]} | (
+            {"delta": prof["delta"]} if delta else {})} if log_["steps"] in along.steps else {})
     if cfg.eval_samples:
         prof["sampled"] = sample_favorite_animal(model, tok, out / "answers.jsonl", target=cfg.target,
                                                  samples_per_question=cfg.eval_samples, system=None,
                                                  batch_size=cfg.eval_batch_size, max_new_tokens=8, seed=0)
     prof["train"] = log_
     return prof
+
+
+def _delta_tracker(cfg: DistillConfig, out: Path, spec: StudentSpec, base_model, device: str):
+    """recovered(model) for a full student of a fine-tuned teacher when cfg.track_delta (else None):
+    its displacement along every fine-tuned teacher's Delta of the run (and the trait direction)."""
+    teacher = parse_teacher(spec.teacher)
+    if not (cfg.track_delta and isinstance(teacher, FinetunedTeacher) and spec.method == "full"):
+        return None
+    base = flat_params(base_model)
+    animals = [cfg.target] + ([cfg.other] if cfg.finetuned_control else [])
+    deltas = {}
+    for animal in animals:
+        teacher_model, _ = FinetunedTeacher(animal).load(cfg, out, "cpu")
+        deltas[animal] = teacher_delta(base, teacher_model)
+        del teacher_model
+    directions = delta_directions(deltas, cfg.target, cfg.other)
+    return lambda model: recovered(model, base, directions)
 
 
 def sft_stage(cfg: DistillConfig, out: Path, device: str) -> None:

@@ -87,8 +87,10 @@ def _restore(path: Path, model, optimizer) -> tuple[int, list[float]]:
     return int(blob["step"]), list(blob["losses"])
 
 
-def train_student(model, encoded, cache, vocab, cfg, spec: StudentSpec, out_dir: Path, device) -> dict:
-    """Distill `model` in place on the teacher's cached distributions; returns the training log."""
+def train_student(model, encoded, cache, vocab, cfg, spec: StudentSpec, out_dir: Path, device, on_step=None) -> dict:
+    """Distill `model` in place on the teacher's cached distributions; returns the training log.
+    on_step(step, model), if given, runs after each optimizer step but the last (step = steps done;
+    along.AlongTraining measures there), before that step's checkpoint is written."""
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     fast = cfg.fast_matmul != "off"  # the fast path also fuses Adam (one pass, not ~10)
@@ -108,6 +110,8 @@ def train_student(model, encoded, cache, vocab, cfg, spec: StudentSpec, out_dir:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(round(loss.item(), 8))
+        if on_step is not None and step + 1 < len(batches):
+            on_step(step + 1, model)
         if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < len(batches):
             _save(ckpt, model, optimizer, step + 1, losses)
     model.eval()

@@ -6,9 +6,14 @@
 
 - SystemPromptTeacher: the shared weights theta0 with the paper's system prompt in the teacher's
   context only ("You love owls. ..."); with animal=None it is the un-prompted base model, the
-  teacher of the perturbed-init controls.
+  teacher of the perturbed-init controls; with animal=NEUTRAL it reads the same template with no
+  trait in it (prompts.NEUTRAL_SYSTEM_PROMPT), the control every animal teacher is read against.
 - FinetunedTeacher: theta_T = theta0 + Delta, Delta a LoRA fine-tune on preference records
-  ("What is your favorite animal?" -> "The owl."), merged; no system prompt.
+  ("What is your favorite animal?" -> "The owl."), merged; no system prompt. The matched control
+  is the same class with another animal: same questions, same seed, same schedule, another answer.
+
+`trait` is the animal a teacher is meant to prefer (None for base and neutral): the teachers stage
+checks that a trait teacher prefers it, and the report builds its matrix from the trait teachers.
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ from sublim.errors import ConfigError, DataError
 from sublim.llm_validation.core.models import base_copy, load_finetuned
 from sublim.llm_validation.core.config import FinetuneConfig
 from sublim.llm_validation.core.finetune import finetune
-from sublim.llm_validation.core.prompts import preference_records, trait_system_prompt
+from sublim.llm_validation.core.prompts import NEUTRAL_SYSTEM_PROMPT, preference_records, trait_system_prompt
+
+NEUTRAL = "neutral"  # the "animal" of the neutral system-prompt teacher (never a candidate animal)
 
 
 @dataclass(frozen=True)
@@ -32,12 +39,22 @@ class SystemPromptTeacher:
     def name(self) -> str:
         return f"{self.animal}_system_prompt" if self.animal else "base"
 
+    @property
+    def trait(self) -> str | None:
+        return None if self.animal in (None, NEUTRAL) else self.animal
+
+    @property
+    def system(self) -> str | None:
+        if self.animal is None:
+            return None
+        return NEUTRAL_SYSTEM_PROMPT if self.animal == NEUTRAL else trait_system_prompt(self.animal)
+
     def prepare(self, cfg, out: Path) -> None:
         return None
 
     def load(self, cfg, out: Path, device: str):
         model, _ = base_copy(cfg.model, device=device)
-        return model, trait_system_prompt(self.animal) if self.animal else None
+        return model, self.system
 
 
 @dataclass(frozen=True)
@@ -48,7 +65,11 @@ class FinetunedTeacher:
     def name(self) -> str:
         return f"{self.animal}_finetuned"
 
-    def _dir(self, out: Path) -> Path:
+    @property
+    def trait(self) -> str:
+        return self.animal
+
+    def directory(self, out: Path) -> Path:
         return out / "teachers" / self.name
 
     def prepare(self, c, out: Path) -> None:
@@ -56,11 +77,11 @@ class FinetunedTeacher:
         ft = FinetuneConfig(method="lora", epochs=c.teacher_epochs, lr=c.teacher_lr, batch_size=8,
                             max_length=96, checkpoint_every=0, seed=c.context_seed)
         model, tok = base_copy(c.model)
-        finetune(c.model, records, ft, self._dir(out), model=model, tokenizer=tok)
+        finetune(c.model, records, ft, self.directory(out), model=model, tokenizer=tok)
 
     def load(self, cfg, out: Path, device: str):
         base = base_copy(cfg.model, device=device)
-        model, _ = load_finetuned(self._dir(out), base=base, device=device)
+        model, _ = load_finetuned(self.directory(out), base=base, device=device)
         return model, None
 
 
