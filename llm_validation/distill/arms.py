@@ -17,17 +17,18 @@ from sublim.errors import DataError
 from sublim.rundir import atomic_write_json, read_json
 
 from sublim.llm_validation.distill.config import DistillConfig
+from sublim.llm_validation.distill.methods import METHOD_PATTERN
 from sublim.llm_validation.distill.teachers import (NEUTRAL, FinetunedTeacher, SystemPromptTeacher, make_teacher,
                                                     parse_teacher)
 
-_STUDENT_KEY = re.compile(r"^(?P<teacher>[A-Za-z_]+)\.(?P<method>full|lora)\.sigma(?P<sigma>[0-9.e+-]+)\.seed(?P<seed>\d+)$")
+_STUDENT_KEY = re.compile(rf"^(?P<teacher>[A-Za-z_]+)\.(?P<method>{METHOD_PATTERN})\.sigma(?P<sigma>[0-9.e+-]+)\.seed(?P<seed>\d+)$")
 
 
 @dataclass(frozen=True)
 class StudentSpec:
     """One student: which teacher's cache, how it starts, how it learns."""
     teacher: str
-    method: str = "full"      # full | lora
+    method: str = "full"      # full | lora | lora<r> | sgd | sgdm | mask_div | mask_base | mask_rand (methods.py)
     sigma: float = 0.0
     seed: int = 0
 
@@ -49,7 +50,7 @@ class StudentSpec:
     def parse(cls, key: str) -> "StudentSpec":
         m = _STUDENT_KEY.match(key)
         if not m:
-            raise DataError(f"not a student key: {key!r} (want <teacher>.<full|lora>.sigma<s>.seed<n>)")
+            raise DataError(f"not a student key: {key!r} (want <teacher>.<method>.sigma<s>.seed<n>)")
         parse_teacher(m["teacher"])  # the teacher part is a teacher key too
         return cls(m["teacher"], m["method"], float(m["sigma"]), int(m["seed"]))
 
@@ -68,6 +69,8 @@ def student_specs(cfg: DistillConfig) -> list[StudentSpec]:
         specs += [StudentSpec(t, "full", float(sigma), s) for s in cfg.seeds for t in (main, "base")]
     for t in _control_teachers(cfg):
         specs += [StudentSpec(t.name, "full", 0.0, s) for s in cfg.seeds]
+    for method in cfg.methods:
+        specs += [StudentSpec(main, method, 0.0, s) for s in cfg.seeds]
     return specs
 
 
@@ -86,10 +89,17 @@ def teachers_needed(cfg: DistillConfig) -> list:
         out.append(SystemPromptTeacher(cfg.target))
     if cfg.other:
         out.append(SystemPromptTeacher(cfg.other))
-    if cfg.sigmas:
+    if cfg.methods:
+        out.append(SystemPromptTeacher(cfg.target))
+    if cfg.sigmas or "mask_base" in cfg.methods:
         out.append(SystemPromptTeacher(None))
     out += _control_teachers(cfg)
     return list({t.name: t for t in out}.values())
+
+
+def rival_teachers(cfg: DistillConfig) -> list:
+    """The teachers the divergence positions are read against: every other system-prompt teacher."""
+    return [SystemPromptTeacher(a) for a in matrix_teachers(cfg)[1:]] + ([SystemPromptTeacher(NEUTRAL)] if cfg.neutral else [])
 
 
 def matrix_teachers(cfg: DistillConfig) -> list[str]:

@@ -25,11 +25,13 @@ class TeacherCache:
     def __init__(self, logp: torch.Tensor, offsets: list[int]):
         self.logp, self.offsets = logp, offsets
 
-    def for_context(self, i: int) -> torch.Tensor:
-        return self.logp[self.offsets[i]:self.offsets[i + 1]]
+    def for_context(self, i: int, rows: torch.Tensor | None = None) -> torch.Tensor:
+        return (self.logp if rows is None else rows)[self.offsets[i]:self.offsets[i + 1]]
 
-    def for_batch(self, indices) -> torch.Tensor:
-        return torch.cat([self.for_context(int(i)) for i in indices])
+    def for_batch(self, indices, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """The cached rows of these contexts, concatenated; `rows`: any tensor aligned with the cache's
+        positions (e.g. a loss mask) sliced the same way."""
+        return torch.cat([self.for_context(int(i), rows) for i in indices])
 
 
 @torch.no_grad()

@@ -20,12 +20,14 @@ Arms (each with `seeds` data orders; a LoRA student also draws its A from the se
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, fields
 
 from sublim.config_cli import check_field_types, resolve_config
 from sublim.errors import ConfigError
 from sublim.precision import FAST_MATMUL_MODES
 from sublim.llm_validation.core.device import check_device_name
+from sublim.llm_validation.distill.methods import METHOD_PATTERN
 
 TEACHER_KINDS = ("system_prompt", "finetuned")
 CONTEXT_SOURCES = ("synthetic", "file")
@@ -84,6 +86,9 @@ class DistillConfig:
     finetuned_control: bool = False            # a LoRA teacher fine-tuned like the target's on the other animal
     track_delta: bool = False                  # students of fine-tuned teachers: the fraction of Delta recovered
     eval_steps: tuple[int, ...] = ()           # also profile every student after these optimizer steps
+    # Issue #23's arms: more students of the target's system-prompt teacher that learn another way
+    methods: tuple[str, ...] = ()              # lora<r> | sgd | sgdm | mask_div | mask_base | mask_rand (methods.py)
+    sgd_lr: float = 0.01                       # the sgd / sgdm methods' learning rate
 
     def __post_init__(self):
         check_field_types(self)
@@ -95,7 +100,7 @@ class DistillConfig:
 
 
 _OMITTED_AT_DEFAULT = ("fast_matmul", "length_buckets",  # knobs added after results were committed
-                       "animals", "neutral", "finetuned_control", "track_delta", "eval_steps")
+                       "animals", "neutral", "finetuned_control", "track_delta", "eval_steps", "methods", "sgd_lr")
 
 
 def _validate(c: DistillConfig) -> None:
@@ -139,6 +144,13 @@ def _validate(c: DistillConfig) -> None:
     need(not c.track_delta or "finetuned" in c.teachers, "track_delta needs 'finetuned' in teachers")
     need(all(isinstance(s, int) and s >= 1 for s in c.eval_steps) and list(c.eval_steps) == sorted(set(c.eval_steps)),
          "eval_steps must be increasing integers >= 1")
+    for m in c.methods:
+        need(re.fullmatch(METHOD_PATTERN, m) is not None and m != "full" and not m.startswith("lora0"),
+             f"unknown method {m!r} (use lora<r>, sgd, sgdm, mask_div, mask_base, mask_rand)")
+    need(len(set(c.methods)) == len(c.methods), "methods must be distinct")
+    need(not {"mask_div", "mask_rand"} & set(c.methods) or bool(c.other or c.animals or c.neutral),
+         "mask_div and mask_rand need rival teachers (other, animals or neutral)")
+    need(math.isfinite(c.sgd_lr) and c.sgd_lr > 0, f"sgd_lr must be a finite number > 0, got {c.sgd_lr!r}")
 
 
 # SmolLM2-135M's own number completions (un-prompted base and owl system-prompt teacher), sampled and

@@ -128,6 +128,34 @@ def _recovered_rows(profiles: dict, teacher: str, seeds) -> dict:
     return out
 
 
+def method_arms(cfg, profiles: dict, base: dict) -> dict:
+    """Issue #23's arms: for each method of the target's system-prompt teacher, the target's shift
+    (vs the neutral student when the run has one, else vs the base model), that shift minus the
+    full arm's (paired by seed), and the KL reduction the method reached (first vs last loss)."""
+    teacher = SystemPromptTeacher(cfg.target).name
+    ref = SystemPromptTeacher(NEUTRAL).name if cfg.neutral else None
+    out = {"reference": "neutral teacher's student" if ref else "base model"}
+    shifts = {}
+    for method in ("full", *cfg.methods):
+        per, kl = {}, {}
+        for s in cfg.seeds:
+            p = profiles.get(StudentSpec(teacher, method, 0.0, s).name)
+            r = profiles.get(_student(ref, s)) if ref else base
+            if p is not None and r is not None:
+                per[s] = float((lo(p, cfg.target) - lo(r, cfg.target)).mean())
+            if p is not None and p.get("train", {}).get("losses"):
+                losses = p["train"]["losses"]
+                kl[s] = 1 - losses[-1] / losses[0]
+        shifts[method] = per
+        row = {"shift": seed_ci(per.values()) | {"per_seed": per} if per else {"missing": True},
+               "kl_reduction": seed_ci(kl.values()) if kl else {"missing": True}}
+        paired = [per[s] - shifts["full"][s] for s in per if s in shifts["full"]]
+        if method != "full" and paired:
+            row["minus_full"] = seed_ci(paired)
+        out[method] = row
+    return out
+
+
 def controls_summary(cfg, profiles: dict, base: dict) -> dict:
     """Every controlled reading the config asked for (empty when it asked for none)."""
     out = {}
@@ -138,4 +166,6 @@ def controls_summary(cfg, profiles: dict, base: dict) -> dict:
             out["along_training"] = along_training(cfg, profiles)
     if cfg.finetuned_control:
         out["finetuned_matched"] = finetuned_matched(cfg, profiles)
+    if cfg.methods:
+        out["methods"] = method_arms(cfg, profiles, base)
     return out

@@ -58,7 +58,22 @@ def controls_markdown(ctl: dict, c) -> str:
                 lines += [f"| {teacher} | {step} | {d} | {v['fraction']['mean']:+.3e} +- "
                           f"{ci_text(v['fraction']['ci_half'], v['fraction']['n'], '.1e')} | {v['cosine']['mean']:+.4f} +- "
                           f"{ci_text(v['cosine']['ci_half'], v['cosine']['n'], '.4f')} |" for d, v in dirs.items()]
+    if "methods" in ctl:
+        lines += _methods_md(ctl["methods"], c)
     return "\n".join(lines) + "\n"
+
+
+def _methods_md(m: dict, c) -> list[str]:
+    lines = ["", f"Students of {c.target}_system_prompt by method (methods.py): {c.target} log-odds shift vs the "
+                 f"{m['reference']}, the same minus the full arm's (paired by seed), and the KL reduction "
+                 "1 - last loss / first loss (95% CI over seeds):", "",
+             "| method | shift | detectable | minus full | KL reduction |", "| --- | --- | --- | --- | --- |"]
+    for method, r in m.items():
+        if method == "reference":
+            continue
+        minus = _cell(r["minus_full"]) if "minus_full" in r else ""
+        lines.append(f"| {method} | {_cell(r['shift'])} | {_det(r['shift'])} | {minus} | {_cell(r['kl_reduction'])} |")
+    return lines
 
 
 def controls_figure(ctl: dict, c, path) -> None:

@@ -37,7 +37,7 @@ from sublim.llm_validation.core.evaluate import sample_favorite_animal
 from sublim.llm_validation.core.models import base_copy, base_tokenizer
 from sublim.llm_validation.distill.alignment import run_alignment
 from sublim.llm_validation.distill.along import AlongTraining, delta_directions, flat_params, recovered, teacher_delta
-from sublim.llm_validation.distill.arms import StudentSpec, record_arms, student_specs, teachers_needed
+from sublim.llm_validation.distill.arms import StudentSpec, record_arms, rival_teachers, student_specs, teachers_needed
 from sublim.llm_validation.distill.cache import TeacherCache, compute_cache, load_or_compute
 from sublim.llm_validation.distill.config import DistillConfig, config_from_dict
 from sublim.llm_validation.distill.contexts import (Encoded, encode_contexts, load_context_records,
@@ -46,7 +46,8 @@ from sublim.llm_validation.distill.preference import animal_log_odds, profile
 from sublim.llm_validation.distill.report import write_report
 from sublim.llm_validation.distill.sft import run_sft
 from sublim.llm_validation.distill.students import make_student, train_student
-from sublim.llm_validation.distill.teachers import FinetunedTeacher, make_teacher, parse_teacher
+from sublim.llm_validation.distill.methods import MASKS, divergence_positions, random_positions
+from sublim.llm_validation.distill.teachers import FinetunedTeacher, SystemPromptTeacher, make_teacher, parse_teacher
 from sublim.llm_validation.distill.vocab import end_of_turn_id, number_token_ids
 
 
@@ -178,12 +179,38 @@ def students_stage(cfg: DistillConfig, out: Path, device: str, threads: int, exe
     specs = student_specs(cfg)
     by_name = {t.name: t for t in teachers}
     missing = [s for s in specs if not (out / "students" / s.name / "profile.json").exists()]
+    masks = loss_masks(cfg, caches, out) if any(s.method in MASKS for s in missing) else {}
     tasks = {s.name: (student_task, (str(out), cfg.to_dict(), s, contexts.encoded(), vocab,
-                                     caches.get(by_name[s.teacher]), device, threads)) for s in missing}
+                                     caches.get(by_name[s.teacher]), device, threads, masks.get((s.method, s.seed))))
+             for s in missing}
     gpus = 1 if device.startswith("cuda") and executor == "ray" else 0
     run_tasks(tasks, executor=executor, address=address, desc="students",
               resources=Resources(cpus=threads, gpus=gpus), on_result=lambda name, prof: _save_student(out, name, prof))
     record_arms(out / "students" / "arms.json", specs)
+
+
+def loss_masks(cfg: DistillConfig, caches: TeacherCaches, out: Path) -> dict:
+    """{(method, seed): keep} for the mask_* methods (methods.py); the positions each masks go to
+    students/masks.json (counts, and the divergence positions' share), so the report can say how much
+    of the signal each arm lost."""
+    target = caches.get(SystemPromptTeacher(cfg.target)).logp
+    keep, record = {}, {"positions": int(target.shape[0])}
+    div = None
+    if {"mask_div", "mask_rand"} & set(cfg.methods):
+        div = divergence_positions(target, [caches.get(t).logp for t in rival_teachers(cfg)])
+        record["mask_div"] = int(div.sum())
+    if "mask_base" in cfg.methods:
+        base = divergence_positions(target, [caches.get(SystemPromptTeacher(None)).logp])
+        record["mask_base"] = int(base.sum())
+    for seed in cfg.seeds:
+        if "mask_div" in cfg.methods:
+            keep[("mask_div", seed)] = ~div
+        if "mask_base" in cfg.methods:
+            keep[("mask_base", seed)] = ~base
+        if "mask_rand" in cfg.methods:
+            keep[("mask_rand", seed)] = ~random_positions(len(div), int(div.sum()), seed)
+    atomic_write_json(out / "students" / "masks.json", record)
+    return keep
 
 
 def _save_student(out: Path, name: str, prof: dict) -> None:
@@ -192,7 +219,7 @@ def _save_student(out: Path, name: str, prof: dict) -> None:
 
 
 def student_task(run_dir: str, cfg_dict: dict, spec: StudentSpec, encoded: list[Encoded], vocab: torch.Tensor,
-                 cache: TeacherCache, device: str, threads: int) -> dict:
+                 cache: TeacherCache, device: str, threads: int, keep: torch.Tensor | None = None) -> dict:
     """Train and profile one student; returns its profile (the driver writes it). Module-level and
     given everything it reads, so that a Ray worker runs it as it is."""
     torch.set_num_threads(threads)
@@ -208,7 +235,7 @@ def student_task(run_dir: str, cfg_dict: dict, spec: StudentSpec, encoded: list[
         return row | ({"delta": delta(m)} if delta else {})
 
     along = AlongTraining(out / "along.json", cfg.eval_steps, measure) if cfg.eval_steps else None
-    log_ = train_student(model, encoded, cache, vocab, cfg, spec, out, device, on_step=along)
+    log_ = train_student(model, encoded, cache, vocab, cfg, spec, out, device, on_step=along, keep=keep)
     prof = profile(model, tok, device, None, cfg.eval_batch_size)
     if delta:
         prof["delta"] = delta(model)

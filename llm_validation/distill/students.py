@@ -29,6 +29,7 @@ from sublim.llm_validation.core.finetune import apply_lora
 from sublim.llm_validation.distill.arms import StudentSpec
 
 from sublim.llm_validation.distill.forward import number_log_probs, restricted_kl
+from sublim.llm_validation.distill.methods import lora_rank, make_optimizer, masked_mean
 
 
 @torch.no_grad()
@@ -46,9 +47,10 @@ def make_student(base_model, spec: StudentSpec, cfg):
     """A student model ready to train (its init is the base, perturbed by spec.sigma)."""
     model = copy.deepcopy(base_model)
     perturb_(model, spec.sigma, spec.seed)
-    if spec.method == "lora":
+    lora = lora_rank(spec.method, cfg)
+    if lora:
         torch.manual_seed(derive_seed("distill-lora-init", spec.seed))
-        model = apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=0.0, target_modules=DEFAULT_TARGETS)
+        model = apply_lora(model, r=lora[0], alpha=lora[1], dropout=0.0, target_modules=DEFAULT_TARGETS)
     model.config.use_cache = False
     return model
 
@@ -87,14 +89,16 @@ def _restore(path: Path, model, optimizer) -> tuple[int, list[float]]:
     return int(blob["step"]), list(blob["losses"])
 
 
-def train_student(model, encoded, cache, vocab, cfg, spec: StudentSpec, out_dir: Path, device, on_step=None) -> dict:
+def train_student(model, encoded, cache, vocab, cfg, spec: StudentSpec, out_dir: Path, device, on_step=None,
+                  keep: torch.Tensor | None = None) -> dict:
     """Distill `model` in place on the teacher's cached distributions; returns the training log.
     on_step(step, model), if given, runs after each optimizer step but the last (step = steps done;
-    along.AlongTraining measures there), before that step's checkpoint is written."""
+    along.AlongTraining measures there), before that step's checkpoint is written. keep: a bool per
+    cached position (None = all), the KL's mask for the mask_* methods (methods.py)."""
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     fast = cfg.fast_matmul != "off"  # the fast path also fuses Adam (one pass, not ~10)
-    optimizer = torch.optim.Adam(params, lr=cfg.lora_lr if spec.method == "lora" else cfg.lr, **({"fused": True} if fast else {}))
+    optimizer = make_optimizer(spec.method, params, cfg, fused=fast)
     lengths = [len(e.prompt_ids) + len(e.completion_ids) - 1 for e in encoded]  # decoder input lengths
     batches = _batches(lengths, cfg.batch_size, spec.seed, cfg.epochs, cfg.length_buckets)
     ckpt = out_dir / "checkpoint.pt"
@@ -103,7 +107,8 @@ def train_student(model, encoded, cache, vocab, cfg, spec: StudentSpec, out_dir:
     for step in progress(range(start, len(batches)), desc=f"student {spec.name}", initial=start, total=len(batches)):
         idx = batches[step]
         student = number_log_probs(model, [encoded[int(i)] for i in idx], vocab, device, cfg.fast_matmul)
-        loss = restricted_kl(cache.for_batch(idx).to(device), student).mean()
+        kl = restricted_kl(cache.for_batch(idx).to(device), student)
+        loss = masked_mean(kl, None if keep is None else cache.for_batch(idx, keep).to(device))
         if not math.isfinite(loss.item()):
             raise NumericalError(f"student {spec.name}: loss is {loss.item()} at step {step}")
         loss.backward()
