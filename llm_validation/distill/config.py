@@ -15,6 +15,13 @@ Arms (each with `seeds` data orders; a LoRA student also draws its A from the se
   zeroth-order term makes a perturbed student move even without a trait, so the shift is read
   against that control, not against the base model);
 - `sft`: the paper's sampled-token recipe (LoRA on filtered teacher numbers vs base numbers).
+- controls (issue #21, off by default): `animals` (more system-prompt teachers: the specificity
+  matrix's rows), `neutral` (the same template with no animal: every animal read against it),
+  `finetuned_control` (a LoRA teacher trained like the target's on the other animal), `track_delta`
+  (the fraction of each fine-tuned teacher's update its students recovered), `eval_steps` (profiles
+  along training);
+- `methods` (issue #23): more students of the target's system-prompt teacher learning another way
+  (LoRA ranks, SGD, loss masks at divergence positions; distill/methods.py).
 """
 
 from __future__ import annotations
