@@ -21,7 +21,7 @@ import numpy as np
 from sublim.rundir import atomic_write_json, atomic_write_text, read_json, save_figure
 from sublim.stats import ci_text, mean_ci95, t95
 
-from sublim.llm_validation.distill.preference import animal_log_odds
+from sublim.llm_validation.core.preference import animal_log_odds
 from sublim.llm_validation.distill.arms import StudentSpec, recorded_arms, teachers_needed
 from sublim.llm_validation.distill.teachers import SystemPromptTeacher
 
