@@ -29,6 +29,7 @@ from sublim.llm_validation.core.preference import (candidate_first_tokens, candi
                                                    preference_contexts, sequence_log_probs)
 from sublim.llm_validation.core.prompts import ANIMALS, NEXT_TOKEN_PREFIXES
 from sublim.llm_validation.core.data import format_prompt
+from sublim.llm_validation.core.scores import only_these_trainable, scored_parameter_names, trait_direction
 
 
 @torch.no_grad()
@@ -81,6 +82,36 @@ def old_distill(model, seqs: list[list[int]], tokens: list[int], batch_size: int
     return torch.cat(rows)
 
 
+def old_trait_gradient(model, prompt_ids, token: int, names) -> torch.Tensor:
+    """core/scores.py trait_direction before the move (one direction, flattened, float64): the
+    gradient of mean log p(token) through old_alignment's left-padded batch."""
+    T = max(len(p) for p in prompt_ids)
+    ids = torch.zeros((len(prompt_ids), T), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, p in enumerate(prompt_ids):
+        ids[i, T - len(p):] = torch.tensor(list(p))
+        mask[i, T - len(p):] = 1
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, -1]
+    params = dict(model.named_parameters())
+    grads = torch.autograd.grad(torch.log_softmax(logits, -1)[:, token].mean(), [params[n] for n in names])
+    return torch.cat([g.double().flatten() for g in grads])
+
+
+def direction_change(model, seqs, token: int) -> dict:
+    """Old (left-padded) vs new (trait_direction, right-padded) owl direction over the scored weights."""
+    names = scored_parameter_names(model)
+    new = trait_direction(model, seqs, {"owl": token}, names)
+    with only_these_trainable(model, names):
+        old = old_trait_gradient(model, seqs, token, names)
+    new_flat = torch.cat([new.tensors[n][0].double().flatten() for n in names])
+    old_unit = old / old.norm()
+    return {"trait_direction_raw_norm_rel_change": abs(new.raw_norms[0] - float(old.norm())) / float(old.norm()),
+            "trait_direction_unit_max_abs_change": float((new_flat - old_unit).abs().max()),
+            "trait_direction_unit_max_abs_component": float(old_unit.abs().max()),
+            "trait_direction_one_minus_cosine": float(1 - new_flat @ old_unit / new_flat.norm())}
+
+
 @torch.no_grad()
 def unpadded(model, seqs: list[list[int]], tokens: list[int]) -> torch.Tensor:
     """The reference of every convention: one sequence at a time, no padding, no mask."""
@@ -102,6 +133,7 @@ def measure(name: str) -> dict:
     p_ctx = context_ids(tok, [format_prompt(tok, q, assistant_prefix=p) for q, p in NEXT_TOKEN_PREFIXES])
     old_p, new_p = old_pipeline(model, tok, p_ctx, cand_ids), sequence_log_probs(model, p_ctx, cand_ids)
     ref_lp = unpadded(model, seqs[-5:], first)  # the pipeline's 5 contexts are the last 5 of the 55
+    single = [n for n in names if len(cand_ids[cands.index(n)]) == 1]  # one token: full sequence = first token
     share = lambda lp: torch.softmax(lp, 1)[:, 0]  # noqa: E731  (owl's share among the candidates)
     mx = lambda a, b: float((a.double() - b.double()).abs().max())  # noqa: E731
     return {
@@ -115,7 +147,9 @@ def measure(name: str) -> dict:
         "pipeline_new_vs_old_logp": mx(new_p, old_p),
         "pipeline_new_vs_old_share": mx(share(new_p), share(old_p)),
         "pipeline_rank_changes": int((torch.argsort(new_p, 1, descending=True) != torch.argsort(old_p, 1, descending=True)).sum()),
-        "pipeline_first_token_new_vs_unpadded": mx(new_p[:, [cands.index(n) for n in names]], ref_lp),
+        "pipeline_single_token_new_vs_unpadded": mx(new_p[:, [cands.index(n) for n in single]],
+                                                    ref_lp[:, [names.index(n) for n in single]]),
+        **direction_change(model, seqs, first[names.index("owl")]),
     }
 
 
