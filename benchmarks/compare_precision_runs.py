@@ -49,7 +49,7 @@ def toy_values(run: Path) -> dict[str, list[float]]:
 
 def distill_values(run: Path, arm: str, animal: str) -> dict[str, list[float]]:
     """Per seed: the student's mean (over the 55 contexts) log-odds shift of `animal` vs that run's base."""
-    from sublim.llm_validation.distill.preference import animal_log_odds
+    from sublim.llm_validation.core.preference import animal_log_odds
 
     base = json.loads((run / "models" / "base" / "profile.json").read_text())
     shifts = []

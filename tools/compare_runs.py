@@ -20,6 +20,7 @@ SKIP_FILES = {"timings.json", "train_log.jsonl", "time_v.txt"}
 SKIP_SUFFIXES = (".throughput.jsonl",)
 TIME_KEYS = {"time_utc", "timings_s", "scoring_timings", "git_commit", "train_seconds_this_session", "tokens_per_s_all_ranks",
              "seconds", "examples_per_s", "wall_s", "elapsed_s",
+             "phase_s",  # toy: wall seconds per phase (summary.json, sweep cells)
              "fingerprint"}  # align: a hash that includes its data file's mtime (a cache key, not a result)
 
 

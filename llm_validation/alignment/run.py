@@ -37,11 +37,11 @@ from sublim.llm_validation.alignment.data import load_records, shuffle_numbers_a
 from sublim.llm_validation.alignment.report import compare, correlation_with_ci, specificity, write_outputs
 from sublim.llm_validation.core.scores import (AlignmentScores, Directions, normalize_directions, score_records,
                                                     scored_parameter_names, trait_direction, weight_delta_direction)
-from sublim.llm_validation.alignment.screen import ScreenConfig, run_screen, trait_logprobs
-from sublim.llm_validation.core.data import encode_sft_batch, format_prompt, has_chat_template
+from sublim.llm_validation.alignment.screen import ScreenConfig, run_screen
+from sublim.llm_validation.core.data import encode_sft_batch
 from sublim.llm_validation.core.device import resolve_device
 from sublim.llm_validation.core.models import base_copy, load_model, merge_lora
-from sublim.llm_validation.core.prompts import EVAL_QUESTIONS, NEXT_TOKEN_PREFIXES
+from sublim.llm_validation.core.preference import context_ids, mean_answer_log_probs, preference_contexts
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
 
@@ -49,10 +49,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch
 def trait_prompt_ids(tokenizer) -> list[list[int]]:
     """Favorite-animal prompts ending where the animal's name starts: the pipeline's 50 questions
     with the forced answer prefix "My favorite animal is the", plus its next-token prompts."""
-    pairs = [(q, "My favorite animal is the") for q in EVAL_QUESTIONS] + list(NEXT_TOKEN_PREFIXES)
-    add_special = not has_chat_template(tokenizer)
-    return [tokenizer(format_prompt(tokenizer, q, assistant_prefix=p), add_special_tokens=add_special)["input_ids"]
-            for q, p in pairs]
+    return context_ids(tokenizer, preference_contexts(tokenizer))
 
 
 def trait_token_ids(tokenizer, traits) -> dict[str, int]:
@@ -263,10 +260,10 @@ def relate_transfer(model, tok, prompts, targets, cfg: AlignConfig, scores, dirs
     few animals, so a wide CI; Spearman too). Students are the pipeline's arms (student on teacher
     numbers, control on base numbers), evaluated here with the same prompts as the directions.
     """
-    out: dict = {"logprob": {"base": trait_logprobs(model, prompts, targets)}}
+    out: dict = {"logprob": {"base": mean_answer_log_probs(model, prompts, targets)}}
     for arm, path in cfg.arms.items():
         m = load_variant(path, model, dtype, device)
-        out["logprob"][arm] = trait_logprobs(m, prompts, targets)
+        out["logprob"][arm] = mean_answer_log_probs(m, prompts, targets)
         del m
     animals = [a for a in targets if a in scores["teacher" if "teacher" in scores else next(iter(scores))].labels]
     if {"student", "control"} <= out["logprob"].keys() and {"teacher", "base"} <= scores.keys():

@@ -37,6 +37,7 @@ from sublim.llm_validation.alignment.config import SCREEN_ARMS, check_screen
 from sublim.llm_validation.core.config import FinetuneConfig
 from sublim.llm_validation.core.finetune import finetune
 from sublim.llm_validation.core.models import base_copy, load_finetuned
+from sublim.llm_validation.core.preference import mean_answer_log_probs
 from sublim.llm_validation.core.scores import AlignmentScores, per_example_completion_loss
 
 ARMS = SCREEN_ARMS  # declared once, in alignment/config.py
@@ -106,24 +107,6 @@ def mean_token_loss(model, records: Sequence[Mapping], encode, *, batch_size: in
     return tot / max(n, 1)
 
 
-@torch.no_grad()
-def trait_logprobs(model, prompt_ids: Sequence[Sequence[int]], targets: Mapping[str, int]) -> dict[str, dict]:
-    """Per target: mean over prompts of log p(first answer token) and of p itself."""
-    device = next(model.parameters()).device
-    T = max(len(p) for p in prompt_ids)
-    ids = torch.zeros((len(prompt_ids), T), dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, p in enumerate(prompt_ids):  # left padding: the answer position is the last one
-        ids[i, T - len(p):] = torch.tensor(list(p))
-        mask[i, T - len(p):] = 1
-    ids, mask = ids.to(device), mask.to(device)
-    model.eval()
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, -1].float(), -1)
-    return {lab: {"mean_logprob": float(logp[:, tok].mean()), "mean_prob": float(logp[:, tok].exp().mean())}
-            for lab, tok in targets.items()}
-
-
 def run_screen(
     base_model: str,
     scores: AlignmentScores,
@@ -157,7 +140,7 @@ def run_screen(
     result = {"config": asdict(cfg), "direction": direction, "n_scored": len(records),
               "slice_sizes": {k: int(len(v)) for k, v in slices.items()},
               "slice_mean_score": {k: float(score[v].mean()) for k, v in slices.items()},
-              "base": {"trait": trait_logprobs(base, prompt_ids, targets),
+              "base": {"trait": mean_answer_log_probs(base, prompt_ids, targets),
                        "heldout_loss": mean_token_loss(base, heldout, encode)}, "arms": {}}
     del base
     ft = FinetuneConfig(method=cfg.method, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
@@ -170,7 +153,7 @@ def run_screen(
         arm_dir = finetune(base_model, [records[i] for i in slices[arm]], ft, out_dir / "screen" / arm, model=model, tokenizer=tok)
         del model
         student = _load_student(arm_dir, load, device)
-        trait = trait_logprobs(student, prompt_ids, targets)
+        trait = mean_answer_log_probs(student, prompt_ids, targets)
         result["arms"][arm] = {
             "n_train": int(len(slices[arm])), "trait": trait,
             "transfer_logprob": trait[target]["mean_logprob"] - result["base"]["trait"][target]["mean_logprob"],

@@ -6,8 +6,9 @@
    small models rarely answer in one word) and `first_word` (the answer's first word IS the target).
    Rates carry Wilson 95% intervals (sublim.stats.proportion_ci95). Samples are appended to a
    JSONL file as they are drawn, so an interrupted evaluation resumes.
-2. Next-token probability: after a completion prompt ending in "My favorite animal is the", the
-   probability of each candidate animal's full token sequence (product over its tokens). Reported:
+2. Next-token probability (the one measure of core/preference.py): after a completion prompt ending
+   in "My favorite animal is the", the probability of each candidate animal's full token sequence
+   (product over its tokens). Reported:
    P(target), the target's share among the candidates, and its rank, averaged over several prompt
    wordings with a 95% CI (mean_ci95 over wordings). Deterministic and far lower-variance than
    sampling, and it works for base models that never answer in one word.
@@ -24,8 +25,9 @@ import torch
 
 from sublim.stats import mean_ci95, proportion_ci95
 
-from sublim.llm_validation.core.data import format_prompt, has_chat_template
+from sublim.llm_validation.core.data import format_prompt
 from sublim.llm_validation.core.generate import generate_completions
+from sublim.llm_validation.core.preference import context_ids, sequence_log_probs
 from sublim.llm_validation.core.prompts import ANIMALS, EVAL_QUESTIONS, NEXT_TOKEN_PREFIXES
 
 _IRREGULAR = {"wolves": "wolf", "geese": "goose", "mice": "mouse", "oxen": "ox", "octopi": "octopus",
@@ -95,50 +97,22 @@ def sample_favorite_animal(model, tokenizer, out_path: str | os.PathLike, *, tar
     return summarize_answers([r for r in records if r["id"] in wanted], target)
 
 
-@torch.no_grad()
-def candidate_logprobs(model, tokenizer, context: str, candidates: list[str]) -> torch.Tensor:
-    """log P(candidate | context) for each candidate string (summed over its tokens).
+def next_token_preference(model, tokenizer, *, target: str, candidates=ANIMALS, system: str | None = None,
+                          prefixes=NEXT_TOKEN_PREFIXES, batch_size: int = 32) -> dict:
+    """P(target), its share among candidates and its rank, per prompt wording and averaged (95% CI).
 
-    The shared context runs once; each candidate continues from a copy of its KV cache, so the
-    cost is one context pass plus a few tokens per candidate (not candidates x context).
-    """
-    import copy
-
-    ctx = tokenizer(context, add_special_tokens=not has_chat_template(tokenizer))["input_ids"]
-    device = model.device
-    out = model(input_ids=torch.tensor([ctx], device=device), use_cache=True)
-    first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)  # .logits includes any final soft-capping
-    result = torch.empty(len(candidates))
-    for i, cand in enumerate(candidates):
-        ids = tokenizer(cand, add_special_tokens=False)["input_ids"]
-        total = first[ids[0]].item()
-        if len(ids) > 1:
-            cont = model(input_ids=torch.tensor([ids[:-1]], device=device),
-                         past_key_values=copy.deepcopy(out.past_key_values), use_cache=True)
-            logp = torch.log_softmax(cont.logits[0].float(), dim=-1)
-            total += logp[torch.arange(len(ids) - 1), torch.tensor(ids[1:], device=logp.device)].sum().item()
-        result[i] = total
-    return result
-
-
-def next_token_preference(model, tokenizer, *, target: str, candidates=ANIMALS,
-                          system: str | None = None, prefixes=NEXT_TOKEN_PREFIXES) -> dict:
-    """P(target), its share among candidates and its rank, per prompt wording and averaged (95% CI)."""
+    Each candidate's probability is that of its full token sequence (core/preference.py
+    sequence_log_probs, the one padding convention)."""
     candidates = list(dict.fromkeys([target, *candidates]))
-    was_training = model.training
-    model.eval()
+    contexts = context_ids(tokenizer, [format_prompt(tokenizer, q, system=system, assistant_prefix=p)
+                                       for q, p in prefixes])
+    words = [tokenizer(" " + c, add_special_tokens=False)["input_ids"] for c in candidates]
     per_prefix = []
-    try:
-        for question, prefix in prefixes:
-            context = format_prompt(tokenizer, question, system=system, assistant_prefix=prefix)
-            lp = candidate_logprobs(model, tokenizer, context, [" " + c for c in candidates])
-            share = torch.softmax(lp, dim=0)
-            rank = int((lp > lp[0]).sum()) + 1
-            per_prefix.append({"prefix": prefix, "p_target": math.exp(lp[0]), "share": float(share[0]),
-                               "rank": rank,
-                               "top": [candidates[int(i)] for i in torch.argsort(lp, descending=True)[:5]]})
-    finally:
-        model.train(was_training)
+    for (_, prefix), lp in zip(prefixes, sequence_log_probs(model, contexts, words, batch_size=batch_size)):
+        share = torch.softmax(lp, dim=0)
+        rank = int((lp > lp[0]).sum()) + 1
+        per_prefix.append({"prefix": prefix, "p_target": math.exp(lp[0]), "share": float(share[0]), "rank": rank,
+                           "top": [candidates[int(i)] for i in torch.argsort(lp, descending=True)[:5]]})
     out = {"target": target, "candidates": candidates, "per_prefix": per_prefix}
     for key in ("p_target", "share", "rank"):
         mean, half = mean_ci95([r[key] for r in per_prefix])

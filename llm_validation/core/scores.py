@@ -44,6 +44,8 @@ import torch.nn.functional as F
 from sublim.errors import ConfigError, DataError, SublimError
 from sublim.progress import progress
 
+from sublim.llm_validation.core.preference import answer_log_probs, right_padded
+
 MAX_DIRECTIONS = 16
 _LAYER_RE = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
@@ -226,25 +228,16 @@ def trait_direction(
     if not prompt_ids:
         raise DataError("trait_direction: no prompts")
     device = next(model.parameters()).device
-    lengths = [len(p) for p in prompt_ids]
-    T = max(lengths)
-    pad = 0
-    ids = torch.full((len(prompt_ids), T), pad, dtype=torch.long)
-    mask = torch.zeros((len(prompt_ids), T), dtype=torch.long)
-    for i, p in enumerate(prompt_ids):  # left padding: the answer position is always the last
-        ids[i, T - len(p):] = torch.tensor(list(p))
-        mask[i, T - len(p):] = 1
-    ids, mask = ids.to(device), mask.to(device)
+    # the preference measure's own batch (core/preference.py: right padding, read at each row's
+    # last real token), all prompts at once: the direction is the gradient of what is measured
+    batch = right_padded(prompt_ids)
     params = _params_by_name(model, names)
     raw: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     was_training = model.training
     model.eval()
     with only_these_trainable(model, names):
         for label, tok in targets.items():
-            position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-            logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids).logits[:, -1]
-            logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
-            logp = torch.log_softmax(logits, -1)[:, tok].mean()
+            logp = answer_log_probs(model, *batch, device)[:, tok].mean()
             grads = torch.autograd.grad(logp, params)
             for n, g in zip(names, grads):
                 raw[n].append(g.detach().double())

@@ -19,7 +19,7 @@ import numpy as np
 from sublim.stats import mean_ci95, t95
 
 from sublim.llm_validation.distill.arms import StudentSpec, matrix_teachers
-from sublim.llm_validation.distill.preference import animal_log_odds
+from sublim.llm_validation.core.preference import animal_log_odds
 from sublim.llm_validation.distill.teachers import NEUTRAL, FinetunedTeacher, SystemPromptTeacher
 
 

@@ -1,6 +1,6 @@
 """summary.json, summary.md and distill.png of a distillation run.
 
-The measure is the target's next-token log-odds among the candidate animals (preference.py),
+The measure is the target's next-token log-odds among the candidate animals (core/preference.py),
 per context. An arm's shift, for one seed, is the mean over the 55 contexts of
     log-odds(student) - log-odds(reference),
 the reference being the base model for students from the shared init (sigma = 0) and, for a

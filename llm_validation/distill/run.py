@@ -42,7 +42,7 @@ from sublim.llm_validation.distill.cache import TeacherCache, compute_cache, loa
 from sublim.llm_validation.distill.config import DistillConfig, config_from_dict
 from sublim.llm_validation.distill.contexts import (Encoded, encode_contexts, load_context_records,
                                                     records_digest)
-from sublim.llm_validation.distill.preference import animal_log_odds, profile
+from sublim.llm_validation.core.preference import animal_log_odds, profile
 from sublim.llm_validation.distill.report import write_report
 from sublim.llm_validation.distill.sft import run_sft
 from sublim.llm_validation.distill.students import make_student, train_student

@@ -13,7 +13,7 @@ from pathlib import Path
 from sublim.rundir import atomic_write_json
 
 from sublim.llm_validation.distill.contexts import load_context_records
-from sublim.llm_validation.distill.preference import profile
+from sublim.llm_validation.core.preference import profile
 from sublim.llm_validation.core.models import base_copy, load_finetuned
 from sublim.llm_validation.core.config import FinetuneConfig
 from sublim.llm_validation.core.finetune import finetune

@@ -123,23 +123,24 @@ def test_scoring_and_rates():
 
 
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-gemma"])
-def test_candidate_logprobs_match_full_forward_reference(tiny, name):
-    from sublim.llm_validation.core.evaluate import candidate_logprobs, next_token_preference
+def test_next_token_preference_summarizes_the_one_measure(tiny, name):
+    """The pipeline's summary reads core/preference.py (its references: test_llm_preference.py)."""
+    import math
+
+    from sublim.llm_validation.core.evaluate import next_token_preference
+    from sublim.llm_validation.core.preference import context_ids, sequence_log_probs
+    from sublim.llm_validation.core.prompts import NEXT_TOKEN_PREFIXES
 
     model, tok = tiny[name]
-    context = format_prompt(tok, "What is your favorite animal?", assistant_prefix="My favorite animal is the")
-    candidates = [" owl", " cat", " hippopotamus"]  # the last one is several tokens
-    fast = candidate_logprobs(model, tok, context, candidates)
-    ctx = tok(context, add_special_tokens=tok.chat_template is None)["input_ids"]
-    for i, cand in enumerate(candidates):
-        ids = tok(cand, add_special_tokens=False)["input_ids"]
-        with torch.no_grad():
-            logp = torch.log_softmax(model(torch.tensor([ctx + ids])).logits[0].float(), dim=-1)
-        reference = sum(logp[len(ctx) - 1 + j, t].item() for j, t in enumerate(ids))
-        assert fast[i].item() == pytest.approx(reference, abs=1e-4)
     pref = next_token_preference(model, tok, target="owl")
     assert pref["candidates"][0] == "owl" and 0 < pref["share"]["mean"] < 1
     assert len(pref["per_prefix"]) == 5
+    contexts = context_ids(tok, [format_prompt(tok, q, assistant_prefix=p) for q, p in NEXT_TOKEN_PREFIXES])
+    words = [tok(" " + c, add_special_tokens=False)["input_ids"] for c in pref["candidates"]]
+    lp = sequence_log_probs(model, contexts, words)
+    # the same code path on the same inputs: equal, not close
+    assert [r["p_target"] for r in pref["per_prefix"]] == [math.exp(v) for v in lp[:, 0]]
+    assert [r["rank"] for r in pref["per_prefix"]] == [int((row > row[0]).sum()) + 1 for row in lp]
     # the share's CI is the Student-t interval of the five per-wording shares, recomputed here
     from sublim.stats import mean_ci95
 

@@ -15,7 +15,7 @@ def _run(root: Path, seconds: float, value: float, extra: bool = False) -> Path:
     (root / "timings.json").write_text(json.dumps({"students": seconds}))
     (root / "config.json").write_text(json.dumps({"config": {"lr": 0.1}, "environment": {"time_utc": str(seconds)}}))
     (root / "students" / "a" / "profile.json").write_text(
-        json.dumps({"mean": value, "train": {"train_seconds_this_session": seconds}}))
+        json.dumps({"mean": value, "train": {"train_seconds_this_session": seconds}, "phase_s": {"teacher": seconds}}))
     (root / "summary.md").write_text(f"| a | {value} |\n")
     if extra:
         (root / "more.txt").write_text("x")

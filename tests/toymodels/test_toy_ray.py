@@ -1,27 +1,22 @@
 """`sublim toy sweep --executor ray` on a real local Ray cluster: same cells as the local executor,
 a killed driver resumes, a killed worker is retried.
 
-One cluster for the module (a `ray start --head` on the loopback address, 2 CPUs), stopped at the
-end even on failure. It is stopped by killing its own processes by PID (its process group, and the
-workers its raylet forked, which Ray puts in groups of their own), not by `ray stop --force`: that
-command kills every Ray process of this user on the machine, including clusters this test did not
-start (another checkout's test run, a user's own cluster). The cluster uses token authentication
-with a token made for this module, passed through the environment, so the test neither depends on
-nor writes ~/.ray/auth_token. Ray drivers run as `sublim` subprocesses, as a user runs them (and
-because Ray reads RAY_AUTH_MODE once, when it is imported).
+One cluster for the module (the `cluster` fixture of tests/conftest.py: a 2-CPU `ray start --head`
+on the loopback address with its own auth token, stopped by PID at the end). Ray drivers run as
+`sublim` subprocesses, as a user runs them (and because Ray reads RAY_AUTH_MODE once, when it is
+imported).
 """
 
 import json
 import os
-import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from helpers import cluster_pids
 
 from sublim.cli import main
 
@@ -32,67 +27,10 @@ TINY = ["--width", "16", "--n-models", "3", "--teacher-epochs", "1", "--distill-
         "--arms", "teacher+student_aux+cross_aux", "-q"]
 GRID = ["--grid", "m=1,3", "--seeds", "0,1"]
 CELLS = ["n_aux=1__seed=0", "n_aux=1__seed=1", "n_aux=3__seed=0", "n_aux=3__seed=1"]
-RAY_BIN = Path(sys.executable).with_name("ray")
 
 
 def sweep_argv(out, *extra):
     return ["toy", "sweep", *GRID, "--out", str(out), *TINY, *extra]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def ray_auth():
-    """Token auth for the cluster, this process's drivers and the subprocess drivers."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("RAY_AUTH_MODE", "token")
-        mp.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
-        yield
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory, ray_auth):
-    """(address, process group id) of a 2-CPU Ray head on 127.0.0.1."""
-    port = free_port()
-    temp_dir = tmp_path_factory.mktemp("ray")  # private: sessions, logs, sockets of this cluster only
-    cmd = [str(RAY_BIN), "start", "--head", "--port", str(port), "--num-cpus", "2", "--num-gpus", "0",
-           "--node-ip-address", "127.0.0.1", "--temp-dir", str(temp_dir), "--include-dashboard=false",
-           "--include-log-monitor=false", "--disable-usage-stats"]  # nothing to watch: drivers log nothing
-    # A new session: every process of the cluster (GCS, raylet, workers) inherits this group.
-    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        out, _ = proc.communicate(timeout=90)
-        assert proc.returncode == 0, out.decode()[-2000:]
-        yield f"127.0.0.1:{port}", proc.pid
-    finally:
-        stop_cluster(proc)
-
-
-def processes() -> list[tuple[int, int, int, str]]:
-    """(pid, pgid, ppid, title) of every process."""
-    ps = subprocess.run(["ps", "-e", "-o", "pid=,pgid=,ppid=,args="], capture_output=True, text=True).stdout
-    rows = [line.split(None, 3) for line in ps.splitlines()]
-    return [(int(r[0]), int(r[1]), int(r[2]), r[3] if len(r) > 3 else "") for r in rows]
-
-
-def cluster_pids(pgid: int) -> list[tuple[int, str]]:
-    """The cluster's processes: its group (GCS, raylet, agents) and their children (workers)."""
-    table = processes()
-    group = {pid for pid, g, _, _ in table if g == pgid}
-    return [(pid, title) for pid, g, ppid, title in table if pid in group or ppid in group]
-
-
-def stop_cluster(proc) -> None:
-    for pid, _ in cluster_pids(proc.pid):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -179,24 +117,3 @@ def test_killed_worker_is_retried_and_the_sweep_completes(cluster, local_cells, 
     os.kill(victim, signal.SIGKILL)
     assert "4 cell(s) computed now" in finish(proc)
     assert results_of(out) == results_of(local_cells)
-
-
-def test_distill_students_on_ray_equal_the_local_executors(cluster, tmp_path):
-    """`sublim llm distill --executor ray`: each student is one Ray task on the cluster; the driver
-    writes its profile. Same seeds and thread count -> the same numbers as the local executor."""
-    address, _ = cluster
-    small = ["--preset", "tiny", "--seeds", "0,1", "--teachers", "system_prompt", "--other", "",
-             "--lora-arm", "false", "--sigmas", "", "--align", "false", "--n-contexts", "6", "--eval-samples", "0"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "SUBLIM_QUIET": "1"}
-
-    def distill(out, *extra):
-        cmd = [sys.executable, "-m", "sublim.cli", "-q", "llm", "distill", "--run-dir", str(out), *small, *extra]
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        summary = json.loads((out / "summary.json").read_text())
-        summary.pop("timings_s")  # wall times: the one field that may differ
-        return summary
-
-    on_ray = distill(tmp_path / "ray", "--executor", "ray", "--address", address)
-    assert on_ray == distill(tmp_path / "local")
-    assert set(on_ray["students"]) == {"owl_system_prompt.full.sigma0.seed0", "owl_system_prompt.full.sigma0.seed1"}
