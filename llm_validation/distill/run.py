@@ -216,6 +216,7 @@ def loss_masks(cfg: DistillConfig, caches: TeacherCaches, out: Path) -> dict:
 def _save_student(out: Path, name: str, prof: dict) -> None:
     atomic_write_json(out / "students" / name / "profile.json", prof)
     (out / "students" / name / "checkpoint.pt").unlink(missing_ok=True)
+    (out / "students" / name / "along.json").unlink(missing_ok=True)  # its records are in profile.json now
 
 
 def student_task(run_dir: str, cfg_dict: dict, spec: StudentSpec, encoded: list[Encoded], vocab: torch.Tensor,
