@@ -7,7 +7,7 @@ Run directory:
                                     the paper-style top numbers (highest log P under the prompt)
   profiles/<prompt>.json            per system prompt: per-context log-odds of every scanned animal
   summary.json, summary.md          the contrasts (entangle_report.py)
-  timings.json
+  timings.json                      one record per invocation (a resume adds one)
 Each file is written atomically once; a rerun skips what exists (a killed run resumes).
 """
 
@@ -79,6 +79,13 @@ def summarize(cand: dict, lo: dict, animals) -> dict:
             "n_contexts": len(lo["none"][animals[0]]), "contrasts": contrasts}
 
 
+def _append_timings(path: Path, times: dict) -> None:
+    """One record per invocation: a resumed run's near-zero stage times must not replace the
+    times of the invocation that did the work."""
+    runs = read_json(path)["runs"] if path.exists() else []
+    atomic_write_json(path, {"runs": [*runs, {**times, "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}]})
+
+
 def run_entangle(run_dir: Path, cfg: EntangleConfig, measure=None) -> dict:
     """measure(model, tokenizer, system) -> {animal: per-context log-odds}; default: the one
     cfg.measure names (entangle.MEASURES)."""
@@ -98,5 +105,5 @@ def run_entangle(run_dir: Path, cfg: EntangleConfig, measure=None) -> dict:
         summary = summarize(cand, lo, cfg.animals)
         atomic_write_json(run_dir / "summary.json", summary)
         atomic_write_text(run_dir / "summary.md", markdown(summary))
-        atomic_write_json(run_dir / "timings.json", times)
+        _append_timings(run_dir / "timings.json", times)
     return summary

@@ -184,6 +184,8 @@ def test_scan_reports_the_known_contrasts(tiny, tmp_path):
     assert (tmp_path / "r" / "summary.md").read_text().count("| owl |") == 5
     # a rerun resumes (same files, nothing recomputed) and reports the same
     assert run_entangle(tmp_path / "r", cfg, measure=measure) == s
+    runs = json.loads((tmp_path / "r" / "timings.json").read_text())["runs"]
+    assert len(runs) == 2 and runs[0]["candidates_s"] > runs[1]["candidates_s"]  # the resume kept the first record
 
 
 def test_candidates_are_the_numbers_the_animal_prompt_raises_most(tiny):
