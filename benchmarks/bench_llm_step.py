@@ -279,8 +279,8 @@ def write_refused(result: dict, out: Path) -> int:
     result["machine"]["loadavg_end"] = os.getloadavg()
     atomic_write_json(out, result)
     s = result["summary"]
-    print(f"matmul float32 {s['float32']['matmul_gflops']['median']:.0f} GFLOP/s, bf16 (software) "
-          f"{s['bf16']['matmul_gflops']['median']:.0f} GFLOP/s = {result['matmul_bf16_vs_float32']:.2f}x; "
+    print(f"matmul float32 {s['float32']['matmul_gflops']['median']:.3g} GFLOP/s, bf16 (software) "
+          f"{s['bf16']['matmul_gflops']['median']:.3g} GFLOP/s = {result['matmul_bf16_vs_float32']:.3g}x; "
           f"the student step was not measured (refused); wrote {out}")
     return 0
 
