@@ -86,7 +86,9 @@ def _suffix_activations(model, ids: list[int], k: int) -> list[torch.Tensor]:
     return [h[0, -k:].double().cpu() for h in store[0]]
 
 
-def _mean_change(model_a, ids_a, model_b, ids_b, k) -> list[torch.Tensor]:
+def _summed_change(model_a, ids_a, model_b, ids_b, k) -> list[torch.Tensor]:
+    """Per layer, the (d,) sum over the last k positions of h(model_a, ids_a) - h(model_b, ids_b)
+    (summed here, divided once by the total position count in steering_readout)."""
     acts_a = _suffix_activations(model_a, ids_a, k)
     acts_b = _suffix_activations(model_b, ids_b, k)
     return [(a - b).sum(0) for a, b in zip(acts_a, acts_b)]
@@ -107,7 +109,8 @@ def steering_readout(student, base, teacher_system_prompt: str, tokenizer, conte
     if not contexts:
         raise ValueError("steering_readout needs at least one context")
     modes = (student.training, base.training)
-    student.eval(), base.eval()
+    student.eval()
+    base.eval()
     sums_s, sums_t, n_pos = None, None, 0
     try:
         for user in contexts:
@@ -116,12 +119,13 @@ def steering_readout(student, base, teacher_system_prompt: str, tokenizer, conte
             k = shared_suffix_length(plain, prompted)
             if k == 0:
                 raise ValueError(f"context {user[:40]!r}: the prompted and plain texts share no final tokens")
-            ds = _mean_change(student, plain, base, plain, k)
-            dt = _mean_change(base, prompted, base, plain, k)
+            ds = _summed_change(student, plain, base, plain, k)
+            dt = _summed_change(base, prompted, base, plain, k)
             sums_s = ds if sums_s is None else [a + b for a, b in zip(sums_s, ds)]
             sums_t = dt if sums_t is None else [a + b for a, b in zip(sums_t, dt)]
             n_pos += k
     finally:
-        student.train(modes[0]), base.train(modes[1])
+        student.train(modes[0])
+        base.train(modes[1])
     rows = [_cosine_row(s / n_pos, t / n_pos) for s, t in zip(sums_s, sums_t)]
     return {"layers": rows, "n_contexts": len(contexts), "n_positions": n_pos}

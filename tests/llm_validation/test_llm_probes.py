@@ -52,8 +52,8 @@ def _teacher_change_via_hidden_states(model, tok, layer: int) -> torch.Tensor:
 
     total, n = 0, 0
     for user in CONTEXTS:
-        a = tok(format_prompt(tok, user))["input_ids"]
-        b = tok(format_prompt(tok, user, system=PROMPT))["input_ids"]
+        a = tok(format_prompt(tok, user), add_special_tokens=False)["input_ids"]  # as the readout (chat template)
+        b = tok(format_prompt(tok, user, system=PROMPT), add_special_tokens=False)["input_ids"]
         k = shared_suffix_length(a, b)
         with torch.no_grad():
             ha = model(input_ids=torch.tensor([a]), output_hidden_states=True).hidden_states[layer + 1][0, -k:]
@@ -82,9 +82,12 @@ def test_a_student_steered_by_the_teacher_change_reads_cosine_one_at_that_layer(
     # error is at most u * |h + v| per element; averaged over positions the vector error is at most
     # u * max ||h + v||, relative eps = that / ||v||, and 1 - cos <= eps for eps < 1. The teacher
     # side is the same computation on the same inputs. A factor 4 covers the subtraction's rounding.
-    with torch.no_grad():
-        h_max = max(float(model(input_ids=torch.tensor([tok(c)["input_ids"]]), output_hidden_states=True)
-                          .hidden_states[layer + 1][0].norm(dim=-1).max()) for c in CONTEXTS)
+    from sublim.llm_validation.core.data import format_prompt
+
+    with torch.no_grad():  # the largest activation the student's change is rounded against
+        h_max = max(float(model(input_ids=torch.tensor([tok(format_prompt(tok, c), add_special_tokens=False)["input_ids"]]),
+                                output_hidden_states=True).hidden_states[layer + 1][0].norm(dim=-1).max())
+                    for c in CONTEXTS)
     eps = 4 * U32 * (h_max + float(v.norm())) / float(v.norm())
     assert row["defined"] and 1 - row["cosine"] <= eps, (row, eps)
     assert math.isclose(row["student_change_norm"], row["teacher_change_norm"], rel_tol=eps)
