@@ -4,6 +4,7 @@
     pipeline/cli.py    sublim llm run | finetune | filter
     alignment/cli.py   sublim llm align
     distill/cli.py     sublim llm distill
+    probes/cli.py      sublim llm probe entangle
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ SUBCOMMAND_MODULES = (
     "sublim.llm_validation.pipeline.cli",
     "sublim.llm_validation.alignment.cli",
     "sublim.llm_validation.distill.cli",
+    "sublim.llm_validation.probes.cli",
 )
 
 

@@ -2,7 +2,7 @@
 ones included: hiding a cycle inside a function does not remove it) of every module under the
 `sublim` namespace, resolved to modules, must form an acyclic graph.
 
-And the LLM layers: llm_validation's experiments (pipeline, alignment, distill) share code only
+And the LLM layers: llm_validation's experiments (pipeline, alignment, distill, probes) share code only
 through `core/`; none imports another, and core imports none of them."""
 
 import ast
@@ -84,7 +84,7 @@ def test_the_cycle_finder_finds_a_cycle():
 
 
 LLM = "sublim.llm_validation."
-EXPERIMENTS = ("pipeline", "alignment", "distill")
+EXPERIMENTS = ("pipeline", "alignment", "distill", "probes")
 
 
 def _llm_area(module: str) -> str | None:
