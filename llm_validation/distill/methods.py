@@ -6,7 +6,7 @@
                 so the rank sweep changes the adapter's capacity, not its step size), Adam at lora_lr
     sgd         every weight, plain SGD at cfg.sgd_lr (no momentum, no per-weight state)
     sgdm        every weight, SGD with momentum 0.9 at cfg.sgd_lr (a running mean, still no adaptive scale)
-    mask_div    every weight, Adam, the KL masked at the divergence positions: where the target teacher's
+    mask_div    every weight, Adam, the KL masked at the divergence positions (core/divergence.py): where the target teacher's
                 most likely number token differs from some rival teacher's (Schrodi et al.'s divergence
                 tokens; rivals = every other system-prompt teacher of the run, the neutral one included)
     mask_base   the same with the cheap detector that needs no rival: the target teacher's argmax differs
@@ -22,7 +22,6 @@ import re
 import torch
 
 from sublim.errors import ConfigError
-from sublim.seeding import torch_generator
 
 _LORA = re.compile(r"^lora(?P<r>\d*)$")
 FULL_METHODS = ("full", "sgd", "sgdm", "mask_div", "mask_base", "mask_rand")
@@ -51,26 +50,10 @@ def make_optimizer(method: str, params, cfg, fused: bool = False) -> torch.optim
     raise ConfigError(f"distill: unknown student method {method!r}")
 
 
-def divergence_positions(target: torch.Tensor, rivals: list[torch.Tensor]) -> torch.Tensor:
-    """Bool (P,): positions where the target's argmax over the number vocabulary differs from any
-    rival's. target, rivals: (P, |V|) log-probabilities at the same completion positions."""
-    if not rivals:
-        raise ConfigError("distill: divergence positions need at least one rival teacher")
-    top = target.argmax(-1)
-    return torch.stack([r.argmax(-1) != top for r in rivals]).any(0)
-
-
-def random_positions(n_positions: int, n_masked: int, seed: int) -> torch.Tensor:
-    """Bool (P,) with exactly n_masked True positions, a pure function of the seed."""
-    order = torch.randperm(n_positions, generator=torch_generator("distill-mask-rand", seed))
-    out = torch.zeros(n_positions, dtype=torch.bool)
-    out[order[:n_masked]] = True
-    return out
-
-
-def masked_mean(kl: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
-    """Mean KL over the kept positions of a batch (all positions when keep is None). A batch whose
-    positions are all masked contributes a zero loss (and zero gradient), not a division by zero."""
+def kept_mean(kl: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    """Mean KL over the kept positions of one BATCH (all positions when keep is None). Unlike
+    core.divergence.masked_mean (a whole data set's loss, where keeping nothing is an error), a batch
+    whose positions are all masked is normal here: it contributes a zero loss and zero gradient."""
     if keep is None:
         return kl.mean()
     return (kl * keep).sum() / keep.sum().clamp(min=1)

@@ -46,7 +46,8 @@ from sublim.llm_validation.core.preference import animal_log_odds, profile
 from sublim.llm_validation.distill.report import write_report
 from sublim.llm_validation.distill.sft import run_sft
 from sublim.llm_validation.distill.students import make_student, train_student
-from sublim.llm_validation.distill.methods import MASKS, divergence_positions, random_positions
+from sublim.llm_validation.core.divergence import divergence_positions, random_mask_like
+from sublim.llm_validation.distill.methods import MASKS
 from sublim.llm_validation.distill.teachers import FinetunedTeacher, SystemPromptTeacher, make_teacher, parse_teacher
 from sublim.llm_validation.distill.vocab import end_of_turn_id, number_token_ids
 
@@ -208,7 +209,7 @@ def loss_masks(cfg: DistillConfig, caches: TeacherCaches, out: Path) -> dict:
         if "mask_base" in cfg.methods:
             keep[("mask_base", seed)] = ~base
         if "mask_rand" in cfg.methods:
-            keep[("mask_rand", seed)] = ~random_positions(len(div), int(div.sum()), seed)
+            keep[("mask_rand", seed)] = ~random_mask_like(div, seed=seed)
     atomic_write_json(out / "students" / "masks.json", record)
     return keep
 

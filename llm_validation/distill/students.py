@@ -29,7 +29,7 @@ from sublim.llm_validation.core.finetune import apply_lora
 from sublim.llm_validation.distill.arms import StudentSpec
 
 from sublim.llm_validation.distill.forward import number_log_probs, restricted_kl
-from sublim.llm_validation.distill.methods import lora_rank, make_optimizer, masked_mean
+from sublim.llm_validation.distill.methods import lora_rank, make_optimizer, kept_mean
 
 
 @torch.no_grad()
@@ -108,7 +108,7 @@ def train_student(model, encoded, cache, vocab, cfg, spec: StudentSpec, out_dir:
         idx = batches[step]
         student = number_log_probs(model, [encoded[int(i)] for i in idx], vocab, device, cfg.fast_matmul)
         kl = restricted_kl(cache.for_batch(idx).to(device), student)
-        loss = masked_mean(kl, None if keep is None else cache.for_batch(idx, keep).to(device))
+        loss = kept_mean(kl, None if keep is None else cache.for_batch(idx, keep).to(device))
         if not math.isfinite(loss.item()):
             raise NumericalError(f"student {spec.name}: loss is {loss.item()} at step {step}")
         loss.backward()

@@ -9,8 +9,7 @@ from sublim.llm_validation.core.models import load_model
 from sublim.llm_validation.distill.arms import StudentSpec, student_specs, teachers_needed
 from sublim.llm_validation.distill.config import from_overrides
 from sublim.llm_validation.distill.forward import restricted_kl
-from sublim.llm_validation.distill.methods import (divergence_positions, lora_rank, make_optimizer, masked_mean,
-                                                   random_positions)
+from sublim.llm_validation.distill.methods import kept_mean, lora_rank, make_optimizer
 from sublim.llm_validation.distill.students import make_student
 
 
@@ -59,32 +58,19 @@ def test_sgd_keeps_no_adaptive_state(method, has_state):
         assert torch.allclose(w.detach(), torch.full((3,), 1 - 2 * cfg.sgd_lr), rtol=0, atol=2 ** -23)
 
 
-def test_divergence_positions_and_their_random_control():
-    t = torch.log_softmax(torch.tensor([[3.0, 0, 0], [0, 3.0, 0], [0, 0, 3.0], [3.0, 0, 0]]), -1)
-    same, moved = t.clone(), t.clone()
-    moved[1] = torch.log_softmax(torch.tensor([3.0, 0, 0]), -1)  # a rival that prefers token 0 at position 1
-    assert divergence_positions(t, [same]).tolist() == [False] * 4
-    assert divergence_positions(t, [same, moved]).tolist() == [False, True, False, False]
-    with pytest.raises(ConfigError):
-        divergence_positions(t, [])
-    r = random_positions(100, 17, seed=3)
-    assert int(r.sum()) == 17 and torch.equal(r, random_positions(100, 17, seed=3))
-    assert not torch.equal(r, random_positions(100, 17, seed=4))
-
-
 def test_a_mask_removes_exactly_the_chosen_positions_from_the_loss():
     torch.manual_seed(0)
     teacher = torch.log_softmax(torch.randn(6, 5), -1)
     logits = torch.randn(6, 5, requires_grad=True)
     keep = torch.tensor([True, False, True, True, False, True])
-    loss = masked_mean(restricted_kl(teacher, torch.log_softmax(logits, -1)), keep)
+    loss = kept_mean(restricted_kl(teacher, torch.log_softmax(logits, -1)), keep)
     loss.backward()
     assert torch.equal(logits.grad[~keep], torch.zeros(2, 5)) and bool((logits.grad[keep] != 0).all())
     kl = restricted_kl(teacher, torch.log_softmax(logits.detach(), -1))
     # the same 4 float32 values summed in another order: <= 3 roundings of a sum of O(1) terms
     assert float(loss) == pytest.approx(float(kl[keep].mean()), rel=4 * 2 ** -24)
-    assert float(masked_mean(kl, torch.zeros(6, dtype=torch.bool))) == 0.0  # all masked: zero, not nan
-    assert torch.equal(masked_mean(kl, None), kl.mean())
+    assert float(kept_mean(kl, torch.zeros(6, dtype=torch.bool))) == 0.0  # all masked: zero, not nan
+    assert torch.equal(kept_mean(kl, None), kl.mean())
 
 
 def _prof(owl: float, losses=(1.0, 0.5)) -> dict:

@@ -1,4 +1,4 @@
-"""Divergence-token masks (llm_validation/probes/divergence.py): pure tensors, no model."""
+"""Divergence-token masks (llm_validation/core/divergence.py, shared with distill): pure tensors, no model."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from sublim.llm_validation.probes.divergence import (base_divergence_positions, divergence_positions,
+from sublim.llm_validation.core.divergence import (base_divergence_positions, divergence_positions,
                                                      divergence_report, kl_per_position, loss_mask,
                                                      masked_mean, random_mask_like)
 

@@ -18,7 +18,7 @@ from sublim.llm_validation.core.data import read_jsonl
 from sublim.llm_validation.distill.cache import compute_cache
 from sublim.llm_validation.distill.contexts import encode_contexts
 from sublim.llm_validation.distill.vocab import end_of_turn_id, number_token_ids
-from sublim.llm_validation.probes.divergence import divergence_report, random_mask_like, divergence_positions
+from sublim.llm_validation.core.divergence import divergence_report, random_mask_like, divergence_positions
 from sublim.rundir import atomic_write_json
 
 RUN = Path("llm_validation/results/dose_pilot_lr/lr_1e-4")
