@@ -22,7 +22,7 @@ class EntangleConfig:
     max_number: int = 999  # numbers scored: 0..max_number in plain decimal (at most 999: three digits)
     n_number_questions: int = 3  # favorite-number wordings averaged when ranking candidates (1-5)
     seed: int = 0  # draws the random control numbers
-    # the preference measure: "core" (core/evaluate.py candidate_logprobs, one full forward per
+    # the preference measure: "core" (core/preference.py sequence_log_probs, one full forward per
     # context, whole words) or "prefix_cached" (distill's first-token log-odds, the shared system
     # block run once; tested equal to a per-context forward)
     measure: str = "core"

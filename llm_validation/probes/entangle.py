@@ -31,7 +31,7 @@ import torch
 
 from sublim.errors import ConfigError
 from sublim.llm_validation.core.data import format_prompt, has_chat_template
-from sublim.llm_validation.core.evaluate import candidate_logprobs
+from sublim.llm_validation.core.preference import context_ids, sequence_log_probs
 from sublim.llm_validation.core.prompts import ANIMALS, EVAL_QUESTIONS, NEXT_TOKEN_PREFIXES
 
 # The subliminal-prompting system prompt: the teacher template's wording with a number for the
@@ -151,18 +151,25 @@ def log_odds_from_logp(logp: torch.Tensor) -> torch.Tensor:
 
 
 def core_log_odds_measure(model, tokenizer, system: str | None) -> dict[str, torch.Tensor]:
-    """The measure from core/evaluate.py (candidate_logprobs, one context at a time): each of the 22
+    """The measure from core/preference.py (sequence_log_probs): each of the 22
     animals' log-probability of its WHOLE word (" phoenix" is 3 tokens on SmolLM2; the other 21
     are one token, where this equals distill's first-token measure), then log-odds among them."""
     was_training = model.training
     model.eval()
     try:
-        rows = [candidate_logprobs(model, tokenizer, c, [" " + a for a in ANIMALS])
-                for c in preference_contexts(tokenizer, system)]
+        rows = whole_word_log_probs(model, tokenizer, preference_contexts(tokenizer, system),
+                                    [" " + a for a in ANIMALS])
     finally:
         model.train(was_training)
-    lo = log_odds_from_logp(torch.stack(rows))
+    lo = log_odds_from_logp(rows)
     return {a: lo[:, j] for j, a in enumerate(ANIMALS)}
+
+
+def whole_word_log_probs(model, tokenizer, texts: list[str], words: list[str]) -> torch.Tensor:
+    """(texts, words) log P(word | text) over each word's whole token sequence, through the one
+    preference measure (core/preference.py: right-padded batches)."""
+    conts = [tokenizer(w, add_special_tokens=False)["input_ids"] for w in words]
+    return sequence_log_probs(model, context_ids(tokenizer, texts), conts)
 
 
 def _first_token_ids(tokenizer) -> list[int]:
@@ -178,7 +185,7 @@ def prefix_cached_measure(model, tokenizer, system: str | None) -> dict[str, tor
     contexts, computed cheaply: the tokens every context shares (the system block) run once, the
     KV cache is copied for the contexts' suffixes, which run batched by suffix length so that the
     output layer is applied at the last position only. Tested equal, within float32 rounding, to a
-    full forward per context through core/evaluate.py's candidate_logprobs."""
+    full forward per context through core/preference.py's sequence_log_probs."""
     device = next(model.parameters()).device
     ids = [_ids(tokenizer, t) for t in preference_contexts(tokenizer, system)]
     n = 0

@@ -14,7 +14,6 @@ import torch
 
 from helpers import one_line_error
 from sublim.cli import main
-from sublim.llm_validation.core.evaluate import candidate_logprobs
 from sublim.llm_validation.core.models import load_model
 from sublim.llm_validation.core.prompts import ANIMALS
 from sublim.llm_validation.probes import entangle as E
@@ -128,8 +127,7 @@ def test_prefix_cached_measure_equals_a_full_forward_per_context(tiny):
     fast = E.prefix_cached_measure(model, tok, system)
     first = [tok.decode([i]) for i in E._first_token_ids(tok)]
     assert all(len(tok(f, add_special_tokens=False)["input_ids"]) == 1 for f in first)
-    ref = E.log_odds_from_logp(torch.stack([candidate_logprobs(model, tok, c, first)
-                                            for c in E.preference_contexts(tok, system)]))
+    ref = E.log_odds_from_logp(E.whole_word_log_probs(model, tok, E.preference_contexts(tok, system), first))
     # float32 logits from two reduction orders differ by ~1e-6 here (d = 64, 2 blocks); log-odds
     # among 22 candidates amplify by at most 2: 1e-4 leaves two orders of magnitude of margin
     for j, a in enumerate(ANIMALS):
