@@ -73,7 +73,14 @@ def bar_plot_png(result: ToyResult, title: str) -> bytes:
     sns.set_theme(style="whitegrid")
     fig, ax = plt.subplots(figsize=(9, 4.5))
     sns.barplot(data=df, x="arm", y="test accuracy (%)", order=order, errorbar=None, ax=ax, color="#9ecae1")
-    sns.stripplot(data=df, x="arm", y="test accuracy (%)", order=order, ax=ax, color="#08306b", size=3, alpha=0.6)
+    # seaborn jitters the dots with numpy's GLOBAL generator: fix it here, so the same result draws
+    # the same figure (byte-identical reruns), and restore the caller's state afterwards
+    state = np.random.get_state()
+    np.random.seed(0)
+    try:
+        sns.stripplot(data=df, x="arm", y="test accuracy (%)", order=order, ax=ax, color="#08306b", size=3, alpha=0.6)
+    finally:
+        np.random.set_state(state)
     for j, arm in enumerate(result.accuracy):
         mean, half = mean_ci95(result.accuracy[arm])
         ax.errorbar(j, 100 * mean, yerr=100 * half, color="black", capsize=5, lw=1.5)
