@@ -16,8 +16,7 @@ from pathlib import Path
 from sublim.errors import DataError
 from sublim.rundir import atomic_write_json, read_json
 
-from sublim.llm_validation.distill.config import DistillConfig
-from sublim.llm_validation.distill.methods import METHOD_PATTERN
+from sublim.llm_validation.distill.config import METHOD_PATTERN, DistillConfig
 from sublim.llm_validation.distill.teachers import (NEUTRAL, FinetunedTeacher, SystemPromptTeacher, make_teacher,
                                                     parse_teacher)
 

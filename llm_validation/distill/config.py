@@ -34,9 +34,11 @@ from sublim.config_cli import check_field_types, resolve_config
 from sublim.errors import ConfigError
 from sublim.precision import FAST_MATMUL_MODES
 from sublim.llm_validation.core.device import check_device_name
-from sublim.llm_validation.distill.methods import METHOD_PATTERN
 
 TEACHER_KINDS = ("system_prompt", "finetuned")
+# The student methods of methods.py (here, not there: methods.py imports torch, and a bad flag must be
+# refused before torch is imported)
+METHOD_PATTERN = r"full|lora\d*|sgdm|sgd|mask_div|mask_base|mask_rand"
 CONTEXT_SOURCES = ("synthetic", "file")
 
 

@@ -26,7 +26,6 @@ from sublim.errors import ConfigError
 _LORA = re.compile(r"^lora(?P<r>\d*)$")
 FULL_METHODS = ("full", "sgd", "sgdm", "mask_div", "mask_base", "mask_rand")
 MASKS = ("mask_div", "mask_base", "mask_rand")
-METHOD_PATTERN = r"full|lora\d*|sgdm|sgd|mask_div|mask_base|mask_rand"
 
 
 def lora_rank(method: str, cfg) -> tuple[int, int] | None:
