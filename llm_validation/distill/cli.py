@@ -29,6 +29,12 @@ def add_parsers(llm_sub) -> None:
     p.add_argument("--address", default=None, help="Ray cluster address (auto | HOST:PORT); none = a local instance")
     add_config_flags(p.add_argument_group("knobs (DistillConfig fields)"), DistillConfig)
     p.set_defaults(func=cmd_distill)
+    d = llm_sub.add_parser("dose", help="the dose-response of distillation, gathered from finished distill runs",
+                           description="Trait shift vs the neutral teacher's student at every profiled step of each run "
+                                       "(distill/dose.py): dose.json, dose.md and dose.png in --out.")
+    d.add_argument("runs", nargs="+", help="finished `sublim llm distill` run directories (each with --neutral true)")
+    d.add_argument("--out", required=True, help="output directory (created; a rerun with the same runs rewrites it)")
+    d.set_defaults(func=cmd_dose)
 
 
 def config_from_args(args) -> DistillConfig:
@@ -46,4 +52,12 @@ def cmd_distill(args) -> int:
     summary = Path(args.run_dir) / "summary.md"
     if summary.exists() and (stages is None or "summary" in stages):
         print(summary.read_text())
+    return 0
+
+
+def cmd_dose(args) -> int:
+    from sublim.llm_validation.distill.dose import write_dose  # imports numpy and matplotlib
+
+    write_dose([Path(r) for r in args.runs], Path(args.out))
+    print((Path(args.out) / "dose.md").read_text())
     return 0
