@@ -186,6 +186,14 @@ PRESETS = {
                           n_contexts=192, seeds=(0, 1, 2), epochs=1, batch_size=16, lr=1e-5, teachers=("system_prompt",),
                           other="cat", animals=("dolphin", "eagle"), neutral=True, eval_steps=(3, 6, 12),
                           lora_arm=False, align=False, teacher_pref_examples=240),
+    # Issue #21's fine-tuned teacher done right, at the laptop preset's design (96 contexts, 2 epochs,
+    # lr 1e-5, so its owl_finetuned students are the laptop run's): the owl LoRA teacher beside a cat
+    # LoRA teacher trained the same way on the same records (the matched control), each student's
+    # recovered fraction of both teacher updates along training. ~40 min on a quiet 2-core CPU.
+    "laptop-finetuned": dict(model="smollm2-135m", contexts="file", contexts_file=f"{H200_SETS}/base.filtered.jsonl.gz",
+                             n_contexts=96, seeds=(0, 1, 2), epochs=2, batch_size=16, lr=1e-5, teachers=("finetuned",),
+                             other="cat", finetuned_control=True, track_delta=True, eval_steps=(3, 6, 12),
+                             lora_arm=False, align=False, teacher_pref_examples=240),
 }
 
 

@@ -14,7 +14,7 @@ from sublim.rundir import read_json
 from sublim.llm_validation.core.prompts import ANIMALS, NEUTRAL_SYSTEM_PROMPT, trait_system_prompt
 from sublim.llm_validation.distill.along import AlongTraining, delta_directions, recovered
 from sublim.llm_validation.distill.arms import StudentSpec, student_specs, teachers_needed
-from sublim.llm_validation.distill.config import from_overrides
+from sublim.llm_validation.distill.config import PRESETS, from_overrides
 from sublim.llm_validation.distill.controls import controls_summary, neutral_matrix
 from sublim.llm_validation.distill.controls_report import controls_markdown
 from sublim.llm_validation.distill.teachers import NEUTRAL, FinetunedTeacher, SystemPromptTeacher, parse_teacher
@@ -41,6 +41,16 @@ def test_matrix_arms_and_controls_come_after_the_older_arms():
     assert added == {"dolphin_system_prompt", "eagle_system_prompt", "neutral_system_prompt", "cat_finetuned"}
     assert {"neutral_system_prompt", "cat_finetuned"} <= {t.name for t in teachers_needed(new)}
     assert "animals" not in old.to_dict() and new.to_dict()["animals"] == ["dolphin", "eagle"]
+
+
+def test_every_preset_is_valid_and_laptop_finetuned_keeps_the_laptop_design():
+    cfgs = {name: from_overrides(name, {}) for name in PRESETS}
+    ft, lap = cfgs["laptop-finetuned"], cfgs["laptop"]
+    # the design knobs that decide an owl_finetuned student: equal, so its students are the laptop run's
+    same = ("model", "contexts", "contexts_file", "n_contexts", "context_seed", "max_length", "seeds", "epochs",
+            "batch_size", "lr", "teacher_pref_examples", "teacher_epochs", "teacher_lr", "checkpoint_every")
+    assert {k: getattr(ft, k) for k in same} == {k: getattr(lap, k) for k in same}
+    assert ft.finetuned_control and ft.track_delta and ft.teachers == ("finetuned",)
 
 
 @pytest.mark.parametrize("knobs, message", [
