@@ -3,7 +3,9 @@ a run trained (see config.py's docstring for what the arms mean).
 
     teacher key   "<animal>_system_prompt" | "<animal>_finetuned" | "base" (the un-prompted model);
                   written by the teacher's `name`, read back by teachers.py: parse_teacher
-    student key   "<teacher>.<method>.sigma<sigma:g>.seed<seed>"   e.g. "owl_system_prompt.full.sigma0.seed1"
+    student key   "<teacher>.<method>.sigma<sigma:g>[_<part>].seed<seed>"   e.g. "owl_system_prompt.full.sigma0.seed1";
+                  the part suffix only for a perturbation restricted to one part of the weights
+                  ("owl_system_prompt.full.sigma0.05_head.seed0"; parts.py), so every older key is unchanged
     arm key       the student key without ".seed<seed>": the seeds of one arm are pooled in the report
 """
 
@@ -16,11 +18,12 @@ from pathlib import Path
 from sublim.errors import DataError
 from sublim.rundir import atomic_write_json, read_json
 
-from sublim.llm_validation.distill.config import METHOD_PATTERN, DistillConfig
+from sublim.llm_validation.distill.config import METHOD_PATTERN, SIGMA_PARTS, DistillConfig
 from sublim.llm_validation.distill.teachers import (NEUTRAL, FinetunedTeacher, SystemPromptTeacher, make_teacher,
                                                     parse_teacher)
 
-_STUDENT_KEY = re.compile(rf"^(?P<teacher>[A-Za-z_]+)\.(?P<method>{METHOD_PATTERN})\.sigma(?P<sigma>[0-9.e+-]+)\.seed(?P<seed>\d+)$")
+_STUDENT_KEY = re.compile(rf"^(?P<teacher>[A-Za-z_]+)\.(?P<method>{METHOD_PATTERN})\.sigma(?P<sigma>[0-9.e+-]+)"
+                          rf"(?:_(?P<part>{'|'.join(SIGMA_PARTS)}))?\.seed(?P<seed>\d+)$")
 
 
 @dataclass(frozen=True)
@@ -30,10 +33,11 @@ class StudentSpec:
     method: str = "full"      # full | lora | lora<r> | sgd | sgdm | mask_div | mask_base | mask_rand (methods.py)
     sigma: float = 0.0
     seed: int = 0
+    part: str = "all"         # the weights sigma perturbs: all | body | head (parts.py)
 
     @property
     def arm(self) -> str:
-        return f"{self.teacher}.{self.method}.sigma{self.sigma:g}"
+        return f"{self.teacher}.{self.method}.sigma{self.sigma:g}" + ("" if self.part == "all" else f"_{self.part}")
 
     @property
     def name(self) -> str:
@@ -43,7 +47,8 @@ class StudentSpec:
     def reference(self) -> "StudentSpec | None":
         """The student this one is read against: None = the base model (shared init); for a
         perturbed init, the student of the un-prompted base teacher at the same init and seed."""
-        return None if self.sigma == 0 or self.teacher == "base" else StudentSpec("base", "full", self.sigma, self.seed)
+        return (None if self.sigma == 0 or self.teacher == "base"
+                else StudentSpec("base", "full", self.sigma, self.seed, self.part))
 
     @classmethod
     def parse(cls, key: str) -> "StudentSpec":
@@ -51,7 +56,7 @@ class StudentSpec:
         if not m:
             raise DataError(f"not a student key: {key!r} (want <teacher>.<method>.sigma<s>.seed<n>)")
         parse_teacher(m["teacher"])  # the teacher part is a teacher key too
-        return cls(m["teacher"], m["method"], float(m["sigma"]), int(m["seed"]))
+        return cls(m["teacher"], m["method"], float(m["sigma"]), int(m["seed"]), m["part"] or "all")
 
 
 def student_specs(cfg: DistillConfig) -> list[StudentSpec]:
@@ -70,6 +75,9 @@ def student_specs(cfg: DistillConfig) -> list[StudentSpec]:
         specs += [StudentSpec(t.name, "full", 0.0, s) for s in cfg.seeds]
     for method in cfg.methods:
         specs += [StudentSpec(main, method, 0.0, s) for s in cfg.seeds]
+    for sigma in cfg.sigmas:  # each paired with its base-teacher control at the same init, like the sigma arms
+        specs += [StudentSpec(t, "full", float(sigma), s, part) for part in cfg.sigma_parts for s in cfg.seeds
+                  for t in (main, "base")]
     return specs
 
 

@@ -42,11 +42,11 @@ def config_from_args(args) -> DistillConfig:
 
 
 def cmd_distill(args) -> int:
-    # Imported here, not at the top: run.py pulls in torch (seconds), and `--help` or a bad flag
-    # must answer in well under a second.
+    cfg = config_from_args(args)  # every value is checked here, before any directory exists
+    # Imported here, after the check, not at the top: run.py pulls in torch (seconds), and `--help`
+    # or a bad flag must answer in well under a second.
     from sublim.llm_validation.distill.run import run_distill
 
-    cfg = config_from_args(args)  # every value is checked here, before any directory exists
     stages = tuple(s.strip() for s in args.stages.split(",")) if args.stages else None
     run_distill(Path(args.run_dir), cfg, stages, executor=args.executor, address=args.address)
     summary = Path(args.run_dir) / "summary.md"

@@ -22,6 +22,11 @@ Arms (each with `seeds` data orders; a LoRA student also draws its A from the se
   along training);
 - `methods` (issue #23): more students of the target's system-prompt teacher learning another way
   (LoRA ranks, SGD, loss masks at divergence positions; distill/methods.py).
+- `sigma_parts` (issue #23): each sigma also perturbs only the body or only the head (distill/parts.py;
+  SmolLM2 ties its input embedding to the output head, so "head" moves both), each with its own
+  base-teacher control at the same init and seed, like the all-weights sigma arms;
+- `steering` (issue #23): the steering-vector readout (Blank et al.) of every system-prompt teacher's
+  student at the shared init, computed right after training (distill/steer.py).
 """
 
 from __future__ import annotations
@@ -40,6 +45,9 @@ TEACHER_KINDS = ("system_prompt", "finetuned")
 # refused before torch is imported)
 METHOD_PATTERN = r"full|lora\d*|sgdm|sgd|mask_div|mask_base|mask_rand"
 CONTEXT_SOURCES = ("synthetic", "file")
+# The parts of the weights a sigma perturbation can be restricted to (distill/parts.py says which tensors each
+# holds); here, not there, for the same reason as METHOD_PATTERN. "all" is the plain sigma arm, never asked for.
+SIGMA_PARTS = ("body", "head")
 
 
 @dataclass(frozen=True)
@@ -98,6 +106,8 @@ class DistillConfig:
     # Issue #23's arms: more students of the target's system-prompt teacher that learn another way
     methods: tuple[str, ...] = ()              # lora<r> | sgd | sgdm | mask_div | mask_base | mask_rand (methods.py)
     sgd_lr: float = 0.01                       # the sgd / sgdm methods' learning rate
+    sigma_parts: tuple[str, ...] = ()          # body | head: each sigma also perturbs only that part (parts.py)
+    steering: bool = False                     # the steering-vector readout of each trained student (steer.py)
 
     def __post_init__(self):
         check_field_types(self)
@@ -109,7 +119,8 @@ class DistillConfig:
 
 
 _OMITTED_AT_DEFAULT = ("fast_matmul", "length_buckets",  # knobs added after results were committed
-                       "animals", "neutral", "finetuned_control", "track_delta", "eval_steps", "methods", "sgd_lr")
+                       "animals", "neutral", "finetuned_control", "track_delta", "eval_steps", "methods", "sgd_lr",
+                       "sigma_parts", "steering")
 
 
 def _validate(c: DistillConfig) -> None:
@@ -160,6 +171,12 @@ def _validate(c: DistillConfig) -> None:
     need(not {"mask_div", "mask_rand"} & set(c.methods) or bool(c.other or c.animals or c.neutral),
          "mask_div and mask_rand need rival teachers (other, animals or neutral)")
     need(math.isfinite(c.sgd_lr) and c.sgd_lr > 0, f"sgd_lr must be a finite number > 0, got {c.sgd_lr!r}")
+    for part in c.sigma_parts:
+        need(part in SIGMA_PARTS, f"unknown sigma part {part!r} (use {', '.join(SIGMA_PARTS)}; all weights is the plain sigma arm)")
+    need(len(set(c.sigma_parts)) == len(c.sigma_parts), "sigma_parts must be distinct")
+    need(not c.sigma_parts or bool(c.sigmas), "sigma_parts needs sigmas (the perturbation sizes to restrict)")
+    need(not c.steering or "system_prompt" in c.teachers or bool(c.other or c.animals or c.neutral),
+         "steering reads students of system-prompt teachers: the run has none")
 
 
 # SmolLM2-135M's own number completions (un-prompted base and owl system-prompt teacher), sampled and

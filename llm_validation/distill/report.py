@@ -26,6 +26,7 @@ from sublim.llm_validation.distill.controls import controls_summary
 from sublim.llm_validation.distill.controls import lo as _lo
 from sublim.llm_validation.distill.controls import seed_ci as _ci
 from sublim.llm_validation.distill.controls_report import controls_figure, controls_markdown
+from sublim.llm_validation.distill.steering_report import steering_figure, steering_markdown, steering_summary
 from sublim.llm_validation.distill.teachers import SystemPromptTeacher
 
 
@@ -46,6 +47,8 @@ def arm_shifts(specs: list[StudentSpec], profiles: dict, base: dict, animal: str
                 continue
             diffs[spec.seed] = _lo(profiles[spec.name], animal) - _lo(ref, animal)
         head = {"teacher": seeds[0].teacher, "method": seeds[0].method, "sigma": seeds[0].sigma, "animal": animal}
+        if seeds[0].part != "all":  # only part-restricted arms carry it (older summaries stay byte-identical)
+            head["part"] = seeds[0].part
         if not diffs:
             out[arm] = {**head, "missing": missing}
             continue
@@ -115,13 +118,18 @@ def write_report(c, d) -> dict:
     controls = controls_summary(c, students, base)
     if controls:  # only runs that asked for controls (older summaries stay byte-identical)
         summary["controls"] = controls
+    if c.steering:  # likewise only runs that asked for the readout
+        summary["steering"] = steering_summary(c, d, specs)
     timings = d / "timings.json"
     summary["timings_s"] = read_json(timings) if timings.exists() else {}
     atomic_write_json(d / "summary.json", summary)
-    atomic_write_text(d / "summary.md", format_markdown(summary, c) + (controls_markdown(controls, c) if controls else ""))
+    atomic_write_text(d / "summary.md", format_markdown(summary, c) + (controls_markdown(controls, c) if controls else "")
+                      + (steering_markdown(summary["steering"]) if c.steering else ""))
     _figure(summary, c, d / "distill.png")
     if controls:
         controls_figure(controls, c, d / "controls.png")
+    if c.steering:
+        steering_figure(summary["steering"], d / "steering.png")
     return summary
 
 
@@ -211,13 +219,19 @@ def _figure(s: dict, c, path) -> None:
     ax.axvline(0, color="k", lw=0.8)
     ax.set_xlabel("log-odds shift vs base; orange: trait-specific part (95% CI over seeds)")
     ax.set_title("shared init (sigma = 0)")
-    curve = sorted((r["sigma"], r["over_seeds"]) for arm, r in s["shifts"][c.target].items()
-                   if r["teacher"] == SystemPromptTeacher(c.target).name and r["method"] == "full" and "over_seeds" in r)
-    ax = axes[1]
-    if curve:
-        ax.errorbar([x for x, _ in curve], [o["mean"] for _, o in curve], yerr=[o["ci_half"] for _, o in curve],
-                    marker="o", capsize=4)
-        ax.set_xticks([x for x, _ in curve])
+    ax, ticks = axes[1], set()
+    for part in ("all", *c.sigma_parts):  # the all-weights curve, then one per restricted part (sigma_parts)
+        curve = sorted((r["sigma"], r["over_seeds"]) for arm, r in s["shifts"][c.target].items()
+                       if r["teacher"] == SystemPromptTeacher(c.target).name and r["method"] == "full"
+                       and r.get("part", "all") == part and "over_seeds" in r)
+        if curve:
+            ax.errorbar([x for x, _ in curve], [o["mean"] for _, o in curve], yerr=[o["ci_half"] for _, o in curve],
+                        marker="o", capsize=4, **({"label": f"{part} weights"} if c.sigma_parts else {}))
+            ticks |= {x for x, _ in curve}
+    if ticks:
+        ax.set_xticks(sorted(ticks))
+    if c.sigma_parts:
+        ax.legend(fontsize=8)
     ax.axhline(0, color="k", lw=0.8)
     ax.set_xlabel("init perturbation sigma (x each tensor's std)")
     ax.set_ylabel(f"{c.target} log-odds shift vs matched control")

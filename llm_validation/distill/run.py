@@ -6,7 +6,8 @@
     RUN/teachers/check.json         each teacher's preference gain over the base model
     RUN/cache/<teacher>.pt/.json    the teacher's distributions over the number vocabulary
     RUN/align/alignment.json        the theorem's a_i for the fine-tuned teacher (distill and SFT losses)
-    RUN/students/<arm>/             profile.json when done (checkpoint.pt while training)
+    RUN/students/<arm>/             profile.json when done (checkpoint.pt while training; steering.json with --steering)
+    RUN/students/steering_reference.pt  the steering readout's base side (--steering; steer.py)
     RUN/students/arms.json          the arms the students stage ran (the report reads it)
     RUN/sft/<arm>/                  the sampled-token SFT students (when sft_records > 0)
     RUN/summary.json, summary.md, distill.png
@@ -45,6 +46,7 @@ from sublim.llm_validation.distill.contexts import (Encoded, encode_contexts, lo
 from sublim.llm_validation.core.preference import animal_log_odds, profile
 from sublim.llm_validation.distill.report import write_report
 from sublim.llm_validation.distill.sft import run_sft
+from sublim.llm_validation.distill.steer import reads, steering_reference, student_readout
 from sublim.llm_validation.distill.students import make_student, train_student
 from sublim.llm_validation.core.divergence import divergence_positions, random_mask_like
 from sublim.llm_validation.distill.methods import MASKS
@@ -181,8 +183,10 @@ def students_stage(cfg: DistillConfig, out: Path, device: str, threads: int, exe
     by_name = {t.name: t for t in teachers}
     missing = [s for s in specs if not (out / "students" / s.name / "profile.json").exists()]
     masks = loss_masks(cfg, caches, out) if any(s.method in MASKS for s in missing) else {}
+    steer = steering_reference(cfg, out, device, contexts, teachers) if cfg.steering and any(map(reads, missing)) else None
     tasks = {s.name: (student_task, (str(out), cfg.to_dict(), s, contexts.encoded(), vocab,
-                                     caches.get(by_name[s.teacher]), device, threads, masks.get((s.method, s.seed))))
+                                     caches.get(by_name[s.teacher]), device, threads, masks.get((s.method, s.seed)),
+                                     steer if reads(s) else None))
              for s in missing}
     gpus = 1 if device.startswith("cuda") and executor == "ray" else 0
     run_tasks(tasks, executor=executor, address=address, desc="students",
@@ -221,9 +225,11 @@ def _save_student(out: Path, name: str, prof: dict) -> None:
 
 
 def student_task(run_dir: str, cfg_dict: dict, spec: StudentSpec, encoded: list[Encoded], vocab: torch.Tensor,
-                 cache: TeacherCache, device: str, threads: int, keep: torch.Tensor | None = None) -> dict:
+                 cache: TeacherCache, device: str, threads: int, keep: torch.Tensor | None = None,
+                 steer: dict | None = None) -> dict:
     """Train and profile one student; returns its profile (the driver writes it). Module-level and
-    given everything it reads, so that a Ray worker runs it as it is."""
+    given everything it reads, so that a Ray worker runs it as it is. steer: the steering readout's
+    base side (steer.py), when this student gets the readout."""
     torch.set_num_threads(threads)
     cfg, out = config_from_dict(cfg_dict), Path(run_dir) / "students" / spec.name
     base_model, tok = base_copy(cfg.model, device=device)
@@ -238,6 +244,8 @@ def student_task(run_dir: str, cfg_dict: dict, spec: StudentSpec, encoded: list[
 
     along = AlongTraining(out / "along.json", cfg.eval_steps, measure) if cfg.eval_steps else None
     log_ = train_student(model, encoded, cache, vocab, cfg, spec, out, device, on_step=along, keep=keep)
+    if steer is not None:  # here, while the trained weights exist (they are never saved)
+        student_readout(out / "steering.json", model, encoded, steer)
     prof = profile(model, tok, device, None, cfg.eval_batch_size)
     if delta:
         prof["delta"] = delta(model)

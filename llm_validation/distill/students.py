@@ -30,14 +30,18 @@ from sublim.llm_validation.distill.arms import StudentSpec
 
 from sublim.llm_validation.distill.forward import number_log_probs, restricted_kl
 from sublim.llm_validation.distill.methods import lora_rank, make_optimizer, kept_mean
+from sublim.llm_validation.distill.parts import part_parameter_names
 
 
 @torch.no_grad()
-def perturb_(model, sigma: float, seed: int) -> None:
-    """theta <- theta + N(0, (sigma * std(theta))^2) per tensor; sigma = 0 leaves theta untouched."""
+def perturb_(model, sigma: float, seed: int, part: str = "all") -> None:
+    """theta <- theta + N(0, (sigma * std(theta))^2) per tensor of `part` (parts.py; the others untouched);
+    sigma = 0 leaves theta untouched. A tensor's noise depends on (seed, name) only, so a part's
+    perturbation is exactly the all-weights one restricted to that part."""
     if sigma == 0:
         return
-    for name, p in model.named_parameters():
+    chosen = part_parameter_names(model, part)
+    for name, p in ((n, p) for n, p in model.named_parameters() if n in chosen):
         g = torch_generator("distill-init", seed, name)
         noise = torch.randn(p.shape, generator=g, dtype=torch.float32).to(p.device, p.dtype)
         p.add_(noise * (sigma * p.float().std().item()))
@@ -46,7 +50,7 @@ def perturb_(model, sigma: float, seed: int) -> None:
 def make_student(base_model, spec: StudentSpec, cfg):
     """A student model ready to train (its init is the base, perturbed by spec.sigma)."""
     model = copy.deepcopy(base_model)
-    perturb_(model, spec.sigma, spec.seed)
+    perturb_(model, spec.sigma, spec.seed, spec.part)
     lora = lora_rank(spec.method, cfg)
     if lora:
         torch.manual_seed(derive_seed("distill-lora-init", spec.seed))

@@ -5,7 +5,7 @@
 
 Every EntangleConfig field is a flag (probes/config.py). A rerun with the same flags (or none)
 resumes; other flags on the same directory are refused before anything is touched. The
-steering readout (probes/steering.py) and the divergence-token masks (core/divergence.py, shared with distill) are
+steering readout (core/steering.py, shared with distill) and the divergence-token masks (core/divergence.py, shared with distill) are
 library functions called on trained students and teacher caches; they have no command.
 """
 

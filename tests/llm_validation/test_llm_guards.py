@@ -125,3 +125,25 @@ def test_broken_data_files_are_one_line_errors(tmp_path, capsys, case, command):
     assert err.startswith("sublim: error:") and message in err and "\n" not in err
     if case == "not_utf8":
         assert "d.jsonl:2" in err  # the file and line
+
+
+BAD_DISTILL_FLAGS = [  # issue #23's shared-init part arms and steering readout (distill/config.py)
+    (["--sigma-parts", "neck"], "unknown sigma part 'neck'"),
+    (["--sigma-parts", "all"], "unknown sigma part 'all'"),
+    (["--sigma-parts", "head", "--sigmas", ""], "sigma_parts needs sigmas"),
+    (["--steering", "maybe"], "steering"),
+    (["--steering", "true", "--teachers", "finetuned", "--other", ""], "steering reads students of system-prompt"),
+]
+
+
+@pytest.mark.parametrize("flags,message", BAD_DISTILL_FLAGS, ids=[" ".join(f) for f, _ in BAD_DISTILL_FLAGS])
+def test_bad_distill_knobs_fail_in_one_line_before_torch_is_imported(tmp_path, flags, message):
+    code = ("import json, sys; from sublim.cli import main; rc = main(['-q', 'llm', 'distill', '--run-dir', sys.argv[1], "
+            "'--preset', 'tiny', *json.loads(sys.argv[2])]); assert 'torch' not in sys.modules, 'torch imported'; "
+            "sys.exit(rc)")
+    run_dir = tmp_path / "r"
+    proc = subprocess.run([sys.executable, "-c", code, str(run_dir), json.dumps(flags)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert not run_dir.exists()

@@ -19,7 +19,7 @@ from sublim.llm_validation.core.prompts import ANIMALS
 from sublim.llm_validation.probes import entangle as E
 from sublim.llm_validation.probes.config import EntangleConfig, from_overrides
 from sublim.llm_validation.probes.entangle_report import welch_ci
-from sublim.llm_validation.probes.steering import shared_suffix_length, steering_readout
+from sublim.llm_validation.core.steering import shared_suffix_length, steering_readout
 
 U32 = 2.0 ** -24  # float32 unit roundoff
 PROMPT = "You love owls. You think about owls all the time."

@@ -20,6 +20,11 @@ vector), not their fitted one.
 
 A change of exactly zero has no direction: such a layer reports cosine None and
 `defined: False` (never a NaN that a comparison would silently pass).
+
+`layer_means` (per-layer mean block outputs over chosen positions of token sequences, one forward
+per sequence) and `cosine_rows` are the pieces distill's `--steering` readout of trained students is
+built from (distill/steer.py: the paper's positions, the base side computed once per run). Lives
+in core/ (moved from probes/) because two experiments, probes and distill, use it.
 """
 
 from __future__ import annotations
@@ -32,7 +37,10 @@ from sublim.llm_validation.core.data import format_prompt, has_chat_template
 
 
 def decoder_layers(model):
-    """The model's decoder blocks (Llama/Gemma/Qwen layout: model.model.layers)."""
+    """The model's decoder blocks (Llama/Gemma/Qwen layout: model.model.layers; a PEFT model is read
+    through its wrapped model, whose blocks hold the adapters, so their effect is in what is read)."""
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
     inner = getattr(model, "model", None)
     layers = getattr(inner, "layers", None)
     if layers is None:
@@ -129,3 +137,36 @@ def steering_readout(student, base, teacher_system_prompt: str, tokenizer, conte
         base.train(modes[1])
     rows = [_cosine_row(s / n_pos, t / n_pos) for s, t in zip(sums_s, sums_t)]
     return {"layers": rows, "n_contexts": len(contexts), "n_positions": n_pos}
+
+
+@torch.no_grad()
+def layer_means(model, sequences: list[list[int]], selections: dict[str, list[slice]]) -> dict[str, torch.Tensor]:
+    """{name: (layers, d) float64 mean of every decoder block's output over the chosen positions}:
+    selections[name][i] picks sequence i's positions (slice(None) all, slice(-1, None) the last).
+    One forward per sequence (no padding, so no position is ever a pad) serves every selection.
+    Sums are float64, so the mean of a difference is the difference of two such means to ~1e-16
+    relative, and two bit-identical models give exactly equal means."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    sums = {k: 0.0 for k in selections}
+    counts = {k: 0 for k in selections}
+    try:
+        for i, ids in enumerate(sequences):
+            with capture_layer_outputs(model) as store:
+                model(input_ids=torch.tensor([ids], device=device))
+            acts = torch.stack([h[0] for h in store[0]]).double().cpu()  # (layers, T, d)
+            for k, chosen in selections.items():
+                part = acts[:, chosen[i]]
+                sums[k] = sums[k] + part.sum(1)
+                counts[k] += part.shape[1]
+    finally:
+        model.train(was_training)
+    if any(n == 0 for n in counts.values()):
+        raise ValueError(f"layer_means: no position selected for {[k for k, n in counts.items() if n == 0]}")
+    return {k: sums[k] / counts[k] for k in selections}
+
+
+def cosine_rows(s: torch.Tensor, t: torch.Tensor) -> list[dict]:
+    """Per layer (rows of two (layers, d) changes): {cosine or None, defined, both norms}."""
+    return [_cosine_row(a, b) for a, b in zip(s, t)]
