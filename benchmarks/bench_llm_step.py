@@ -177,13 +177,13 @@ def padding_report(encoded, batch_size: int, seeds, epochs: int, windows) -> dic
 
 
 def checkpoint_seconds(model, optimizer, reps: int = 2) -> float:
-    from sublim.llm_validation.distill.students import _save
+    from sublim.llm_validation.core.training import save_checkpoint
 
     times = []
     with tempfile.TemporaryDirectory() as d:
         for _ in range(reps):
             t0 = time.perf_counter()
-            _save(Path(d) / "checkpoint.pt", model, optimizer, 1, [0.0])
+            save_checkpoint(Path(d) / "checkpoint.pt", model, optimizer, None, 1, [0.0])
             times.append(time.perf_counter() - t0)
     return statistics.median(times)
 

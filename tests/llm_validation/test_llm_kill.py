@@ -59,7 +59,7 @@ def test_kill_during_generation_and_finetuning_then_rerun_equals_uninterrupted(t
     _kill_when(killed, lambda: _lines(killed / "numbers" / "teacher.raw.jsonl") >= 1)
     assert _lines(killed / "numbers" / "base.raw.jsonl") < 24  # killed inside generation
     student = killed / "student"
-    _kill_when(killed, lambda: _lines(student / "train_log.jsonl") >= 2 and (student / "checkpoint").exists())
+    _kill_when(killed, lambda: _lines(student / "train_log.jsonl") >= 2 and (student / "checkpoint.pt").exists())
     assert not (student / "finetune.json").exists()  # killed inside fine-tuning
     _run(killed)
 

@@ -41,7 +41,7 @@ def test_finetune_resume_matches_uninterrupted(tmp_path, monkeypatch, method):
     with pytest.raises(KeyboardInterrupt):
         finetune("tiny-llama", RECORDS, cfg, tmp_path / "resumed")
     monkeypatch.setattr(ft_module, "append_jsonl", real_append)
-    assert (tmp_path / "resumed" / "checkpoint" / "state.json").exists()
+    assert (tmp_path / "resumed" / "checkpoint.pt").exists()
     assert not (tmp_path / "resumed" / "finetune.json").exists()
     with pytest.raises(DataError, match="no finetune.json"):
         load_finetuned(tmp_path / "resumed")
