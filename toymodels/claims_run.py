@@ -146,8 +146,10 @@ def run_claim(out: Path, claim: Claim, cfg: ToyConfig, data=None, *, executor: s
     numbers) and loads its own MNIST. Results come back to this process, which alone writes them.
     Matched arms (ArmSpec.match) need their target arm's KL first: they run in a second wave."""
     out = Path(out)
-    threads = threads or default_threads()
+    threads = default_threads() if threads is None else threads
     check_executor_args(executor, [cfg], data, threads)
+    if executor == "local" and address:  # refused before the directory is claimed, not by the executor
+        raise ConfigError("--address is for --executor ray (the local executor runs in this process)")
     with claim_run_dir(out, run_config(claim, cfg)):
         done = finished_arms(out, claim)
         todo = [g for g in ensembles(list(claim.arms), cfg) if any(a.name not in done for a in g)]

@@ -196,6 +196,10 @@ def run_claims_cmd(args) -> int:
         from sublim.theory.claims import write_sigma_prediction
 
         write_sigma_prediction(out, cfg, summary)
+    if claim.name == "heads_cnn":  # the first-order terms of every arm, read in function space
+        from sublim.theory.claims import write_heads_prediction
+
+        write_heads_prediction(out, cfg)
     print(format_claim(summary))
     print(f"results in {out}")
     return 0

@@ -254,3 +254,49 @@ def test_claims_help_lists_every_claim(capsys):
         main(["toy", "claims", "--help"])
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps the line
     assert " | ".join(CLAIMS) in text and "optimizer_highlr" in text
+
+
+# ------------------------------------------------------------------------- the theory's side (CNN)
+
+
+def test_heads_prediction_is_the_theorem_at_the_shared_init_and_the_head_block_vanishes(tmp_path, monkeypatch):
+    """Shared init: g_S = -dT on the same batch, so r / dT.K dT = 1 (the same autograd ops: equal
+    up to the final division's rounding, 1e-12) and Z = 0 (to rounding). Every arm, CNN included: the head
+    block of dT . K_S dT is exactly 0 (the teacher's CE moves only the digit rows of the head, the
+    aux KL only the aux rows: every product is an exact 0)."""
+    from sublim.theory import claims as theory_claims
+    from sublim.theory.claims import HeadsPrediction, write_heads_prediction
+
+    cfg = ToyConfig(width=16, n_models=3)
+    pc = HeadsPrediction(n_models=2, n_inputs=16, n_teacher=32)
+    pred = write_heads_prediction(tmp_path, cfg, pc)
+    rows = {r["arm"]: r for r in pred["rows"]}
+    assert set(rows) == {"shared", "independent", "head_shared", "body_shared", "cnn_head_copied", "cnn_fresh_head"}
+    assert rows["shared"]["digit_rate_trait"][0] == pytest.approx(1.0, abs=1e-12)
+    assert rows["shared"]["first_order_ratio"][0] == pytest.approx(1.0, abs=1e-12)
+    # Z = J^T (p_S - p_0) with p_S = p_0 up to the softmax's rounding (~2^-53 per probability):
+    # its reading is ~1e-17 in units of dT.K dT; 1e-12 leaves 10^5 room and still fails on a real pull
+    assert abs(rows["shared"]["digit_rate_zeroth"][0]) < 1e-12
+    assert all(r["head_block_ratio"] == [0.0, 0.0] for r in pred["rows"])
+    assert "first_order_ratio" not in rows["cnn_head_copied"]  # no common parameter space
+    monkeypatch.setattr(theory_claims, "predict_heads", lambda *a, **k: pytest.fail("recomputed a stored prediction"))
+    assert write_heads_prediction(tmp_path, cfg, pc)["rows"] == json.loads(json.dumps(pred["rows"]))
+
+
+def test_cnn_cross_term_is_the_derivative_of_the_cnn_students_gradient():
+    """For the CNN student too, grad(eps) - grad(0) = -eps K_S dT + O(eps^2): the VJP through
+    cnn.forward is the first-order term. eps below every ReLU flip of the teacher; relative error
+    O(eps) plus the cancellation of g1 - g0 (~1e-16 |g| / (eps |K_S dT|) ~ 1e-10): 1e-4, as the
+    MLP's check in test_toy_claims."""
+    from sublim.theory.claims import cross_k_times, start_of, zeroth_order_any
+    from sublim.theory.numerical import ToySetup, build, kink_onset, padd, pnorm
+
+    setup = ToySetup(width=16, n_models=2, n_student=8)
+    params0, dT, x, _ = build(setup, "uniform")
+    theta_s = start_of(CNN_COPIED, ToyConfig(width=16, n_models=2), params0)
+    eps = min(1e-6, 0.1 * float(kink_onset(params0, dT, x).min()))
+    z1 = zeroth_order_any(theta_s, padd(params0, dT, eps), x, cnn.forward)  # -grad toward teacher(eps)
+    z0 = zeroth_order_any(theta_s, params0, x, cnn.forward)
+    pred = [eps * t for t in cross_k_times(theta_s, params0, dT, x, forward_s=cnn.forward)]
+    err = pnorm([a - b - c for a, b, c in zip(z1, z0, pred)]) / pnorm(pred)
+    assert float(err.max()) < 1e-4
