@@ -12,6 +12,7 @@ same noise): mean difference, its 95% CI, and the smallest difference the run co
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 import time
@@ -114,11 +115,19 @@ TINY = dict(n_models=3, width=32, teacher_epochs=1, distill_epochs=1, max_exampl
             max_test_examples=1000, batch_size=256)
 
 
-def claim_config(name: str, overrides: dict | None = None, tiny: bool = False) -> tuple[Claim, ToyConfig]:
+def claim_config(name: str, overrides: dict | None = None, tiny: bool = False,
+                 match_cap: int | None = None) -> tuple[Claim, ToyConfig]:
+    """The claim and its config, validated. match_cap: another epoch cap (x distill_epochs) for
+    the matched arms (the arms' spec, so config.json records it), e.g. a cheaper run than 40 x 5."""
     if name not in CLAIMS:
         raise ConfigError(f"unknown claim {name!r}; choose from {', '.join(CLAIMS)}")
     cfg = from_overrides({**(TINY if tiny else {}), **(overrides or {})})
     claim = CLAIMS[name]
+    if match_cap is not None:
+        if not any(a.match for a in claim.arms) or match_cap < 1:
+            raise ConfigError(f"--match-cap is for claims with matched arms (optimizer_matched), >= 1; got {match_cap} for {name}")
+        claim = dataclasses.replace(claim, arms=tuple(dataclasses.replace(a, cap_factor=match_cap) if a.match else a
+                                                      for a in claim.arms))
     if cfg.student_init != "shared" or cfg.arms != ToyConfig().arms:
         raise ConfigError("claims set each arm's init and arms themselves; leave --student-init and --arms at their defaults")
     if cfg.n_models < 2:

@@ -92,6 +92,8 @@ def add_parser(subparsers) -> None:
     c.add_argument("claim", metavar="NAME", help=" | ".join(CLAIMS))
     c.add_argument("--tiny", action="store_true", help="a seconds-long smoke (3 models, width 32, 2,048 examples, 1+1 epochs)")
     c.add_argument("--out", default=None, help="run directory (default runs/toy_claims/<name>-<timestamp>)")
+    c.add_argument("--match-cap", type=int, default=None, metavar="K",
+                   help="matched arms (optimizer_matched): epoch cap as K x distill_epochs (default 40)")
     c.add_argument("--executor", choices=("local", "ray"), default="local",
                    help="where missing ensembles of arms run: local (this process, one set of teachers) or ray "
                         "(one Ray task per ensemble, each training its own identical teachers; needs sublim-lab[ray])")
@@ -184,7 +186,7 @@ def run_claims_cmd(args) -> int:
 
     set_quiet(is_quiet() or args.toy_quiet)
     overrides = {k[len("knob_"):]: v for k, v in vars(args).items() if k.startswith("knob_") and v is not None}
-    claim, cfg = claim_config(args.claim, overrides, tiny=args.tiny)
+    claim, cfg = claim_config(args.claim, overrides, tiny=args.tiny, match_cap=args.match_cap)
     out = Path(args.out or f"runs/toy_claims/{claim.name}-{_timestamp()}")
     from .claims_run import run_config
 

@@ -300,3 +300,19 @@ def test_cnn_cross_term_is_the_derivative_of_the_cnn_students_gradient():
     pred = [eps * t for t in cross_k_times(theta_s, params0, dT, x, forward_s=cnn.forward)]
     err = pnorm([a - b - c for a, b, c in zip(z1, z0, pred)]) / pnorm(pred)
     assert float(err.max()) < 1e-4
+
+
+def test_match_cap_rewrites_only_the_matched_arms_and_is_recorded(tmp_path, capsys):
+    claim, _ = claim_config("optimizer_matched", TINY, match_cap=2)
+    assert [a.cap_factor for a in claim.arms if a.match] == [2, 2, 2]
+    assert CLAIMS["optimizer_matched"].arms[-1].cap_factor == 40  # the registry is untouched
+    assert [a for a in claim.arms if not a.match] == [a for a in CLAIMS["optimizer_matched"].arms if not a.match]
+    with pytest.raises(ConfigError, match="match-cap"):
+        claim_config("heads", TINY, match_cap=2)
+    from sublim.cli import main
+    from helpers import one_line_error
+
+    out = tmp_path / "run"
+    assert main(["toy", "claims", "optimizer_matched", "--tiny", "--match-cap", "0", "--out", str(out)]) == 2
+    one_line_error(capsys, "match-cap")
+    assert not out.exists()
