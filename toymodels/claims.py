@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -34,7 +34,7 @@ import torch
 from sublim.errors import ConfigError
 from sublim.progress import progress
 
-from . import losses
+from . import cnn, losses
 from .arms import PERTURB_OFFSET, init_std
 from .config import ToyConfig
 from .inputs import DistillInputs, make_generator, steps_per_epoch
@@ -48,6 +48,11 @@ FRESH_OFFSET = 3_000_000
 INITS = ("shared", "independent", "head_shared", "body_shared", "perturbed")
 PARTS = ("all", "body", "head")
 OPTIMIZERS = ("adam", "sgd")
+ARCHS = ("mlp", "cnn")
+# Fields added after the first claims ran: written to config.json and the arm files only when not
+# at their default, so every earlier claim's stored spec is still exactly what it asks for now
+# (its run directory resumes, and its committed results stay what its arms produce).
+LATER_FIELDS = {"arch": "mlp", "match": "", "cap_factor": 0}
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,11 @@ class ArmSpec:
     lr: float = 0.0  # 0 = the base config's lr
     momentum: float = 0.0  # sgd only
     outputs: str = "aux"  # aux (the m aux logits) | all (10 + m)
+    arch: str = "mlp"  # mlp | cnn (cnn.py; init head_shared or independent: nothing else to copy)
+    # match: the claim's arm whose per-model aux-KL reduction this arm trains to (then stops);
+    # cap_factor: its epoch cap, as a multiple of the base distill_epochs (the paper's 5)
+    match: str = ""
+    cap_factor: int = 0
 
     def __post_init__(self):
         if self.init not in INITS:
@@ -79,6 +89,22 @@ class ArmSpec:
             raise ConfigError(f"arm {self.name}: momentum is for sgd (Adam has its own betas)")
         if self.outputs not in ("aux", "all"):
             raise ConfigError(f"arm {self.name}: outputs must be aux or all, got {self.outputs!r}")
+        if self.arch not in ARCHS:
+            raise ConfigError(f"arm {self.name}: arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
+        if self.arch == "cnn" and (self.init not in ("head_shared", "independent") or self.depth):
+            raise ConfigError(f"arm {self.name}: a cnn student has only a head to copy: init head_shared or "
+                              f"independent, no depth (got init={self.init}, depth={self.depth})")
+        if bool(self.match) != (self.cap_factor > 0) or self.cap_factor < 0:
+            raise ConfigError(f"arm {self.name}: match (an arm name) and cap_factor >= 1 go together "
+                              f"(got match={self.match!r}, cap_factor={self.cap_factor})")
+        if self.match and self.optimizer != "sgd":
+            # a stopped model is frozen by a zero lr, which ModelwiseSGD has per model; Adam does not
+            raise ConfigError(f"arm {self.name}: match (train to a KL reduction, then stop) is for sgd arms")
+
+    def to_dict(self) -> dict:
+        """The stored spec (config.json, arm files, summary rows): later fields only when set."""
+        d = asdict(self)
+        return {k: v for k, v in d.items() if k not in LATER_FIELDS or v != LATER_FIELDS[k]}
 
     def student_depth(self, cfg: ToyConfig) -> int:
         return self.depth or cfg.depth
@@ -87,6 +113,8 @@ class ArmSpec:
         if self.student_depth(cfg) != cfg.depth and self.init not in ("head_shared", "independent"):
             raise ConfigError(f"arm {self.name}: a student of depth {self.depth} (teacher {cfg.depth}) has no "
                               f"{self.init} init to copy; use init head_shared or independent")
+        if self.arch == "cnn" and cfg.fast_matmul != "off":
+            raise ConfigError(f"arm {self.name}: a cnn student trains with autograd in cfg's dtype; use fast_matmul off")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -112,6 +140,8 @@ def arm_init(arm: ArmSpec, cfg: ToyConfig, teacher_init: list[torch.Tensor], mod
     if arm.init == "shared":
         return own
     fresh = [p[0] for p in init_params(spec, [(cfg.seed, FRESH_OFFSET + model)], dtype=torch.float64)]
+    if arm.arch == "cnn":  # its own fresh body; the teacher's init head, or the MLP arms' fresh head
+        return cnn.fresh_body(cfg.spec, cfg.seed, model) + (own[-2:] if arm.init == "head_shared" else fresh[-2:])
     if arm.init == "independent":
         return fresh
     if arm.init == "head_shared":  # fresh body (any depth), the teacher's init head
@@ -183,7 +213,8 @@ def group_optimizer(arms: list[ArmSpec], cfg: ToyConfig, params: list[torch.Tens
 
 def ensemble_key(arm: ArmSpec, cfg: ToyConfig) -> tuple:
     """Arms with equal keys train as one batched ensemble."""
-    return (arm.student_depth(cfg), arm.optimizer, (arm.lr or cfg.lr) if arm.optimizer == "adam" else 0.0)
+    return (arm.student_depth(cfg), arm.arch, arm.optimizer, (arm.lr or cfg.lr) if arm.optimizer == "adam" else 0.0,
+            arm.cap_factor)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -226,14 +257,16 @@ def _norm(ps: list[torch.Tensor]) -> torch.Tensor:
 
 
 class StudentStep:
-    """Forward, KL on each arm's outputs, backward, optimizer step: the hand engine on CPU fp32/fp64,
-    forward_fast + autograd elsewhere (CUDA, bf16)."""
+    """Forward, KL on each arm's outputs, backward, optimizer step: the hand engine on CPU fp32/fp64
+    (MLP students), forward_fast / cnn.forward + autograd elsewhere (CUDA, bf16, CNN students)."""
 
     def __init__(self, cfg, arms, students, teachers, opt, ws, dev):
         self.cfg, self.students, self.opt = cfg, students, opt
         self.k = len(arms)
         self.aux = torch.tensor([a.outputs == "aux" for a in arms], device=dev)
-        self.hand = hand_engine(cfg, dev)
+        is_cnn = arms[0].arch == "cnn"
+        self.hand = hand_engine(cfg, dev) and not is_cnn
+        self.student_forward = cnn.forward if is_cnn else forward_fast
         if self.hand:
             self.s_net, self.t_net = HandMLP(students, ws, "claim_student"), HandMLP(teachers, ws, "claim_teacher")
         self.teachers = teachers
@@ -249,7 +282,7 @@ class StudentStep:
             return loss.reshape(-1)
         with torch.no_grad():
             zt = forward_fast(self.teachers, x).float().repeat_interleave(k, dim=0)
-        zs = forward_fast(self.students, x).float()
+        zs = self.student_forward(self.students, x).float()
         aux = self.aux.repeat(n_groups)
         loss = torch.where(aux, losses.distill_kl(zs[..., n:], zt[..., n:]), losses.distill_kl(zs, zt))
         for p in self.students:
@@ -259,26 +292,67 @@ class StudentStep:
         return loss.detach()
 
 
-def train_arms(cfg: ToyConfig, arms: list[ArmSpec], teachers: list[torch.Tensor], teacher_init: list[torch.Tensor],
-               data: MNIST, chunk_start: int, bar) -> dict:
-    """Distill one ensemble of arms (same depth and optimizer) from a chunk of teachers; returns
-    accuracy (models, k), the loss at the first step and per epoch, and the alignment curves."""
-    dev, dtype = teachers[0].device, teachers[0].dtype
-    n_groups, k = teachers[0].shape[0], len(arms)
-    models = list(range(chunk_start, chunk_start + n_groups))
-    students = [p.requires_grad_(True) for p in group_inits(arms, cfg, teacher_init, models, dev, dtype)]
-    opt = group_optimizer(arms, cfg, students, n_groups)
-    ws = Workspace()
-    step_fn = StudentStep(cfg, arms, students, teachers, opt, ws, dev)
-    delta_t = [t - i.to(dev, dtype) for t, i in zip(teachers, teacher_init)]
-    align = Alignment(students, delta_t, k, same_shape=arms[0].student_depth(cfg) == cfg.depth)
-    n_ex = cfg.max_examples_per_epoch or data.x_train.shape[0]
-    if cfg.distill_input in ("mnist", "shuffled_pixels"):
-        n_ex = min(n_ex, data.x_train.shape[0])
+class MatchStop:
+    """Train each model until its imitation loss has fallen as far as a target's, then freeze it.
+
+    The measure is Adam's: the mean aux KL over one epoch's steps (each step weighted by its batch
+    share, as the epoch mean is) over the first-step KL. Here the epoch is the trailing window of
+    the last `steps` steps, which holds every step position of the epoch exactly once (the fixed
+    noise set repeats every epoch), so its weights sum to 1. Checked after every step once the
+    window is full (so at least one epoch); a model that reaches its target gets lr 0 from then on
+    (p -= 0 * buf leaves p exactly: frozen, while the batched ensemble runs on for the others).
+    No host sync: the check and the freeze are device ops; `any_active` is read once per epoch."""
+
+    def __init__(self, target: torch.Tensor, steps: int, opt: "ModelwiseSGD"):
+        self.target, self.steps, self.opt = target, steps, opt
+        n = target.shape[0]
+        self.window = torch.zeros(steps, n, device=target.device, dtype=torch.float64)
+        self.seen = 0
+        self.active = torch.ones(n, dtype=torch.bool, device=target.device)
+        self.steps_taken = torch.zeros(n, dtype=torch.long, device=target.device)
+        self.ratio = torch.full((n,), float("nan"), dtype=torch.float64, device=target.device)
+
+    def update(self, loss: torch.Tensor, weight: float, first: torch.Tensor) -> None:
+        self.steps_taken += self.active  # this step's update was applied to the active models
+        self.window[self.seen % self.steps] = loss.double() * weight
+        self.seen += 1
+        if self.seen < self.steps:
+            return
+        ratio = self.window.sum(0) / first.double()
+        self.ratio = torch.where(self.active, ratio, self.ratio)  # frozen models keep their stop value
+        hit = self.active & (ratio <= self.target)
+        self.active &= ~hit
+        self.opt.lr.mul_(self.active.to(self.opt.lr.dtype))
+
+    def any_active(self) -> bool:
+        return bool(self.active.any())
+
+    def arrays(self, shape: tuple) -> dict:
+        matched = ~self.active
+        return {"steps_taken": self.steps_taken.view(shape).cpu().numpy(),
+                "matched": matched.view(shape).cpu().numpy(),
+                "kl_ratio_at_stop": self.ratio.view(shape).cpu().numpy()}
+
+
+def epochs_of(arms: list[ArmSpec], cfg: ToyConfig) -> int:
+    """Epochs an ensemble may run: the base distill_epochs, or the matched arms' cap."""
+    return (arms[0].cap_factor or 1) * cfg.distill_epochs
+
+
+def distill_examples(cfg: ToyConfig, n_train: int) -> int:
+    """Distillation examples per epoch (real-image inputs cannot exceed the training set)."""
+    n_ex = cfg.max_examples_per_epoch or n_train
+    return min(n_ex, n_train) if cfg.distill_input in ("mnist", "shuffled_pixels") else n_ex
+
+
+def distill_loop(cfg, arms, step_fn, students, align, stop, data, chunk_start: int, n_groups: int, ws, bar):
+    """The epochs of one ensemble: returns (first-step loss, per-epoch mean loss list)."""
+    dev, dtype = students[0].device, students[0].dtype
+    n_ex = distill_examples(cfg, data.x_train.shape[0])
     steps = steps_per_epoch(n_ex, cfg.batch_size)
     g = make_generator(dev, "distill-data", cfg.seed, chunk_start)  # the toy engine's stream: same noise
-    first_loss, epoch_losses = None, []
-    for epoch in range(cfg.distill_epochs):
+    first_loss, epoch_losses, k = None, [], len(arms)
+    for epoch in range(epochs_of(arms, cfg)):
         if not cfg.distill_resample:
             g = make_generator(dev, "distill-data", cfg.seed, chunk_start)
         inputs = DistillInputs(cfg.distill_input, data.x_train, n_groups, n_ex, cfg.batch_size, g,
@@ -292,16 +366,56 @@ def train_arms(cfg: ToyConfig, arms: list[ArmSpec], teachers: list[torch.Tensor]
                 first_loss = loss.detach().clone()  # at the students' init, before any update
             bad |= ~torch.isfinite(loss).all()
             epoch_loss += loss.detach() * (x.shape[-2] / n_ex)
+            if stop is not None:
+                stop.update(loss.detach(), x.shape[-2] / n_ex, first_loss)
             align.record(students)
             bar.update(1)
         check_finite(bad, "distillation", epoch, replace(cfg, optimizer=arms[0].optimizer))
         epoch_losses.append(epoch_loss)
-    acc = evaluate([p.detach() for p in students], data, cfg.spec.n_classes, cfg)
+        if stop is not None and not cfg.distill_resample and not stop.any_active():
+            # every model reached its target: the rest would be frozen steps on the same fixed
+            # noise set, i.e. the same epoch loss and alignment again (_pad_epochs writes them)
+            break
+    return first_loss, epoch_losses
+
+
+def train_arms(cfg: ToyConfig, arms: list[ArmSpec], teachers: list[torch.Tensor], teacher_init: list[torch.Tensor],
+               data: MNIST, chunk_start: int, bar, targets: np.ndarray | None = None) -> dict:
+    """Distill one ensemble of arms (same depth, architecture and optimizer) from a chunk of
+    teachers; returns accuracy (models, k), the loss at the first step and per epoch, and the
+    alignment curves. targets (models, k): per model, the KL reduction a matched arm trains to
+    (MatchStop); its steps taken, whether it got there and its ratio at the stop come back too."""
+    dev, dtype = teachers[0].device, teachers[0].dtype
+    n_groups, k = teachers[0].shape[0], len(arms)
+    models = list(range(chunk_start, chunk_start + n_groups))
+    students = [p.requires_grad_(True) for p in group_inits(arms, cfg, teacher_init, models, dev, dtype)]
+    opt = group_optimizer(arms, cfg, students, n_groups)
+    ws = Workspace()
+    step_fn = StudentStep(cfg, arms, students, teachers, opt, ws, dev)
+    delta_t = [t - i.to(dev, dtype) for t, i in zip(teachers, teacher_init)]
+    same_space = arms[0].arch == "mlp" and arms[0].student_depth(cfg) == cfg.depth
+    align = Alignment(students, delta_t, k, same_shape=same_space)
+    stop = None
+    if targets is not None:
+        steps = steps_per_epoch(distill_examples(cfg, data.x_train.shape[0]), cfg.batch_size)
+        stop = MatchStop(torch.as_tensor(targets, dtype=torch.float64, device=dev).reshape(-1), steps, opt)
+    first_loss, epoch_losses = distill_loop(cfg, arms, step_fn, students, align, stop, data, chunk_start, n_groups,
+                                            ws, bar)
     shape = (n_groups, k)
-    return {"accuracy": acc.view(shape).cpu().double().numpy(),
-            "first_loss": first_loss.view(shape).cpu().double().numpy(),
-            "epoch_loss": torch.stack(epoch_losses).view(-1, *shape).cpu().double().numpy(),
-            "alignment": {name: v.reshape(v.shape[0], *shape) for name, v in align.arrays().items()}}
+    out = {"accuracy": evaluate_students(arms, cfg, [p.detach() for p in students], data).view(shape).cpu().double().numpy(),
+           "first_loss": first_loss.view(shape).cpu().double().numpy(),
+           "epoch_loss": torch.stack(epoch_losses).view(-1, *shape).cpu().double().numpy(),
+           "alignment": {name: v.reshape(v.shape[0], *shape) for name, v in align.arrays().items()}}
+    if stop is not None:
+        out["match"] = stop.arrays(shape)
+    return out
+
+
+def evaluate_students(arms: list[ArmSpec], cfg: ToyConfig, students: list[torch.Tensor], data: MNIST) -> torch.Tensor:
+    if arms[0].arch == "cnn":
+        n_test = min(cfg.max_test_examples or data.x_test.shape[0], data.x_test.shape[0])
+        return cnn.evaluate(students, data.x_test, data.y_test, cfg.spec.n_classes, n_test)
+    return evaluate(students, data, cfg.spec.n_classes, cfg)
 
 
 @dataclass
@@ -325,11 +439,9 @@ def ensembles(arms: list[ArmSpec], cfg: ToyConfig) -> list[list[ArmSpec]]:
     return list(groups.values())
 
 
-def distill_steps(cfg: ToyConfig) -> int:
-    d_ex = cfg.max_examples_per_epoch or 60000
-    if cfg.distill_input in ("mnist", "shuffled_pixels"):
-        d_ex = min(d_ex, 60000)
-    return steps_per_epoch(d_ex, cfg.batch_size) * cfg.distill_epochs
+def distill_steps(cfg: ToyConfig, epochs: int | None = None) -> int:
+    d_ex = distill_examples(cfg, 60000)
+    return steps_per_epoch(d_ex, cfg.batch_size) * (cfg.distill_epochs if epochs is None else epochs)
 
 
 def train_teacher_bank(cfg: ToyConfig, data: MNIST, *, desc: str = "teachers") -> TeacherBank:
@@ -357,30 +469,47 @@ def train_teacher_bank(cfg: ToyConfig, data: MNIST, *, desc: str = "teachers") -
     return TeacherBank(inits, teachers, np.concatenate(t_acc), np.concatenate(r_acc), chunk, time.perf_counter() - t0)
 
 
-def run_ensemble(cfg: ToyConfig, group: list[ArmSpec], bank: TeacherBank, data: MNIST, *, desc: str = "arms") -> dict:
-    """One ensemble of arms from every chunk of the bank's teachers: {arm name: per-model arrays}."""
+def run_ensemble(cfg: ToyConfig, group: list[ArmSpec], bank: TeacherBank, data: MNIST, *, desc: str = "arms",
+                 targets: np.ndarray | None = None) -> dict:
+    """One ensemble of arms from every chunk of the bank's teachers: {arm name: per-model arrays}.
+    targets (n_models, k): matched arms' per-model KL reductions (train_arms)."""
     data = data.to(bank.teachers[0].device)
     parts: dict[str, list[dict]] = {a.name: [] for a in group}
     n_chunks = math.ceil(cfg.n_models / bank.chunk)
-    with progress(total=distill_steps(cfg) * n_chunks, desc=desc, unit="step") as bar:
+    with progress(total=distill_steps(cfg, epochs_of(group, cfg)) * n_chunks, desc=desc, unit="step") as bar:
         for c0 in range(0, cfg.n_models, bank.chunk):
             c1 = min(c0 + bank.chunk, cfg.n_models)
             out = train_arms(cfg, group, [t[c0:c1] for t in bank.teachers], [p[c0:c1] for p in bank.inits],
-                             data, c0, bar)
+                             data, c0, bar, None if targets is None else targets[c0:c1])
             for j, a in enumerate(group):
                 parts[a.name].append(_column(out, j))
     return {name: _concat(chunks) for name, chunks in parts.items()}
 
 
 def _column(out: dict, j: int) -> dict:
-    return {"accuracy": out["accuracy"][:, j], "first_loss": out["first_loss"][:, j],
-            "epoch_loss": out["epoch_loss"][:, :, j],
-            "alignment": {k: v[:, :, j] for k, v in out["alignment"].items()}}
+    col = {"accuracy": out["accuracy"][:, j], "first_loss": out["first_loss"][:, j],
+           "epoch_loss": out["epoch_loss"][:, :, j],
+           "alignment": {k: v[:, :, j] for k, v in out["alignment"].items()}}
+    if "match" in out:
+        col["match"] = {k: v[:, j] for k, v in out["match"].items()}
+    return col
+
+
+def _pad_epochs(a: np.ndarray, n: int) -> np.ndarray:
+    """A chunk whose models all stopped early (MatchStop, fixed noise set): its remaining rows are
+    its last row again (frozen models on the same noise repeat their epoch loss and alignment)."""
+    return np.concatenate([a, np.repeat(a[-1:], n - a.shape[0], axis=0)]) if a.shape[0] < n else a
 
 
 def _concat(chunks: list[dict]) -> dict:
     """Chunks of teachers -> one array per quantity, models on the last axis."""
-    return {"accuracy": np.concatenate([c["accuracy"] for c in chunks]),
-            "first_loss": np.concatenate([c["first_loss"] for c in chunks]),
-            "epoch_loss": np.concatenate([c["epoch_loss"] for c in chunks], axis=1),
-            "alignment": {k: np.concatenate([c["alignment"][k] for c in chunks], axis=1) for k in chunks[0]["alignment"]}}
+    n_ep = max(c["epoch_loss"].shape[0] for c in chunks)
+    n_st = {k: max(c["alignment"][k].shape[0] for c in chunks) for k in chunks[0]["alignment"]}
+    out = {"accuracy": np.concatenate([c["accuracy"] for c in chunks]),
+           "first_loss": np.concatenate([c["first_loss"] for c in chunks]),
+           "epoch_loss": np.concatenate([_pad_epochs(c["epoch_loss"], n_ep) for c in chunks], axis=1),
+           "alignment": {k: np.concatenate([_pad_epochs(c["alignment"][k], n_st[k]) for c in chunks], axis=1)
+                         for k in chunks[0]["alignment"]}}
+    if "match" in chunks[0]:
+        out["match"] = {k: np.concatenate([c["match"][k] for c in chunks]) for k in chunks[0]["match"]}
+    return out

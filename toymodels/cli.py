@@ -92,6 +92,16 @@ def add_parser(subparsers) -> None:
     c.add_argument("claim", metavar="NAME", help=" | ".join(CLAIMS))
     c.add_argument("--tiny", action="store_true", help="a seconds-long smoke (3 models, width 32, 2,048 examples, 1+1 epochs)")
     c.add_argument("--out", default=None, help="run directory (default runs/toy_claims/<name>-<timestamp>)")
+    c.add_argument("--match-cap", type=int, default=None, metavar="K",
+                   help="matched arms (optimizer_matched): epoch cap as K x distill_epochs (default 40)")
+    c.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="where missing ensembles of arms run: local (this process, one set of teachers) or ray "
+                        "(one Ray task per ensemble, each training its own identical teachers; needs sublim-lab[ray])")
+    c.add_argument("--address", default=None, metavar="auto|HOST:PORT",
+                   help="Ray cluster to join (default: start a private local Ray instance)")
+    c.add_argument("--cpus-per-task", type=int, default=None, metavar="N",
+                   help="torch threads per ensemble, and the CPUs each Ray task asks for "
+                        "(default: torch's thread count here, i.e. all cores)")
     _add_knobs(c)
     c.set_defaults(func=run_claims_cmd)
     _one_line_errors(c, "toy claims")
@@ -176,17 +186,22 @@ def run_claims_cmd(args) -> int:
 
     set_quiet(is_quiet() or args.toy_quiet)
     overrides = {k[len("knob_"):]: v for k, v in vars(args).items() if k.startswith("knob_") and v is not None}
-    claim, cfg = claim_config(args.claim, overrides, tiny=args.tiny)
+    claim, cfg = claim_config(args.claim, overrides, tiny=args.tiny, match_cap=args.match_cap)
     out = Path(args.out or f"runs/toy_claims/{claim.name}-{_timestamp()}")
     from .claims_run import run_config
 
     check_run_config(out, run_config(claim, cfg))
-    data = preflight([cfg], args.force)
-    summary = run_claim(out, claim, cfg, data)
+    data = preflight([cfg], args.force, local=args.executor == "local")
+    summary = run_claim(out, claim, cfg, data, executor=args.executor, address=args.address,
+                        threads=args.cpus_per_task)
     if claim.name == "sigma":
         from sublim.theory.claims import write_sigma_prediction
 
         write_sigma_prediction(out, cfg, summary)
+    if claim.name == "heads_cnn":  # the first-order terms of every arm, read in function space
+        from sublim.theory.claims import write_heads_prediction
+
+        write_heads_prediction(out, cfg)
     print(format_claim(summary))
     print(f"results in {out}")
     return 0
