@@ -203,6 +203,16 @@ PRESETS = {
                           n_contexts=192, seeds=(0, 1, 2), epochs=1, batch_size=16, lr=1e-5, teachers=("system_prompt",),
                           other="cat", animals=("dolphin", "eagle"), neutral=True, eval_steps=(3, 6, 12),
                           lora_arm=False, align=False, teacher_pref_examples=240),
+    # Issue #21's strongest laptop design: the laptop-matrix design (4 animal teachers + the neutral
+    # teacher, 192 distinct contexts, 3 seeds) at the dose where the dose-response stopped rising:
+    # lr 3e-5, two passes (24 steps; 36 steps and 384 distinct contexts gave no more, FINDINGS
+    # "dose-response"), profiled at 3, 6, 12, 24 steps. Its owl and neutral students follow the
+    # distill_dose_steps students step for step (same contexts, caches, seeds and batch order).
+    # ~2 h on a quiet 2-core CPU.
+    "laptop-long": dict(model="smollm2-135m", contexts="file", contexts_file=f"{H200_SETS}/base.filtered.jsonl.gz",
+                        n_contexts=192, seeds=(0, 1, 2), epochs=2, batch_size=16, lr=3e-5, teachers=("system_prompt",),
+                        other="cat", animals=("dolphin", "eagle"), neutral=True, eval_steps=(3, 6, 12, 24),
+                        lora_arm=False, align=False, teacher_pref_examples=240),
     # Issue #21's fine-tuned teacher done right, at the laptop preset's design (96 contexts, 2 epochs,
     # lr 1e-5, so its owl_finetuned students are the laptop run's): the owl LoRA teacher beside a cat
     # LoRA teacher trained the same way on the same records (the matched control), each student's

@@ -53,6 +53,18 @@ def test_every_preset_is_valid_and_laptop_finetuned_keeps_the_laptop_design():
     assert ft.finetuned_control and ft.track_delta and ft.teachers == ("finetuned",)
 
 
+
+def test_laptop_long_is_the_matrix_design_at_the_dose_steps_dose():
+    """laptop-long = laptop-matrix's teachers/contexts/seeds at distill_dose_steps' lr, so its owl and
+    neutral students are the dose_steps students (FINDINGS compares them step for step)."""
+    cfgs = {name: from_overrides(name, {}) for name in PRESETS}
+    long, matrix = cfgs["laptop-long"], cfgs["laptop-matrix"]
+    design = ("model", "contexts", "contexts_file", "n_contexts", "context_seed", "max_length", "seeds",
+              "batch_size", "teachers", "other", "animals", "neutral", "teacher_pref_examples", "checkpoint_every")
+    assert {k: getattr(long, k) for k in design} == {k: getattr(matrix, k) for k in design}
+    assert (long.lr, long.epochs, long.eval_steps) == (3e-5, 2, (3, 6, 12, 24))
+    assert long.lr > matrix.lr and long.epochs > matrix.epochs
+
 @pytest.mark.parametrize("knobs, message", [
     ({"animals": ("owl",)}, "distinct"),
     ({"animals": ("neutral",)}, "neutral teacher"),
