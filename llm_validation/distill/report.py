@@ -21,7 +21,7 @@ import numpy as np
 from sublim.rundir import atomic_write_json, atomic_write_text, read_json, save_figure
 from sublim.stats import ci_text
 
-from sublim.llm_validation.distill.arms import StudentSpec, recorded_arms, teachers_needed
+from sublim.llm_validation.distill.arms import StudentSpec, recorded_arms, student_specs, teachers_needed
 from sublim.llm_validation.distill.controls import controls_summary
 from sublim.llm_validation.distill.controls import lo as _lo
 from sublim.llm_validation.distill.controls import seed_ci as _ci
@@ -65,8 +65,12 @@ def specificity(cfg, profiles: dict) -> dict:
     """Trait specificity, paired by seed (same data order) and by context: for the target, the shift
     under the target's system-prompt teacher minus the shift under the other animal's; for the other
     animal, the reverse. A teacher-generic movement (any system prompt, any distillation) cancels;
-    what remains is what the trait itself transmitted."""
-    if not cfg.other:
+    what remains is what the trait itself transmitted. Only when the design has both system-prompt
+    teachers (laptop-finetuned has no owl system-prompt teacher: no such row, rather than a
+    'missing' row for arms that were never asked for)."""
+    designed = {s.teacher for s in student_specs(cfg)}
+    pair = {SystemPromptTeacher(a).name for a in (cfg.target, cfg.other)}
+    if not cfg.other or not pair <= designed:
         return {}
     out = {}
     for animal, own, rival in ((cfg.target, cfg.target, cfg.other), (cfg.other, cfg.other, cfg.target)):

@@ -55,3 +55,14 @@ def test_a_missing_student_is_a_reported_row_never_a_silent_skip():
     md = format_markdown({"models": {}, "shifts": {"owl": shifts}, "specificity": spec, "sft": {}}, cfg)
     assert "| owl | cat_system_prompt.full.sigma0 | missing: cat_system_prompt.full.sigma0.seed0" in md
     assert "(missing: owl_system_prompt.full.sigma0.seed1)" in md
+
+
+def test_specificity_is_absent_when_the_design_has_no_system_prompt_pair():
+    """laptop-finetuned's design has cat_system_prompt but no owl_system_prompt: no specificity row
+    (the report printed 'missing' for arms never asked for), while a designed-but-absent arm stays a row."""
+    cfg = from_overrides("tiny", {"sigmas": (), "lora_arm": False, "teachers": ("finetuned",), "finetuned_control": True})
+    assert "owl_system_prompt" not in {s.teacher for s in student_specs(cfg)}
+    profiles = {s.name: _profile(-0.5) for s in student_specs(cfg)}
+    assert specificity(cfg, profiles) == {}
+    both = from_overrides("tiny", {"sigmas": (), "lora_arm": False, "teachers": ("system_prompt",)})
+    assert "missing" in specificity(both, {})["owl"]
