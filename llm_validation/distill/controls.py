@@ -67,8 +67,10 @@ def neutral_matrix(cfg, profiles: dict) -> dict:
             spec = [per[t][s] - np.mean([per[a][s] for a in animals if a != t]) for s in seeds]
             rows[t] = seed_ci(spec) | {"per_seed": dict(zip(seeds, map(float, spec)))}
     wins = [t for t, r in rows.items() if r["mean"] > 0]
-    return {"animals": animals, "cells": cells, "specificity": rows,
-            "diagonal_beats_row": f"{len(wins)} of {len(animals)}"}
+    # one row has no off-diagonal to beat (None, not "0 of 1"); a row some seed lacks is not counted
+    beats = None if len(animals) < 2 else f"{len(wins)} of {len(rows)}" + (
+        f" ({len(animals) - len(rows)} rows incomplete)" if len(rows) < len(animals) else "")
+    return {"animals": animals, "cells": cells, "specificity": rows, "diagonal_beats_row": beats}
 
 
 def generic_drift(cfg, profiles: dict, base: dict) -> dict:

@@ -28,7 +28,7 @@ def _matrix_md(m: dict) -> list[str]:
         spec = m["specificity"].get(t, {})
         cells = [("**" + _cell(row[a]) + "**") if a == t else _cell(row[a]) for a in animals]
         lines.append(f"| {t} | " + " | ".join(cells) + f" | {_cell(spec) if spec else ''} | {_det(spec) if spec else ''} |")
-    if len(animals) > 1:  # one row has no off-diagonal to beat
+    if m["diagonal_beats_row"]:  # None: one row has no off-diagonal to beat
         lines.append(f"\nDiagonal above its row's off-diagonal mean: {m['diagonal_beats_row']} animals.")
     return lines
 

@@ -143,6 +143,17 @@ def test_matrix_cells_read_each_teacher_against_the_neutral_student():
     m = neutral_matrix(cfg, profiles)
     assert m["cells"]["owl"]["owl"]["n"] == 1  # the seed without its neutral student is not paired
     assert "n/a" in controls_markdown({"neutral_matrix": m, "generic_drift": {}}, cfg)
+    profiles = {k: v for k, v in profiles.items() if not k.startswith("cat_system_prompt")}
+    assert neutral_matrix(cfg, profiles)["diagonal_beats_row"] == "1 of 2 (1 rows incomplete)"  # no cat students: no cat row
+
+
+def test_a_one_row_matrix_has_no_diagonal_count():
+    cfg = from_overrides("tiny", LEAN | {"teachers": ("system_prompt",), "other": "", "neutral": True})
+    profiles = {StudentSpec(t, "full", 0.0, s).name: _prof({"owl": 0.3} if t.startswith("owl") else {})
+                for t in ("owl_system_prompt", "neutral_system_prompt") for s in cfg.seeds}
+    m = neutral_matrix(cfg, profiles)
+    assert m["animals"] == ["owl"] and m["diagonal_beats_row"] is None
+    assert "Diagonal above" not in "\n".join(controls_markdown({"neutral_matrix": m, "generic_drift": {}}, cfg))
 
 
 def test_end_to_end_tiny_run_with_every_control(tmp_path):
