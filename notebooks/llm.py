@@ -304,3 +304,71 @@ if align_json.exists():
     save(fig, "llm_distill_alignment.png")
     d = al["distill"]
     display(Markdown(f"a_i > 0 for {pct(d['share_positive'])} of {d['n']} contexts; mean {d['mean']:+.3g} +- {d['ci_half']:.2g}."))
+
+# %% [markdown]
+# ## 5. The LLM effect against controls, and the claims on SmolLM2 (committed runs)
+#
+# Read from the run directories committed under `llm_validation/results/` (issues #21 and #23);
+# nothing is trained here. Each block is skipped when its directory is absent (a fresh checkout
+# without results), so the cell never fails for want of data. `RESULTS` points elsewhere if needed.
+#
+# - the specificity matrix: each animal teacher's student minus the neutral teacher's student;
+# - the dose-response: the owl trait against lr x steps (where it saturates);
+# - the matched fine-tuned teachers: owl LoRA teacher minus its cat control;
+# - token entanglement (Zur et al.) with its number-free control, and the divergence-token counts
+#   (Schrodi et al.).
+
+# %%
+RESULTS = Path(env("LLM_RESULTS_DIR", "../llm_validation/results"))
+
+
+def ci(c: dict, digits: int = 3) -> str:
+    half = c.get("ci_half", c.get("ci95"))  # probe_entangle was written before the one CI schema (ci_half)
+    return f"{c['mean']:+.{digits}f} +- {half:.{digits}f}" if half is not None and half == half else f"{c['mean']:+.{digits}f} (n/a)"
+
+
+matrix_dir = RESULTS / "distill_laptop_matrix"
+if (matrix_dir / "summary.json").exists():
+    m = read_json(matrix_dir / "summary.json")["controls"]["neutral_matrix"]
+    grid = pd.DataFrame({t: {a: m["cells"][t][a]["mean"] for a in m["animals"]} for t in m["animals"]}).T
+    fig, ax = plt.subplots(figsize=(5, 4))
+    sns.heatmap(grid, annot=True, fmt="+.3f", cmap="RdBu_r", center=0, ax=ax,
+                cbar_kws={"label": "log-odds shift vs neutral student"})
+    ax.set_xlabel("animal measured")
+    ax.set_ylabel("teacher")
+    ax.set_title(f"diagonal beats its row: {m['diagonal_beats_row']}")
+    fig.tight_layout()
+    save(fig, "llm_matrix.png")
+
+# %%
+dose_json = RESULTS / "dose_response" / "dose.json"
+if dose_json.exists():
+    pts = read_json(dose_json)["points"]
+    dose = pd.DataFrame([{"run": Path(p["run"]).name, "lr": p["lr"], "contexts": p["n_contexts"], "step": p["step"],
+                          "trait": p["trait"]["mean"], "ci": p["trait"]["ci_half"], "drift": p["drift"]["mean"]}
+                         for p in pts])
+    display(dose)
+    best = dose.loc[dose["trait"].idxmax()]
+    display(Markdown(f"Largest owl trait shift: {best['trait']:+.3f} +- {best['ci']:.3f} log-odds "
+                     f"({best['run']}, step {best['step']}), odds x{np.exp(best['trait']):.3f}."))
+
+# %%
+ft_dir = RESULTS / "distill_laptop_finetuned"
+if (ft_dir / "summary.json").exists():
+    diff = read_json(ft_dir / "summary.json")["controls"]["finetuned_matched"]["difference"]
+    display(Markdown("Owl LoRA teacher's student minus its matched cat-LoRA control's (paired by seed and "
+                     "context): " + "; ".join(f"{a} {ci(c)}" for a, c in diff.items()) + "."))
+
+# %%
+ent = RESULTS / "probe_entangle" / "summary.json"
+if ent.exists():
+    contrasts = read_json(ent)["contrasts"]
+    rows = [{"animal": a, "contrast": k, "over contexts": ci(v["over_contexts"])}
+            for a, c in contrasts.items() for k, v in c.items() if "over_contexts" in v]
+    display(pd.DataFrame(rows))
+div = RESULTS / "probe_divergence" / "divergence.json"
+if div.exists():
+    d = read_json(div)
+    display(Markdown(f"Divergence positions (owl teacher vs base/cat rivals): {d['owl']['rival']} of "
+                     f"{d['owl']['n_positions']} completion positions; owl vs cat only: {d['owl_vs_cat_only']}; "
+                     f"the cheap argmax-vs-base detector recalls {d['owl']['base_argmax']['recall_of_rival']:.0%}."))

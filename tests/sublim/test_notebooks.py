@@ -94,6 +94,16 @@ def test_llm_notebook_runs(tmp_path, monkeypatch):
     # and states the main arm's shift from its numbers
     assert "Main arm (owl system-prompt teacher, full fine-tuning, shared init)" in text
     assert "llm_distill_alignment.png" in figs and "a_i > 0 for " in text
+    # section 5 reads the committed controls runs and quotes their numbers
+    results = NOTEBOOKS.parent / "llm_validation" / "results"
+    if (results / "distill_laptop_matrix" / "summary.json").exists():
+        assert "llm_matrix.png" in figs
+    if (results / "distill_laptop_finetuned" / "summary.json").exists():
+        diff = json.loads((results / "distill_laptop_finetuned" / "summary.json").read_text())
+        owl = diff["controls"]["finetuned_matched"]["difference"]["owl"]
+        assert f"owl {owl['mean']:+.3f} +- {owl['ci_half']:.3f}" in text
+    if (results / "dose_response" / "dose.json").exists():
+        assert "Largest owl trait shift: " in text
 
 
 @pytest.mark.skipif(not (NOTEBOOKS / "theory.py").exists(), reason="theory notebook not written yet")
