@@ -78,6 +78,8 @@ def student_specs(cfg: DistillConfig) -> list[StudentSpec]:
     for sigma in cfg.sigmas:  # each paired with its base-teacher control at the same init, like the sigma arms
         specs += [StudentSpec(t, "full", float(sigma), s, part) for part in cfg.sigma_parts for s in cfg.seeds
                   for t in (main, "base")]
+    if cfg.method_controls:  # each method's own control: the neutral teacher's student, learning the same way
+        specs += [StudentSpec(SystemPromptTeacher(NEUTRAL).name, m, 0.0, s) for m in cfg.methods for s in cfg.seeds]
     return specs
 
 

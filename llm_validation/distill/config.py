@@ -106,6 +106,7 @@ class DistillConfig:
     # Issue #23's arms: more students of the target's system-prompt teacher that learn another way
     methods: tuple[str, ...] = ()              # lora<r> | sgd | sgdm | mask_div | mask_base | mask_rand (methods.py)
     sgd_lr: float = 0.01                       # the sgd / sgdm methods' learning rate
+    method_controls: bool = False              # each method also trains the neutral teacher's student: its same-method control
     sigma_parts: tuple[str, ...] = ()          # body | head: each sigma also perturbs only that part (parts.py)
     steering: bool = False                     # the steering-vector readout of each trained student (steer.py)
 
@@ -120,7 +121,7 @@ class DistillConfig:
 
 _OMITTED_AT_DEFAULT = ("fast_matmul", "length_buckets",  # knobs added after results were committed
                        "animals", "neutral", "finetuned_control", "track_delta", "eval_steps", "methods", "sgd_lr",
-                       "sigma_parts", "steering")
+                       "sigma_parts", "steering", "method_controls")
 
 
 def _validate(c: DistillConfig) -> None:
@@ -170,6 +171,8 @@ def _validate(c: DistillConfig) -> None:
     need(len(set(c.methods)) == len(c.methods), "methods must be distinct")
     need(not {"mask_div", "mask_rand"} & set(c.methods) or bool(c.other or c.animals or c.neutral),
          "mask_div and mask_rand need rival teachers (other, animals or neutral)")
+    need(not c.method_controls or (bool(c.methods) and c.neutral),
+         "method_controls needs methods and the neutral teacher (--neutral true)")
     need(math.isfinite(c.sgd_lr) and c.sgd_lr > 0, f"sgd_lr must be a finite number > 0, got {c.sgd_lr!r}")
     for part in c.sigma_parts:
         need(part in SIGMA_PARTS, f"unknown sigma part {part!r} (use {', '.join(SIGMA_PARTS)}; all weights is the plain sigma arm)")

@@ -132,17 +132,20 @@ def _recovered_rows(profiles: dict, teacher: str, seeds) -> dict:
 
 def method_arms(cfg, profiles: dict, base: dict) -> dict:
     """Issue #23's arms: for each method of the target's system-prompt teacher, the target's shift
-    (vs the neutral student when the run has one, else vs the base model), that shift minus the
-    full arm's (paired by seed), and the KL reduction the method reached (first vs last loss)."""
+    (vs the neutral student when the run has one, else vs the base model; with method_controls, vs
+    the neutral student that learned by the SAME method), that shift minus the full arm's (paired by
+    seed), and the KL reduction the method reached (first vs last loss)."""
     teacher = SystemPromptTeacher(cfg.target).name
     ref = SystemPromptTeacher(NEUTRAL).name if cfg.neutral else None
-    out = {"reference": "neutral teacher's student" if ref else "base model"}
+    out = {"reference": ("neutral teacher's student, same method" if cfg.method_controls else
+                         "neutral teacher's student" if ref else "base model")}
     shifts = {}
     for method in ("full", *cfg.methods):
         per, kl = {}, {}
+        ref_method = method if cfg.method_controls else "full"
         for s in cfg.seeds:
             p = profiles.get(StudentSpec(teacher, method, 0.0, s).name)
-            r = profiles.get(_student(ref, s)) if ref else base
+            r = profiles.get(StudentSpec(ref, ref_method, 0.0, s).name) if ref else base
             if p is not None and r is not None:
                 per[s] = float((lo(p, cfg.target) - lo(r, cfg.target)).mean())
             if p is not None and p.get("train", {}).get("losses"):

@@ -94,3 +94,30 @@ def test_method_report_pairs_each_method_with_the_full_arm_by_seed():
     assert m["mask_div"]["minus_full"]["mean"] == pytest.approx(-0.3, abs=1e-12) and m["mask_div"]["minus_full"]["ci_half"] < 1e-12
     assert m["mask_div"]["kl_reduction"]["mean"] == 0.25 and m["full"]["kl_reduction"]["mean"] == 0.5
     assert m["sgd"] == {"shift": {"missing": True}, "kl_reduction": {"missing": True}}  # not trained: a row, not a skip
+
+
+def test_method_controls_read_each_method_against_the_neutral_student_of_the_same_method():
+    from sublim.llm_validation.distill.controls import method_arms
+
+    cfg = from_overrides("tiny", {"methods": ("lora4",), "neutral": True, "method_controls": True})
+    before = student_specs(from_overrides("tiny", {"methods": ("lora4",), "neutral": True}))
+    specs = student_specs(cfg)
+    assert specs[:len(before)] == before  # the controls come last: an older run's arms stay a prefix
+    assert [s.name for s in specs[len(before):]] == [f"neutral_system_prompt.lora4.sigma0.seed{s}" for s in cfg.seeds]
+    assert "method_controls" not in from_overrides("tiny", {}).to_dict()
+    profiles = {}
+    for s in cfg.seeds:
+        profiles[StudentSpec("owl_system_prompt", "full", 0.0, s).name] = _prof(0.4)
+        profiles[StudentSpec("neutral_system_prompt", "full", 0.0, s).name] = _prof(0.0)
+        # a LoRA student drifts +0.5 whatever its teacher; the owl one adds +0.1 of trait
+        profiles[StudentSpec("owl_system_prompt", "lora4", 0.0, s).name] = _prof(0.6)
+        profiles[StudentSpec("neutral_system_prompt", "lora4", 0.0, s).name] = _prof(0.5)
+    m = method_arms(cfg, profiles, base=_prof(-5.0))
+    assert m["reference"] == "neutral teacher's student, same method"
+    # log-odds differences of values set exactly in _prof: a few float64 roundings of O(1) numbers, <= 1e-12
+    assert m["lora4"]["shift"]["mean"] == pytest.approx(0.1, abs=1e-12)
+    assert m["full"]["shift"]["mean"] == pytest.approx(0.4, abs=1e-12)
+    plain = method_arms(from_overrides("tiny", {"methods": ("lora4",), "neutral": True}), profiles, base=_prof(-5.0))
+    assert plain["lora4"]["shift"]["mean"] == pytest.approx(0.6, abs=1e-12)  # against the FULL neutral student
+    with pytest.raises(ConfigError, match="method_controls needs"):
+        from_overrides("tiny", {"methods": ("lora4",), "method_controls": True})
