@@ -57,6 +57,7 @@ SWEEP_MAX_TEST = env("TOY_SWEEP_MAX_TEST", 1000, int)
 SWEEP_WIDTH = env("TOY_SWEEP_WIDTH", 64, int)
 SWEEP_WIDTHS = env("TOY_SWEEP_WIDTHS", "32,64,128")  # the width sweep's values
 SWEEP_ROOT = env("TOY_SWEEP_ROOT", "")  # "" = RUNS_ROOT/sweeps; an existing root is read (one sub-directory per knob)
+SWEEP_KNOBS = env("TOY_SWEEP_KNOBS", "")  # "" = all six knobs; a comma list runs and draws only those (e.g. a root's finished ones)
 
 RUNS_ROOT = Path(env("NB_RUNS_ROOT", "../runs/notebooks/toy"))  # where fresh runs are written
 FIG_DIR = Path(env("NB_FIG_DIR", "figures"))  # where the PNGs go (the README shows figures/toy_arms.png)
@@ -210,6 +211,9 @@ SWEEPS = {
     "perturb_sigma": ("perturb_sigma=0.01,0.1,1.0", {"student_init": "perturbed", "perturb_sigma": 1.0}),
     "distill_input": ("distill_input=uniform,gaussian,mnist,shuffled_pixels", {}),
 }
+KNOBS = [k.strip() for k in SWEEP_KNOBS.split(",") if k.strip()] or list(SWEEPS)
+if set(KNOBS) - set(SWEEPS):
+    raise ValueError(f"TOY_SWEEP_KNOBS: unknown knob(s) {sorted(set(KNOBS) - set(SWEEPS))}; choose from {', '.join(SWEEPS)}")
 
 
 def sweep_rows(knob: str) -> pd.DataFrame:
@@ -226,7 +230,7 @@ def sweep_rows(knob: str) -> pd.DataFrame:
     return df[["knob", "value", "arm", "mean", "ci95", "n", "error"]]
 
 
-sweeps = pd.concat([sweep_rows(k) for k in SWEEPS], ignore_index=True)
+sweeps = pd.concat([sweep_rows(k) for k in KNOBS], ignore_index=True)
 sweeps.to_csv(sweep_root / "all_sweeps.csv", index=False)  # the numbers behind the figure
 print(f"base config of the sweeps: {SWEEP_N_MODELS} models, {SWEEP_EPOCHS}+{SWEEP_EPOCHS} epochs, "
       f"{SWEEP_MAX_EXAMPLES or 60000} examples/epoch, width {SWEEP_WIDTH}")
@@ -239,7 +243,9 @@ def plot_sweeps(df: pd.DataFrame, path: Path) -> None:
     arms = [a for a in ARM_LABELS if a in set(ok["arm"])]
     palette = dict(zip(arms, sns.color_palette("deep", len(arms))))
     fig, axes = plt.subplots(2, 3, figsize=(14, 7.5), sharey=True)
-    for ax, knob in zip(axes.flat, SWEEPS):
+    for ax in axes.flat[len(KNOBS):]:
+        ax.set_visible(False)  # knobs left out by TOY_SWEEP_KNOBS
+    for ax, knob in zip(axes.flat, KNOBS):
         sel = ok[ok["knob"] == knob]
         order = list(dict.fromkeys(df[df["knob"] == knob]["value"]))
         for j, arm in enumerate(arms):
@@ -254,7 +260,7 @@ def plot_sweeps(df: pd.DataFrame, path: Path) -> None:
     for ax in axes[:, 0]:
         ax.set_ylabel("test accuracy (%), 95% CI")
     axes[0, 0].legend(fontsize=8, loc="upper left")
-    fig.suptitle(f"Sweeps around a small base config ({SWEEP_N_MODELS} models/cell, {SWEEP_EPOCHS}+{SWEEP_EPOCHS} "
+    fig.suptitle(f"Sweeps around a base config ({SWEEP_N_MODELS} models/cell, {SWEEP_EPOCHS}+{SWEEP_EPOCHS} "
                  f"epochs, width {SWEEP_WIDTH}); dashed: chance")
     fig.tight_layout()
     save_figure(fig, path, dpi=80)
@@ -287,7 +293,7 @@ caveat = ""
 if SWEEP_N_MODELS < 10:
     caveat = (f"\n\nWith {SWEEP_N_MODELS} models per cell the Student-t intervals are wide (t = {t95(SWEEP_N_MODELS - 1):.2f}); "
               "raise TOY_SWEEP_N_MODELS for tighter comparisons.")
-display(Markdown("\n".join(knob_note(sweeps, k) for k in SWEEPS) + caveat))
+display(Markdown("\n".join(knob_note(sweeps, k) for k in KNOBS) + caveat))
 
 # %% [markdown]
 # What the knobs mean: `n_aux` is m, the number of auxiliary logits the student imitates;

@@ -78,6 +78,27 @@ def test_toy_notebook_runs(tmp_path, monkeypatch):
     assert f"teachers reach {100 * teacher['mean']:.1f}% (+- {100 * teacher['ci95']:.1f}%)" in text
 
 
+def test_toy_notebook_sweeps_only_the_chosen_knobs(tmp_path, monkeypatch):
+    """TOY_SWEEP_KNOBS (used to draw a paper-scale root whose other knobs are not finished) runs
+    and draws only the named knobs; the default (unset) is every knob, as the test above checks."""
+    monkeypatch.setenv("TOY_SWEEP_KNOBS", "n_aux,init_scale")
+    nb = execute("toy", tmp_path, monkeypatch)
+    assert (tmp_path / "figures" / "toy_sweeps.png").stat().st_size > 5000
+    made = sorted(p.name for p in (tmp_path / "runs" / "sweeps").iterdir() if p.is_dir())
+    assert made == ["init_scale", "n_aux"], made
+    drawn = read_knobs(tmp_path / "runs" / "sweeps" / "all_sweeps.csv")
+    assert drawn == {"n_aux", "init_scale"}, drawn
+    text = outputs_text(nb)
+    assert "**n_aux**" in text and "**init_scale**" in text and "**width**" not in text
+
+
+def read_knobs(path: Path) -> set:
+    import csv
+
+    with open(path, newline="") as f:
+        return {row["knob"] for row in csv.DictReader(f)}
+
+
 @pytest.mark.skipif(not (NOTEBOOKS / "llm.py").exists(), reason="llm notebook not written yet")
 def test_llm_notebook_runs(tmp_path, monkeypatch):
     nb = execute("llm", tmp_path, monkeypatch)
