@@ -316,7 +316,9 @@ if align_json.exists():
 # - the dose-response: the owl trait against lr x steps (where it saturates);
 # - the matched fine-tuned teachers: owl LoRA teacher minus its cat control;
 # - token entanglement (Zur et al.) with its number-free control, and the divergence-token counts
-#   (Schrodi et al.).
+#   (Schrodi et al.);
+# - the ways of learning (LoRA rank, SGD, divergence masks; Nief et al., Blank et al., Schrodi et al.),
+#   each read against the neutral teacher's student trained the same way where the run has it.
 
 # %%
 RESULTS = Path(env("LLM_RESULTS_DIR", "../llm_validation/results"))
@@ -372,3 +374,31 @@ if div.exists():
     display(Markdown(f"Divergence positions (owl teacher vs base/cat rivals): {d['owl']['rival']} of "
                      f"{d['owl']['n_positions']} completion positions; owl vs cat only: {d['owl_vs_cat_only']}; "
                      f"the cheap argmax-vs-base detector recalls {d['owl']['base_argmax']['recall_of_rival']:.0%}."))
+
+# %%
+METHOD_RUNS = ("distill_lora4", "distill_sgd", "distill_masks")
+rows = []
+for name in METHOD_RUNS:
+    path = RESULTS / name / "summary.json"
+    if not path.exists():
+        continue
+    arms = read_json(path)["controls"]["methods"]
+    for method, a in arms.items():
+        if method == "reference":
+            continue
+        rows.append({"run": name, "method": method, "reference": arms["reference"], "shift": a["shift"]["mean"],
+                     "ci": a["shift"]["ci_half"], "detectable": a["shift"]["detectable"],
+                     "KL reduction": a["kl_reduction"]["mean"]})
+if rows:
+    methods = pd.DataFrame(rows)
+    display(methods)
+    fig, ax = plt.subplots(figsize=(6, 3))
+    labels = [f"{r.method} ({r.run.removeprefix('distill_')})" for r in methods.itertuples()]
+    ax.errorbar(methods["shift"], range(len(methods)), xerr=methods["ci"], fmt="o", capsize=3)
+    ax.axvline(0, color="grey", lw=0.8)
+    ax.set_yticks(range(len(methods)), labels)
+    ax.set_xlabel("owl log-odds shift vs its reference (table), 95% CI over seeds")
+    fig.tight_layout()
+    save(fig, "llm_methods.png")
+    display(Markdown("Owl shift by way of learning: " + "; ".join(
+        f"{r.method} ({r.run.removeprefix('distill_')}) {r.shift:+.3f} +- {r.ci:.3f}" for r in methods.itertuples()) + "."))

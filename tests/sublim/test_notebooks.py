@@ -125,6 +125,11 @@ def test_llm_notebook_runs(tmp_path, monkeypatch):
         assert f"owl {owl['mean']:+.3f} +- {owl['ci_half']:.3f}" in text
     if (results / "dose_response" / "dose.json").exists():
         assert "Largest owl trait shift: " in text
+    lora = results / "distill_lora4" / "summary.json"
+    if lora.exists():  # the methods block quotes each arm's shift from its run's summary
+        shift = json.loads(lora.read_text())["controls"]["methods"]["lora4"]["shift"]
+        assert "llm_methods.png" in figs
+        assert f"lora4 (lora4) {shift['mean']:+.3f} +- {shift['ci_half']:.3f}" in text
 
 
 @pytest.mark.skipif(not (NOTEBOOKS / "theory.py").exists(), reason="theory notebook not written yet")
