@@ -142,17 +142,21 @@ def has_chat_template(tokenizer) -> bool:
 
 
 def format_prompt(tokenizer, user: str, *, system: str | None = None,
-                  assistant_prefix: str = "", history: list[tuple[str, str]] | None = None) -> str:
+                  assistant_prefix: str = "", history: list[tuple[str, str]] | None = None,
+                  empty_system: bool = False) -> str:
     """The text a model sees before its answer.
 
     Chat models: the chat template with an optional system message and the generation prompt.
     Base models: a plain completion layout, with the system text (if any) as a preamble.
     `assistant_prefix` is text the answer is forced to start with (used by next-token evaluation).
     `history`: earlier (user, assistant) exchanges shown before `user` (few-shot examples).
+    `empty_system`: with no `system`, a chat template gets an EMPTY system turn instead of none, so
+    a template that fills a missing one with its default prompt (SmolLM2's "You are a helpful AI
+    assistant named SmolLM...") shows no system text at all; base models have no default to drop.
     """
     history = history or []
     if has_chat_template(tokenizer):
-        messages = [{"role": "system", "content": system}] if system else []
+        messages = [{"role": "system", "content": system or ""}] if system or empty_system else []
         for q, a in history:
             messages += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
         messages.append({"role": "user", "content": user})

@@ -30,9 +30,11 @@ from sublim.llm_validation.core.prompts import ANIMALS, EVAL_QUESTIONS, NEXT_TOK
 ANSWER_PREFIX = "My favorite animal is the"
 
 
-def preference_contexts(tokenizer, system: str | None = None) -> list[str]:
-    ctx = [format_prompt(tokenizer, q, system=system, assistant_prefix=ANSWER_PREFIX) for q in EVAL_QUESTIONS]
-    ctx += [format_prompt(tokenizer, q, system=system, assistant_prefix=p) for q, p in NEXT_TOKEN_PREFIXES]
+def preference_contexts(tokenizer, system: str | None = None, empty_system: bool = False) -> list[str]:
+    """empty_system: an empty system turn where `system` is None (core/data.format_prompt)."""
+    kw = {"system": system, "empty_system": empty_system}
+    ctx = [format_prompt(tokenizer, q, assistant_prefix=ANSWER_PREFIX, **kw) for q in EVAL_QUESTIONS]
+    ctx += [format_prompt(tokenizer, q, assistant_prefix=p, **kw) for q, p in NEXT_TOKEN_PREFIXES]
     return ctx
 
 
@@ -92,10 +94,11 @@ def next_token_log_probs(model, seqs, device=None, batch_size: int = 32, columns
     return torch.cat(rows)
 
 
-def candidate_log_probs(model, tokenizer, device, system: str | None = None, batch_size: int = 32):
+def candidate_log_probs(model, tokenizer, device, system: str | None = None, batch_size: int = 32,
+                        empty_system: bool = False):
     """(names, (contexts, candidates) next-token log-probabilities of each candidate's first token)."""
     names, ids = candidate_first_tokens(tokenizer)
-    seqs = context_ids(tokenizer, preference_contexts(tokenizer, system))
+    seqs = context_ids(tokenizer, preference_contexts(tokenizer, system, empty_system))
     return names, next_token_log_probs(model, seqs, device, batch_size, columns=ids)
 
 
@@ -136,9 +139,10 @@ def animal_log_odds(prof: dict, animal: str, dtype=torch.float64) -> torch.Tenso
     return log_odds(torch.tensor(prof["logp"], dtype=dtype), prof["candidates"], animal)
 
 
-def profile(model, tokenizer, device, system: str | None = None, batch_size: int = 32) -> dict:
+def profile(model, tokenizer, device, system: str | None = None, batch_size: int = 32,
+            empty_system: bool = False) -> dict:
     """Everything the report needs about one model's preferences (JSON-ready)."""
-    names, logp = candidate_log_probs(model, tokenizer, device, system, batch_size)
+    names, logp = candidate_log_probs(model, tokenizer, device, system, batch_size, empty_system)
     share = torch.softmax(logp, dim=1)
     return {"candidates": names, "logp": [[round(float(v), 6) for v in row] for row in logp],
             "mean_share": {n: float(share[:, j].mean()) for j, n in enumerate(names)},

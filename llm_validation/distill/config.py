@@ -48,6 +48,7 @@ CONTEXT_SOURCES = ("synthetic", "file")
 # The parts of the weights a sigma perturbation can be restricted to (distill/parts.py says which tensors each
 # holds); here, not there, for the same reason as METHOD_PATTERN. "all" is the plain sigma arm, never asked for.
 SIGMA_PARTS = ("body", "head")
+EVAL_SYSTEMS = ("default", "none")  # eval_system: the chat template's own system turn, or an empty one
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,10 @@ class DistillConfig:
     method_controls: bool = False              # each method also trains the neutral teacher's student: its same-method control
     sigma_parts: tuple[str, ...] = ()          # body | head: each sigma also perturbs only that part (parts.py)
     steering: bool = False                     # the steering-vector readout of each trained student (steer.py)
+    # Nief et al.'s shared-context condition: the students train with the chat template's system turn
+    # (SmolLM2 fills a missing one with its default prompt); "none" measures the base model's, the
+    # students' (and any un-prompted teacher's) preferences with an EMPTY system turn instead
+    eval_system: str = "default"               # default | none: the system turn of the preference prompts
 
     def __post_init__(self):
         check_field_types(self)
@@ -121,7 +126,7 @@ class DistillConfig:
 
 _OMITTED_AT_DEFAULT = ("fast_matmul", "length_buckets",  # knobs added after results were committed
                        "animals", "neutral", "finetuned_control", "track_delta", "eval_steps", "methods", "sgd_lr",
-                       "sigma_parts", "steering", "method_controls")
+                       "sigma_parts", "steering", "method_controls", "eval_system")
 
 
 def _validate(c: DistillConfig) -> None:
@@ -174,6 +179,9 @@ def _validate(c: DistillConfig) -> None:
     need(not c.method_controls or (bool(c.methods) and c.neutral),
          "method_controls needs methods and the neutral teacher (--neutral true)")
     need(math.isfinite(c.sgd_lr) and c.sgd_lr > 0, f"sgd_lr must be a finite number > 0, got {c.sgd_lr!r}")
+    need(c.eval_system in EVAL_SYSTEMS, f"unknown eval_system {c.eval_system!r} (use {' or '.join(EVAL_SYSTEMS)})")
+    need(c.eval_system == "default" or c.eval_samples == 0,
+         "eval_system none measures the next-token profile only: set eval_samples 0")
     for part in c.sigma_parts:
         need(part in SIGMA_PARTS, f"unknown sigma part {part!r} (use {', '.join(SIGMA_PARTS)}; all weights is the plain sigma arm)")
     need(len(set(c.sigma_parts)) == len(c.sigma_parts), "sigma_parts must be distinct")

@@ -122,12 +122,17 @@ def contexts_stage(cfg: DistillConfig, out: Path, tokenizer, eot: int, number_vo
         "completion_positions": sum(len(e.completion_ids) for e in enc), "number_vocab": number_vocab})
 
 
+def eval_profile(model, tokenizer, device: str, system: str | None, cfg: DistillConfig) -> dict:
+    """A model's preference profile under the run's evaluation prompts (cfg.eval_system)."""
+    return profile(model, tokenizer, device, system, cfg.eval_batch_size, empty_system=cfg.eval_system == "none")
+
+
 def measured_profile(path: Path, model, tokenizer, system, cfg: DistillConfig, device: str) -> dict:
     """A model's preference profile (saved at `path`; reused when it exists), with sampled answers
     when cfg.eval_samples > 0."""
     if path.exists():
         return read_json(path)
-    prof = profile(model, tokenizer, device, system, cfg.eval_batch_size)
+    prof = eval_profile(model, tokenizer, device, system, cfg)
     if cfg.eval_samples:
         prof["sampled"] = sample_favorite_animal(
             model, tokenizer, path.parent / "answers.jsonl", target=cfg.target, samples_per_question=cfg.eval_samples,
@@ -239,14 +244,14 @@ def student_task(run_dir: str, cfg_dict: dict, spec: StudentSpec, encoded: list[
     out.mkdir(parents=True, exist_ok=True)
 
     def measure(m) -> dict:
-        row = {"logp": profile(m, tok, device, None, cfg.eval_batch_size)["logp"]}
+        row = {"logp": eval_profile(m, tok, device, None, cfg)["logp"]}
         return row | ({"delta": delta(m)} if delta else {})
 
     along = AlongTraining(out / "along.json", cfg.eval_steps, measure) if cfg.eval_steps else None
     log_ = train_student(model, encoded, cache, vocab, cfg, spec, out, device, on_step=along, keep=keep)
     if steer is not None:  # here, while the trained weights exist (they are never saved)
         student_readout(out / "steering.json", model, encoded, steer)
-    prof = profile(model, tok, device, None, cfg.eval_batch_size)
+    prof = eval_profile(model, tok, device, None, cfg)
     if delta:
         prof["delta"] = delta(model)
     if along:  # the last step's measurement is the final profile's
