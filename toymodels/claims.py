@@ -224,32 +224,36 @@ def ensemble_key(arm: ArmSpec, cfg: ToyConfig) -> tuple:
 
 class Alignment:
     """Per step and model: (theta_S(t) - theta_S(0)) . Delta_T and its cosine, Delta_T = theta_T -
-    theta_0 of the model's teacher. Accumulated on the device, read once at the end."""
+    theta_0 of the model's teacher. Accumulated on the device, read once at the end.
 
-    def __init__(self, students: list[torch.Tensor], delta_t: list[torch.Tensor], k: int, same_shape: bool):
+    The rows live in buffers allocated once for all `steps`: appending three small tensors per step
+    between each step's large temporaries (the displacement, ~the students' size) kept glibc from
+    returning the freed temporaries' heap, and a 100-epoch run grew by ~17 MB a step (10 GB, killed
+    by the OOM killer, 2026-12-03)."""
+
+    def __init__(self, students: list[torch.Tensor], delta_t: list[torch.Tensor], k: int, same_shape: bool,
+                 steps: int):
         self.start = [p.detach().clone() for p in students]
         self.delta = [d.repeat_interleave(k, dim=0) for d in delta_t] if same_shape else None
         self.delta_norm = _norm(self.delta) if same_shape else None
-        self.dot: list[torch.Tensor] = []
-        self.cos: list[torch.Tensor] = []
-        self.norm: list[torch.Tensor] = []
+        n, like = students[0].shape[0], students[0]
+        self.rows = {name: like.new_empty((steps, n)) for name in (("norm", "dot", "cos") if same_shape else ("norm",))}
+        self.t = 0
 
     @torch.no_grad()
     def record(self, students: list[torch.Tensor]) -> None:
         d = [p - s for p, s in zip(students, self.start)]
         n = _norm(d)
-        self.norm.append(n)
+        self.rows["norm"][self.t] = n
         if self.delta is not None:  # another depth: no common parameter space, no dot product
             dot = sum((a * b).flatten(1).sum(1) for a, b in zip(d, self.delta))
-            self.dot.append(dot)
-            self.cos.append(dot / (n * self.delta_norm).clamp_min(torch.finfo(n.dtype).tiny))
+            self.rows["dot"][self.t] = dot
+            self.rows["cos"][self.t] = dot / (n * self.delta_norm).clamp_min(torch.finfo(n.dtype).tiny)
+        self.t += 1
 
     def arrays(self) -> dict[str, np.ndarray]:
-        out = {"update_norm": torch.stack(self.norm).cpu().double().numpy()}
-        if self.dot:
-            out["dot"] = torch.stack(self.dot).cpu().double().numpy()
-            out["cos"] = torch.stack(self.cos).cpu().double().numpy()
-        return out  # each (steps, n_students)
+        names = {"norm": "update_norm", "dot": "dot", "cos": "cos"}
+        return {names[k]: v[:self.t].cpu().double().numpy() for k, v in self.rows.items()}  # each (steps, n_students)
 
 
 def _norm(ps: list[torch.Tensor]) -> torch.Tensor:
@@ -394,7 +398,8 @@ def train_arms(cfg: ToyConfig, arms: list[ArmSpec], teachers: list[torch.Tensor]
     step_fn = StudentStep(cfg, arms, students, teachers, opt, ws, dev)
     delta_t = [t - i.to(dev, dtype) for t, i in zip(teachers, teacher_init)]
     same_space = arms[0].arch == "mlp" and arms[0].student_depth(cfg) == cfg.depth
-    align = Alignment(students, delta_t, k, same_shape=same_space)
+    total = steps_per_epoch(distill_examples(cfg, data.x_train.shape[0]), cfg.batch_size) * epochs_of(arms, cfg)
+    align = Alignment(students, delta_t, k, same_shape=same_space, steps=total)
     stop = None
     if targets is not None:
         steps = steps_per_epoch(distill_examples(cfg, data.x_train.shape[0]), cfg.batch_size)
