@@ -398,11 +398,10 @@ def train_arms(cfg: ToyConfig, arms: list[ArmSpec], teachers: list[torch.Tensor]
     step_fn = StudentStep(cfg, arms, students, teachers, opt, ws, dev)
     delta_t = [t - i.to(dev, dtype) for t, i in zip(teachers, teacher_init)]
     same_space = arms[0].arch == "mlp" and arms[0].student_depth(cfg) == cfg.depth
-    total = steps_per_epoch(distill_examples(cfg, data.x_train.shape[0]), cfg.batch_size) * epochs_of(arms, cfg)
-    align = Alignment(students, delta_t, k, same_shape=same_space, steps=total)
+    steps = steps_per_epoch(distill_examples(cfg, data.x_train.shape[0]), cfg.batch_size)
+    align = Alignment(students, delta_t, k, same_shape=same_space, steps=steps * epochs_of(arms, cfg))
     stop = None
     if targets is not None:
-        steps = steps_per_epoch(distill_examples(cfg, data.x_train.shape[0]), cfg.batch_size)
         stop = MatchStop(torch.as_tensor(targets, dtype=torch.float64, device=dev).reshape(-1), steps, opt)
     first_loss, epoch_losses = distill_loop(cfg, arms, step_fn, students, align, stop, data, chunk_start, n_groups,
                                             ws, bar)

@@ -119,6 +119,11 @@ class DistillConfig:
         check_field_types(self)
         _validate(self)
 
+    @property
+    def empty_system(self) -> bool:
+        """Whether the preference prompts get an empty system turn (eval_system none)."""
+        return self.eval_system == "none"
+
     def to_dict(self) -> dict:
         return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in fields(self)
                 if not (f.name in _OMITTED_AT_DEFAULT and getattr(self, f.name) == f.default)}

@@ -156,7 +156,7 @@ def _sft_rows(students: dict, base: dict, target: str) -> dict:
 def format_markdown(s: dict, c) -> str:
     lines = [f"# sublim llm distill: {c.model}, target {c.target}", ""] + ([
         "Preferences measured with an EMPTY system turn (eval_system none); the students trained with the "
-        "chat template's own (SmolLM2: its default system prompt).", ""] if c.eval_system == "none" else []) + [
+        "chat template's own (SmolLM2: its default system prompt).", ""] if c.empty_system else []) + [
              "| model | " + " | ".join(f"{a} share" for a in (c.target, c.other) if a) + " | "
              + " | ".join(f"{a} log-odds" for a in (c.target, c.other) if a) + " |",
              "| --- |" + " --- |" * (2 * len([a for a in (c.target, c.other) if a]))]

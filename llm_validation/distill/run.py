@@ -124,7 +124,7 @@ def contexts_stage(cfg: DistillConfig, out: Path, tokenizer, eot: int, number_vo
 
 def eval_profile(model, tokenizer, device: str, system: str | None, cfg: DistillConfig) -> dict:
     """A model's preference profile under the run's evaluation prompts (cfg.eval_system)."""
-    return profile(model, tokenizer, device, system, cfg.eval_batch_size, empty_system=cfg.eval_system == "none")
+    return profile(model, tokenizer, device, system, cfg.eval_batch_size, empty_system=cfg.empty_system)
 
 
 def measured_profile(path: Path, model, tokenizer, system, cfg: DistillConfig, device: str) -> dict:

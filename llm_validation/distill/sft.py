@@ -32,4 +32,4 @@ def run_sft(c, out_dir: Path, device: str) -> None:
         finetune(c.model, records, ft, out / "finetune", model=model, tokenizer=tok)
         merged, _ = load_finetuned(out / "finetune", base=base_copy(c.model, device=device), device=device)
         atomic_write_json(out / "profile.json", profile(merged, tok, device, None, c.eval_batch_size,
-                                                             empty_system=c.eval_system == "none"))
+                                                             empty_system=c.empty_system))
