@@ -46,8 +46,12 @@ constraints:
 toy: setup
 	$(VENV)/bin/sublim toy
 
+# The suite on TEST_WORKERS pytest-xdist workers, a test file per worker at a time (--dist loadfile:
+# a module's Ray cluster and model fixtures are set up once, on one worker). `make test TEST_WORKERS=0`
+# runs it in one process.
+TEST_WORKERS ?= 2
 test: setup
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 test-slow: setup
 	$(PY) -m pytest -m slow

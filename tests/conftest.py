@@ -24,6 +24,13 @@ sys.path.insert(0, os.path.dirname(__file__))  # tests/helpers.py, importable fr
 if shutil.which("nvidia-smi") is None:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("SUBLIM_QUIET", "1")
+# `make test` runs the suite on 2 pytest-xdist workers (one per core of the CI machine). Each worker,
+# and every subprocess it starts (CLIs, Ray clusters, notebook kernels), uses one intra-op thread:
+# torch's default of one per core would put 4 spinning threads on 2 cores. No test depends on the
+# thread count: every tolerance is bounded for any summation order, and every bit-for-bit comparison
+# is between two computations of the same process settings.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 import pytest  # noqa: E402

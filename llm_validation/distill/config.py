@@ -26,7 +26,10 @@ Arms (each with `seeds` data orders; a LoRA student also draws its A from the se
   SmolLM2 ties its input embedding to the output head, so "head" moves both), each with its own
   base-teacher control at the same init and seed, like the all-weights sigma arms;
 - `steering` (issue #23): the steering-vector readout (Blank et al.) of every system-prompt teacher's
-  student at the shared init, computed right after training (distill/steer.py).
+  student at the shared init, computed right after training (distill/steer.py);
+- `eval_system` / `train_system` (issue #23, Nief et al.'s shared-context condition): an EMPTY system
+  turn in the preference prompts / in the students' training contexts instead of the chat template's
+  default system prompt; the two together make the 2 x 2 of trained-on and measured-with contexts.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ CONTEXT_SOURCES = ("synthetic", "file")
 # The parts of the weights a sigma perturbation can be restricted to (distill/parts.py says which tensors each
 # holds); here, not there, for the same reason as METHOD_PATTERN. "all" is the plain sigma arm, never asked for.
 SIGMA_PARTS = ("body", "head")
-EVAL_SYSTEMS = ("default", "none")  # eval_system: the chat template's own system turn, or an empty one
+EVAL_SYSTEMS = ("default", "none")  # eval_system, train_system: the chat template's own system turn, or an empty one
 
 
 @dataclass(frozen=True)
@@ -114,6 +117,10 @@ class DistillConfig:
     # (SmolLM2 fills a missing one with its default prompt); "none" measures the base model's, the
     # students' (and any un-prompted teacher's) preferences with an EMPTY system turn instead
     eval_system: str = "default"               # default | none: the system turn of the preference prompts
+    # The other half of that condition: "none" trains the students on their contexts with an EMPTY
+    # system turn (the teachers' caches are unchanged: the same completion positions, read after the
+    # teachers' own prompts)
+    train_system: str = "default"              # default | none: the system turn of the students' training contexts
 
     def __post_init__(self):
         check_field_types(self)
@@ -131,7 +138,7 @@ class DistillConfig:
 
 _OMITTED_AT_DEFAULT = ("fast_matmul", "length_buckets",  # knobs added after results were committed
                        "animals", "neutral", "finetuned_control", "track_delta", "eval_steps", "methods", "sgd_lr",
-                       "sigma_parts", "steering", "method_controls", "eval_system")
+                       "sigma_parts", "steering", "method_controls", "eval_system", "train_system")
 
 
 def _validate(c: DistillConfig) -> None:
@@ -187,6 +194,9 @@ def _validate(c: DistillConfig) -> None:
     need(c.eval_system in EVAL_SYSTEMS, f"unknown eval_system {c.eval_system!r} (use {' or '.join(EVAL_SYSTEMS)})")
     need(c.eval_system == "default" or c.eval_samples == 0,
          "eval_system none measures the next-token profile only: set eval_samples 0")
+    need(c.train_system in EVAL_SYSTEMS, f"unknown train_system {c.train_system!r} (use {' or '.join(EVAL_SYSTEMS)})")
+    need(c.train_system == "default" or not (c.steering or c.sft_records or (c.align and "finetuned" in c.teachers)),
+         "train_system none changes the distilled students' contexts only: set steering false, sft_records 0, align false")
     for part in c.sigma_parts:
         need(part in SIGMA_PARTS, f"unknown sigma part {part!r} (use {', '.join(SIGMA_PARTS)}; all weights is the plain sigma arm)")
     need(len(set(c.sigma_parts)) == len(c.sigma_parts), "sigma_parts must be distinct")

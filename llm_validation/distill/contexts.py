@@ -63,23 +63,28 @@ class Encoded:
     completion_ids: list[int]
 
 
-def encode_context(tokenizer, record: dict, eot: int, max_length: int, system: str | None = None) -> Encoded:
+def encode_context(tokenizer, record: dict, eot: int, max_length: int, system: str | None = None,
+                   empty_system: bool = False) -> Encoded:
     """The student's view fits max_length (the completion is cut to fit). A system-prompt teacher's
-    view has the SAME completion tokens after a longer prompt, so its positions pair one to one."""
-    prompt_ids = tokenizer(format_prompt(tokenizer, record["prompt"]),
-                           add_special_tokens=not has_chat_template(tokenizer))["input_ids"]
+    view has the SAME completion tokens after a longer prompt, so its positions pair one to one.
+    empty_system (train_system none): the student's prompt with an EMPTY system turn instead of the
+    template's default; the completion is still cut by the default view, so it pairs with the caches."""
+    def ids(**kw) -> list[int]:
+        return tokenizer(format_prompt(tokenizer, record["prompt"], **kw),
+                         add_special_tokens=not has_chat_template(tokenizer))["input_ids"]
+
+    prompt_ids = ids()
     completion = tokenizer(record["completion"], add_special_tokens=False)["input_ids"] + [eot]
     completion = completion[:max(max_length - len(prompt_ids), 0)]
-    if system is not None:
-        prompt_ids = tokenizer(format_prompt(tokenizer, record["prompt"], system=system),
-                               add_special_tokens=not has_chat_template(tokenizer))["input_ids"]
+    if system is not None or empty_system:
+        prompt_ids = ids(system=system, empty_system=empty_system)
     return Encoded(record["id"], prompt_ids, completion)
 
 
 def encode_contexts(tokenizer, records: list[dict], eot: int, max_length: int,
-                    system: str | None = None) -> list[Encoded]:
+                    system: str | None = None, empty_system: bool = False) -> list[Encoded]:
     """Encode every record; refuses a set with no completion position at all."""
-    out = [encode_context(tokenizer, r, eot, max_length, system) for r in records]
+    out = [encode_context(tokenizer, r, eot, max_length, system, empty_system) for r in records]
     if not out or sum(len(e.completion_ids) for e in out) == 0:
         raise DataError(f"distill: the {len(records)} contexts have no completion positions "
                         f"(every prompt fills max_length={max_length}, or there are no records)")

@@ -153,10 +153,21 @@ def _sft_rows(students: dict, base: dict, target: str) -> dict:
     return {"student_minus_control": _ci(diff), "student_minus_base": _ci(rows["sft.teacher_numbers"] - _lo(base, target))}
 
 
+def _system_turns(c) -> list[str]:
+    """The shared-context condition's line (eval_system, train_system), or none at the defaults."""
+    if c.eval_system == c.train_system == "default":
+        return []
+    if c.train_system == "default":  # the sentence of the committed distill_evalsys summary
+        return ["Preferences measured with an EMPTY system turn (eval_system none); the students trained with the "
+                "chat template's own (SmolLM2: its default system prompt).", ""]
+    turn = {"default": "the chat template's own system turn (SmolLM2: its default system prompt)",
+            "none": "an EMPTY system turn"}
+    return [f"Students trained with {turn[c.train_system]}; preferences measured with {turn[c.eval_system]} "
+            f"(train_system {c.train_system}, eval_system {c.eval_system}).", ""]
+
+
 def format_markdown(s: dict, c) -> str:
-    lines = [f"# sublim llm distill: {c.model}, target {c.target}", ""] + ([
-        "Preferences measured with an EMPTY system turn (eval_system none); the students trained with the "
-        "chat template's own (SmolLM2: its default system prompt).", ""] if c.empty_system else []) + [
+    lines = [f"# sublim llm distill: {c.model}, target {c.target}", "", *_system_turns(c)] + [
              "| model | " + " | ".join(f"{a} share" for a in (c.target, c.other) if a) + " | "
              + " | ".join(f"{a} log-odds" for a in (c.target, c.other) if a) + " |",
              "| --- |" + " --- |" * (2 * len([a for a in (c.target, c.other) if a]))]

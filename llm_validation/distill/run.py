@@ -61,12 +61,13 @@ class Contexts:
         self.tokenizer, self.eot, self.max_length = tokenizer, eot, max_length
         self.records = read_jsonl(out / "contexts" / "records.jsonl")
         self.sha256 = read_json(out / "contexts" / "contexts.json")["sha256"]
-        self._encoded: dict[str | None, list[Encoded]] = {}
+        self._encoded: dict[tuple[str | None, bool], list[Encoded]] = {}
 
-    def encoded(self, system: str | None = None) -> list[Encoded]:
-        if system not in self._encoded:
-            self._encoded[system] = encode_contexts(self.tokenizer, self.records, self.eot, self.max_length, system)
-        return self._encoded[system]
+    def encoded(self, system: str | None = None, empty_system: bool = False) -> list[Encoded]:
+        key = (system, empty_system)
+        if key not in self._encoded:
+            self._encoded[key] = encode_contexts(self.tokenizer, self.records, self.eot, self.max_length, *key)
+        return self._encoded[key]
 
 
 class TeacherCaches:
@@ -189,7 +190,8 @@ def students_stage(cfg: DistillConfig, out: Path, device: str, threads: int, exe
     missing = [s for s in specs if not (out / "students" / s.name / "profile.json").exists()]
     masks = loss_masks(cfg, caches, out) if any(s.method in MASKS for s in missing) else {}
     steer = steering_reference(cfg, out, device, contexts, teachers) if cfg.steering and any(map(reads, missing)) else None
-    tasks = {s.name: (student_task, (str(out), cfg.to_dict(), s, contexts.encoded(), vocab,
+    encoded = contexts.encoded(empty_system=cfg.train_system == "none")  # the students' view (train_system)
+    tasks = {s.name: (student_task, (str(out), cfg.to_dict(), s, encoded, vocab,
                                      caches.get(by_name[s.teacher]), device, threads, masks.get((s.method, s.seed)),
                                      steer if reads(s) else None))
              for s in missing}

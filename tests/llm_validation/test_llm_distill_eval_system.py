@@ -1,6 +1,7 @@
 """Nief et al.'s shared-context condition (issue #23): `--eval-system none` measures the base model's
 and the students' preferences with an EMPTY system turn, where SmolLM2's chat template would fill a
-missing one with its default prompt (the students always train with the template's own)."""
+missing one with its default prompt; `--train-system none` trains the students on contexts with an
+empty system turn (the teachers' caches unchanged), the other half of the 2 x 2."""
 
 import pytest
 import torch
@@ -47,6 +48,19 @@ def test_bad_eval_system_is_refused(knobs, message):
 def test_eval_system_is_recorded_only_when_changed():
     assert "eval_system" not in from_overrides("tiny", {}).to_dict()  # older run directories stay valid
     assert from_overrides("tiny", {"eval_system": "none", "eval_samples": 0}).to_dict()["eval_system"] == "none"
+    assert "train_system" not in from_overrides("tiny", {}).to_dict()
+    assert from_overrides("tiny", {"train_system": "none", "teachers": ("system_prompt",)}).to_dict()["train_system"] == "none"
+
+
+def test_the_summary_says_which_system_turns_were_used():
+    from sublim.llm_validation.distill.report import _system_turns
+
+    assert _system_turns(from_overrides("tiny", {})) == []
+    sp = {"teachers": ("system_prompt",), "eval_samples": 0}
+    both = " ".join(_system_turns(from_overrides("tiny", sp | {"train_system": "none", "eval_system": "none"})))
+    assert "trained with an EMPTY system turn; preferences measured with an EMPTY system turn" in both
+    train = " ".join(_system_turns(from_overrides("tiny", sp | {"train_system": "none"})))
+    assert "trained with an EMPTY system turn; preferences measured with the chat template's own" in train
 
 
 def test_the_runs_profiles_use_the_configured_turn(tiny):
@@ -70,3 +84,57 @@ def test_cli_base_profile_uses_the_configured_turn(tmp_path, capsys, tiny):
     assert read_json(out / "config.json")["config"]["eval_system"] == "none"
     assert main(["-q", "llm", "distill", "--run-dir", str(out), "--eval-system", "blank"]) == 2
     one_line_error(capsys, "unknown eval_system")
+
+
+# ---- the other half: students TRAINED with an empty system turn (train_system none) ----------------
+def test_an_empty_system_training_view_keeps_the_completion_positions(tiny):
+    from sublim.llm_validation.distill.contexts import encode_context
+
+    record = {"id": "0", "prompt": "Continue: 1, 2, 3", "completion": "4, 5, 6, 7, 8, 9, 10"}
+    for name in ("tiny-llama", "tiny-gemma"):
+        _, tok = tiny[name]
+        eot = tok.eos_token_id
+        # max_length 40 cuts the completion by the DEFAULT view's prompt length; the empty view's
+        # shorter prompt must not lengthen it, or its positions would not pair with the caches
+        default = encode_context(tok, record, eot, 40)
+        empty = encode_context(tok, record, eot, 40, empty_system=True)
+        owl = encode_context(tok, record, eot, 40, system="You love owls.")
+        assert empty.completion_ids == default.completion_ids == owl.completion_ids
+        if name == "tiny-llama":  # a chat template: the default turn is gone, nothing else changed
+            assert len(default.completion_ids) < len(tok(record["completion"])["input_ids"])  # the cut happened
+            text = tok.decode(empty.prompt_ids)
+            assert DEFAULT_TURN in tok.decode(default.prompt_ids) and DEFAULT_TURN not in text
+            assert text == format_prompt(tok, record["prompt"], empty_system=True)
+        else:  # no template: no default to drop
+            assert empty.prompt_ids == default.prompt_ids
+
+
+@pytest.mark.parametrize("knobs, message", [
+    ({"train_system": "blank"}, "unknown train_system 'blank'"),
+    ({"train_system": "none", "steering": True, "teachers": ("system_prompt",)}, "train_system none changes"),
+    ({"train_system": "none"}, "train_system none changes"),  # the tiny preset aligns its fine-tuned teacher
+])
+def test_bad_train_system_is_refused(knobs, message):
+    with pytest.raises(ConfigError, match=message):
+        from_overrides("tiny", knobs)
+
+
+def test_the_students_stage_hands_out_the_configured_training_view(tmp_path, monkeypatch, tiny):
+    """The students' tasks receive the empty-system view; the teachers' caches are the default run's."""
+    import sublim.llm_validation.distill.run as run
+
+    calls = []
+    monkeypatch.setattr(run, "run_tasks", lambda tasks, **kw: calls.append(tasks))
+    knobs = {"teachers": ("system_prompt",), "sigmas": (), "eval_samples": 0, "lora_arm": False}
+    for system in ("default", "none"):
+        run.run_distill(tmp_path / system, from_overrides("tiny", knobs | {"train_system": system}),
+                        ["contexts", "teachers", "cache", "students"])
+    assert len(calls) == 2 and calls[0].keys() == calls[1].keys() and calls[0]
+    _, tok = tiny["tiny-llama"]
+    for name in calls[0]:
+        default, empty = calls[0][name][1][3], calls[1][name][1][3]  # student_task's `encoded`
+        assert [e.completion_ids for e in default] == [e.completion_ids for e in empty]
+        assert all(DEFAULT_TURN in tok.decode(e.prompt_ids) for e in default)
+        assert not any(DEFAULT_TURN in tok.decode(e.prompt_ids) for e in empty)
+    for cache in ("owl_system_prompt.pt", "cat_system_prompt.pt"):
+        assert (tmp_path / "default" / "cache" / cache).read_bytes() == (tmp_path / "none" / "cache" / cache).read_bytes()
