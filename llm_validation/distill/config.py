@@ -182,6 +182,11 @@ def _validate(c: DistillConfig) -> None:
     need(not c.track_delta or "finetuned" in c.teachers, "track_delta needs 'finetuned' in teachers")
     need(all(isinstance(s, int) and s >= 1 for s in c.eval_steps) and list(c.eval_steps) == sorted(set(c.eval_steps)),
          "eval_steps must be increasing integers >= 1")
+    _validate_issue23_arms(c, need)
+
+
+def _validate_issue23_arms(c: DistillConfig, need) -> None:
+    """The checks of issue #23's knobs: methods, sigma parts, steering, the system turns."""
     for m in c.methods:
         need(re.fullmatch(METHOD_PATTERN, m) is not None and m != "full" and not m.startswith("lora0"),
              f"unknown method {m!r} (use lora<r>, sgd, sgdm, mask_div, mask_base, mask_rand)")

@@ -17,13 +17,21 @@ def _tiny_cfg():
                         predict=D.PredictConfig(n_predict=64, n_sim=32, alpha_gd=0.1))
 
 
-def test_report_runs_and_writes_run_dir(tmp_path, capsys):
+def test_report_runs_and_writes_run_dir(tmp_path, capsys, monkeypatch):
+    # The sympy derivations (~40 s) are test_theory_symbolic.py's; here one stand-in result goes
+    # through the report so that the numerical checks, the run directory and the text are tested.
+    from sublim.theory import symbolic
+    from sublim.theory.checks import CheckResult
+
+    stand_in = CheckResult("symbolic stand-in", True, {"source": "test"}, section="PSD, symbolic k")
+    monkeypatch.setattr(symbolic, "run_symbolic_checks", lambda: [stand_in])
     ok, text = run_report(_tiny_cfg(), str(tmp_path / "run"))
     run = tmp_path / "run"
     assert (run / "config.json").is_file() and (run / "report.txt").is_file()
     assert (run / "loglog_slope.png").stat().st_size > 1000 and (run / "multistep.png").stat().st_size > 1000
     rep = json.loads((run / "report.json").read_text())
     assert rep["checks"] and all({"name", "passed", "details"} <= set(c) for c in rep["checks"])
+    assert "symbolic stand-in" in [c["name"] for c in rep["checks"]] and len(rep["checks"]) > 1  # + the numerical ones
     assert ("FAIL" in text) == (not ok)
     assert "LaTeX" in text and "PASS" in text
 
