@@ -402,3 +402,44 @@ if rows:
     save(fig, "llm_methods.png")
     display(Markdown("Owl shift by way of learning: " + "; ".join(
         f"{r.method} ({r.run.removeprefix('distill_')}) {r.shift:+.3f} +- {r.ci:.3f}" for r in methods.itertuples()) + "."))
+
+# %% [markdown]
+# The shared-init condition by part (`distill_sigma_parts`): each perturbed owl student against the
+# base teacher's student from the SAME perturbed init (sigma 0.1 x each tensor's std), beside the
+# shared-init students (against the base model). "head" is SmolLM2's tied embedding / output head.
+# Then the steering readout (`distill_steering`, Blank et al.): per layer, the cosine between the
+# owl student's activation change and the owl prompt's activation change, minus the same cosine for
+# the neutral teacher's student (paired by seed).
+
+# %%
+parts_json = RESULTS / "distill_sigma_parts" / "summary.json"
+if parts_json.exists():
+    shifts = read_json(parts_json)["shifts"]["owl"]
+    parts = {"shared init": "owl_system_prompt.full.sigma0", "all weights": "owl_system_prompt.full.sigma0.1",
+             "body only": "owl_system_prompt.full.sigma0.1_body", "head only": "owl_system_prompt.full.sigma0.1_head"}
+    display(Markdown("Owl shift by perturbed part (sigma 0.1): " + "; ".join(
+        f"{label} {ci(shifts[arm]['over_seeds'])}" for label, arm in parts.items() if "over_seeds" in shifts[arm]) + "."))
+
+# %%
+steer_json = RESULTS / "distill_steering" / "summary.json"
+if steer_json.exists():
+    st = read_json(steer_json)["steering"]
+    rows = st["variants"]["paper"][st["target"]]
+    layers = [r["layer"] for r in rows if "mean" in r["difference"]]
+    diff = [r["difference"] for r in rows if "mean" in r["difference"]]
+    fig, ax = plt.subplots(figsize=(6, 3))
+    for key, label in (("target", "owl teacher's students"), ("control", "neutral teacher's students")):
+        ax.plot([r["layer"] for r in rows if "mean" in r[key]], [r[key]["mean"] for r in rows if "mean" in r[key]],
+                marker=".", label=label)
+    ax.errorbar(layers, [d["mean"] for d in diff], yerr=[d["ci_half"] for d in diff], fmt="o", ms=3, capsize=2,
+                label="difference (95% CI over seeds)")
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xlabel("decoder layer")
+    ax.set_ylabel("cos(student change, owl prompt change)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    save(fig, "llm_steering.png")
+    best = max(diff, key=lambda d: d["mean"])
+    display(Markdown(f"Steering readout: the owl students' change is more aligned with the owl prompt's than the "
+                     f"neutral students' at {sum(d['mean'] - d['ci_half'] > 0 for d in diff)} of {len(diff)} layers; "
+                     f"largest difference {ci(best)} (layer {layers[diff.index(best)]})."))
