@@ -130,6 +130,17 @@ def test_llm_notebook_runs(tmp_path, monkeypatch):
         shift = json.loads(lora.read_text())["controls"]["methods"]["lora4"]["shift"]
         assert "llm_methods.png" in figs
         assert f"lora4 (lora4) {shift['mean']:+.3f} +- {shift['ci_half']:.3f}" in text
+    parts = results / "distill_sigma_parts" / "summary.json"
+    if parts.exists():  # the body / head arms, quoted from their run's summary
+        head = json.loads(parts.read_text())["shifts"]["owl"]["owl_system_prompt.full.sigma0.1_head"]["over_seeds"]
+        assert f"head only {head['mean']:+.3f} +- {head['ci_half']:.3f}" in text
+    steer = results / "distill_steering" / "summary.json"
+    if steer.exists():  # the steering readout's figure and its owl-minus-neutral count
+        st = json.loads(steer.read_text())["steering"]
+        diff = [r["difference"] for r in st["variants"]["paper"][st["target"]] if "mean" in r["difference"]]
+        above = sum(d["mean"] - d["ci_half"] > 0 for d in diff)
+        assert "llm_steering.png" in figs
+        assert f"more aligned with the owl prompt's than the neutral students' at {above} of {len(diff)} layers" in text
 
 
 @pytest.mark.skipif(not (NOTEBOOKS / "theory.py").exists(), reason="theory notebook not written yet")
