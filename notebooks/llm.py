@@ -376,7 +376,9 @@ if div.exists():
                      f"the cheap argmax-vs-base detector recalls {d['owl']['base_argmax']['recall_of_rival']:.0%}."))
 
 # %%
-METHOD_RUNS = ("distill_lora4", "distill_sgd", "distill_masks")
+# the rank sweep holds distill_lora4's students (copied); the older run is read when the sweep is absent
+METHOD_RUNS = ("distill_lora_ranks" if (RESULTS / "distill_lora_ranks" / "summary.json").exists() else "distill_lora4",
+               "distill_sgd", "distill_masks")
 rows = []
 for name in METHOD_RUNS:
     path = RESULTS / name / "summary.json"

@@ -125,11 +125,13 @@ def test_llm_notebook_runs(tmp_path, monkeypatch):
         assert f"owl {owl['mean']:+.3f} +- {owl['ci_half']:.3f}" in text
     if (results / "dose_response" / "dose.json").exists():
         assert "Largest owl trait shift: " in text
-    lora = results / "distill_lora4" / "summary.json"
+    ranks = results / "distill_lora_ranks" / "summary.json"
+    lora = ranks if ranks.exists() else results / "distill_lora4" / "summary.json"
     if lora.exists():  # the methods block quotes each arm's shift from its run's summary
         shift = json.loads(lora.read_text())["controls"]["methods"]["lora4"]["shift"]
         assert "llm_methods.png" in figs
-        assert f"lora4 (lora4) {shift['mean']:+.3f} +- {shift['ci_half']:.3f}" in text
+        label = lora.parent.name.removeprefix("distill_")
+        assert f"lora4 ({label}) {shift['mean']:+.3f} +- {shift['ci_half']:.3f}" in text
     parts = results / "distill_sigma_parts" / "summary.json"
     if parts.exists():  # the body / head arms, quoted from their run's summary
         head = json.loads(parts.read_text())["shifts"]["owl"]["owl_system_prompt.full.sigma0.1_head"]["over_seeds"]
