@@ -131,6 +131,11 @@ class DistillConfig:
         """Whether the preference prompts get an empty system turn (eval_system none)."""
         return self.eval_system == "none"
 
+    @property
+    def train_empty_system(self) -> bool:
+        """Whether the students' training contexts get an empty system turn (train_system none)."""
+        return self.train_system == "none"
+
     def to_dict(self) -> dict:
         return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in fields(self)
                 if not (f.name in _OMITTED_AT_DEFAULT and getattr(self, f.name) == f.default)}

@@ -190,7 +190,7 @@ def students_stage(cfg: DistillConfig, out: Path, device: str, threads: int, exe
     missing = [s for s in specs if not (out / "students" / s.name / "profile.json").exists()]
     masks = loss_masks(cfg, caches, out) if any(s.method in MASKS for s in missing) else {}
     steer = steering_reference(cfg, out, device, contexts, teachers) if cfg.steering and any(map(reads, missing)) else None
-    encoded = contexts.encoded(empty_system=cfg.train_system == "none")  # the students' view (train_system)
+    encoded = contexts.encoded(empty_system=cfg.train_empty_system)  # the students' view (train_system)
     tasks = {s.name: (student_task, (str(out), cfg.to_dict(), s, encoded, vocab,
                                      caches.get(by_name[s.teacher]), device, threads, masks.get((s.method, s.seed)),
                                      steer if reads(s) else None))
