@@ -5,7 +5,9 @@ a run trained (see config.py's docstring for what the arms mean).
                   written by the teacher's `name`, read back by teachers.py: parse_teacher
     student key   "<teacher>.<method>.sigma<sigma:g>[_<part>].seed<seed>"   e.g. "owl_system_prompt.full.sigma0.seed1";
                   the part suffix only for a perturbation restricted to one part of the weights
-                  ("owl_system_prompt.full.sigma0.05_head.seed0"; parts.py), so every older key is unchanged
+                  ("owl_system_prompt.full.sigma0.05_head.seed0"; parts.py), so every older key is unchanged;
+                  "_shared" after the sigma when the teacher ran on the same perturbed weights (shared_noise;
+                  noise.py): "owl_system_prompt.full.sigma0.1_shared.seed0"
     arm key       the student key without ".seed<seed>": the seeds of one arm are pooled in the report
 """
 
@@ -23,7 +25,7 @@ from sublim.llm_validation.distill.teachers import (NEUTRAL, FinetunedTeacher, S
                                                     parse_teacher)
 
 _STUDENT_KEY = re.compile(rf"^(?P<teacher>[A-Za-z_]+)\.(?P<method>{METHOD_PATTERN})\.sigma(?P<sigma>[0-9.e+-]+)"
-                          rf"(?:_(?P<part>{'|'.join(SIGMA_PARTS)}))?\.seed(?P<seed>\d+)$")
+                          rf"(?:_(?P<part>{'|'.join(SIGMA_PARTS)}))?(?P<shared>_shared)?\.seed(?P<seed>\d+)$")
 
 
 @dataclass(frozen=True)
@@ -34,10 +36,12 @@ class StudentSpec:
     sigma: float = 0.0
     seed: int = 0
     part: str = "all"         # the weights sigma perturbs: all | body | head (parts.py)
+    shared: bool = False      # the teacher runs on the same perturbed weights (shared_noise; noise.py)
 
     @property
     def arm(self) -> str:
-        return f"{self.teacher}.{self.method}.sigma{self.sigma:g}" + ("" if self.part == "all" else f"_{self.part}")
+        return (f"{self.teacher}.{self.method}.sigma{self.sigma:g}" + ("" if self.part == "all" else f"_{self.part}")
+                + ("_shared" if self.shared else ""))
 
     @property
     def name(self) -> str:
@@ -46,7 +50,12 @@ class StudentSpec:
     @property
     def reference(self) -> "StudentSpec | None":
         """The student this one is read against: None = the base model (shared init); for a
-        perturbed init, the student of the un-prompted base teacher at the same init and seed."""
+        perturbed init, the student of the un-prompted base teacher at the same init and seed; under
+        shared noise, the neutral teacher's student at the same noise and seed (the neutral one's own
+        reference is the unperturbed base model: it carries the noise's movement)."""
+        if self.shared:
+            neutral = SystemPromptTeacher(NEUTRAL).name
+            return None if self.teacher == neutral else StudentSpec(neutral, self.method, self.sigma, self.seed, shared=True)
         return (None if self.sigma == 0 or self.teacher == "base"
                 else StudentSpec("base", "full", self.sigma, self.seed, self.part))
 
@@ -56,7 +65,7 @@ class StudentSpec:
         if not m:
             raise DataError(f"not a student key: {key!r} (want <teacher>.<method>.sigma<s>.seed<n>)")
         parse_teacher(m["teacher"])  # the teacher part is a teacher key too
-        return cls(m["teacher"], m["method"], float(m["sigma"]), int(m["seed"]), m["part"] or "all")
+        return cls(m["teacher"], m["method"], float(m["sigma"]), int(m["seed"]), m["part"] or "all", bool(m["shared"]))
 
 
 def student_specs(cfg: DistillConfig) -> list[StudentSpec]:
@@ -80,6 +89,9 @@ def student_specs(cfg: DistillConfig) -> list[StudentSpec]:
                   for t in (main, "base")]
     if cfg.method_controls:  # each method's own control: the neutral teacher's student, learning the same way
         specs += [StudentSpec(SystemPromptTeacher(NEUTRAL).name, m, 0.0, s) for m in cfg.methods for s in cfg.seeds]
+    for sigma in cfg.shared_noise:  # each seed's target and neutral teachers on that seed's perturbed weights
+        specs += [StudentSpec(t, "full", float(sigma), s, shared=True) for s in cfg.seeds
+                  for t in (main, SystemPromptTeacher(NEUTRAL).name)]
     return specs
 
 

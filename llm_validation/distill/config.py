@@ -30,6 +30,8 @@ Arms (each with `seeds` data orders; a LoRA student also draws its A from the se
 - `eval_system` / `train_system` (issue #23, Nief et al.'s shared-context condition): an EMPTY system
   turn in the preference prompts / in the students' training contexts instead of the chat template's
   default system prompt; the two together make the 2 x 2 of trained-on and measured-with contexts.
+- `shared_noise` (issue #23, OpenReview a2sc2Y91hO): weight noise on teacher AND student, the target's
+  and the neutral teacher's students at each noise level, read against each other (distill/noise.py).
 """
 
 from __future__ import annotations
@@ -121,6 +123,10 @@ class DistillConfig:
     # system turn (the teachers' caches are unchanged: the same completion positions, read after the
     # teachers' own prompts)
     train_system: str = "default"              # default | none: the system turn of the students' training contexts
+    # Weight noise on teacher AND student (OpenReview a2sc2Y91hO): per noise level and seed, the target's and
+    # the neutral teacher's prompts run on the base perturbed by (noise, seed), and their students start from
+    # those same weights (noise.py)
+    shared_noise: tuple[float, ...] = ()       # noise levels (x each tensor's std) on teacher and student alike
 
     def __post_init__(self):
         check_field_types(self)
@@ -143,7 +149,8 @@ class DistillConfig:
 
 _OMITTED_AT_DEFAULT = ("fast_matmul", "length_buckets",  # knobs added after results were committed
                        "animals", "neutral", "finetuned_control", "track_delta", "eval_steps", "methods", "sgd_lr",
-                       "sigma_parts", "steering", "method_controls", "eval_system", "train_system")
+                       "sigma_parts", "steering", "method_controls", "eval_system", "train_system",
+                       "shared_noise")
 
 
 def _validate(c: DistillConfig) -> None:
@@ -213,6 +220,9 @@ def _validate_issue23_arms(c: DistillConfig, need) -> None:
     need(not c.sigma_parts or bool(c.sigmas), "sigma_parts needs sigmas (the perturbation sizes to restrict)")
     need(not c.steering or "system_prompt" in c.teachers or bool(c.other or c.animals or c.neutral),
          "steering reads students of system-prompt teachers: the run has none")
+    need(all(isinstance(s, (int, float)) and math.isfinite(s) and s > 0 for s in c.shared_noise)
+         and len(set(c.shared_noise)) == len(c.shared_noise), "shared_noise must be distinct finite numbers > 0")
+    need(not c.shared_noise or c.neutral, "shared_noise reads the target against the neutral teacher: set --neutral true")
 
 
 # SmolLM2-135M's own number completions (un-prompted base and owl system-prompt teacher), sampled and

@@ -26,6 +26,7 @@ from sublim.llm_validation.distill.controls import controls_summary
 from sublim.llm_validation.distill.controls import lo as _lo
 from sublim.llm_validation.distill.controls import seed_ci as _ci
 from sublim.llm_validation.distill.controls_report import controls_figure, controls_markdown
+from sublim.llm_validation.distill.noise import noise_markdown, noise_summary
 from sublim.llm_validation.distill.steering_report import steering_figure, steering_markdown, steering_summary
 from sublim.llm_validation.distill.teachers import SystemPromptTeacher
 
@@ -49,16 +50,25 @@ def arm_shifts(specs: list[StudentSpec], profiles: dict, base: dict, animal: str
         head = {"teacher": seeds[0].teacher, "method": seeds[0].method, "sigma": seeds[0].sigma, "animal": animal}
         if seeds[0].part != "all":  # only part-restricted arms carry it (older summaries stay byte-identical)
             head["part"] = seeds[0].part
+        if seeds[0].shared:  # likewise only the shared-noise arms
+            head["shared_noise"] = True
         if not diffs:
             out[arm] = {**head, "missing": missing}
             continue
         per_seed = {s: float(d.mean()) for s, d in diffs.items()}
         per_context = np.mean(list(diffs.values()), axis=0)
-        out[arm] = {**head, "reference": "base model" if seeds[0].reference is None else "base-teacher student, same init",
+        out[arm] = {**head, "reference": _reference_label(seeds[0]),
                     "per_seed": per_seed, "over_seeds": _ci(list(per_seed.values())), "over_contexts": _ci(per_context)}
         if missing:
             out[arm]["missing"] = missing
     return out
+
+
+def _reference_label(spec: StudentSpec) -> str:
+    ref = spec.reference
+    if ref is None:
+        return "base model (unperturbed)" if spec.shared else "base model"
+    return "neutral-teacher student, same noise" if ref.shared else "base-teacher student, same init"
 
 
 def specificity(cfg, profiles: dict) -> dict:
@@ -124,11 +134,14 @@ def write_report(c, d) -> dict:
         summary["controls"] = controls
     if c.steering:  # likewise only runs that asked for the readout
         summary["steering"] = steering_summary(c, d, specs)
+    if c.shared_noise:
+        summary["shared_noise"] = noise_summary(c, d, students)
     timings = d / "timings.json"
     summary["timings_s"] = read_json(timings) if timings.exists() else {}
     atomic_write_json(d / "summary.json", summary)
     atomic_write_text(d / "summary.md", format_markdown(summary, c) + (controls_markdown(controls, c) if controls else "")
-                      + (steering_markdown(summary["steering"]) if c.steering else ""))
+                      + (steering_markdown(summary["steering"]) if c.steering else "")
+                      + (noise_markdown(summary["shared_noise"], c) if c.shared_noise else ""))
     _figure(summary, c, d / "distill.png")
     if controls:
         controls_figure(controls, c, d / "controls.png")
@@ -240,7 +253,7 @@ def _figure(s: dict, c, path) -> None:
     for part in ("all", *c.sigma_parts):  # the all-weights curve, then one per restricted part (sigma_parts)
         curve = sorted((r["sigma"], r["over_seeds"]) for arm, r in s["shifts"][c.target].items()
                        if r["teacher"] == SystemPromptTeacher(c.target).name and r["method"] == "full"
-                       and r.get("part", "all") == part and "over_seeds" in r)
+                       and r.get("part", "all") == part and not r.get("shared_noise") and "over_seeds" in r)
         if curve:
             ax.errorbar([x for x, _ in curve], [o["mean"] for _, o in curve], yerr=[o["ci_half"] for _, o in curve],
                         marker="o", capsize=4, **({"label": f"{part} weights"} if c.sigma_parts else {}))

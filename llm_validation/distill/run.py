@@ -50,6 +50,7 @@ from sublim.llm_validation.distill.steer import reads, steering_reference, stude
 from sublim.llm_validation.distill.students import make_student, train_student
 from sublim.llm_validation.core.divergence import divergence_positions, random_mask_like
 from sublim.llm_validation.distill.methods import MASKS
+from sublim.llm_validation.distill.noise import noisy_teacher
 from sublim.llm_validation.distill.teachers import FinetunedTeacher, SystemPromptTeacher, make_teacher, parse_teacher
 from sublim.llm_validation.distill.vocab import end_of_turn_id, number_token_ids
 
@@ -192,13 +193,23 @@ def students_stage(cfg: DistillConfig, out: Path, device: str, threads: int, exe
     steer = steering_reference(cfg, out, device, contexts, teachers) if cfg.steering and any(map(reads, missing)) else None
     encoded = contexts.encoded(empty_system=cfg.train_empty_system)  # the students' view (train_system)
     tasks = {s.name: (student_task, (str(out), cfg.to_dict(), s, encoded, vocab,
-                                     caches.get(by_name[s.teacher]), device, threads, masks.get((s.method, s.seed)),
-                                     steer if reads(s) else None))
+                                     None if s.shared else caches.get(by_name[s.teacher]), device, threads,
+                                     masks.get((s.method, s.seed)), steer if reads(s) else None,
+                                     _teacher_view(s, contexts)))
              for s in missing}
     gpus = 1 if device.startswith("cuda") and executor == "ray" else 0
     run_tasks(tasks, executor=executor, address=address, desc="students",
               resources=Resources(cpus=threads, gpus=gpus), on_result=lambda name, prof: _save_student(out, name, prof))
     record_arms(out / "students" / "arms.json", specs)
+
+
+def _teacher_view(spec: StudentSpec, contexts: Contexts):
+    """(system prompt, contexts encoded with it) for a student whose task computes its own teacher's
+    distributions (shared_noise: the teacher on the student's perturbed init; noise.py), else None."""
+    if not spec.shared:
+        return None
+    system = parse_teacher(spec.teacher).system
+    return system, contexts.encoded(system)
 
 
 def loss_masks(cfg: DistillConfig, caches: TeacherCaches, out: Path) -> dict:
@@ -232,18 +243,21 @@ def _save_student(out: Path, name: str, prof: dict) -> None:
 
 
 def student_task(run_dir: str, cfg_dict: dict, spec: StudentSpec, encoded: list[Encoded], vocab: torch.Tensor,
-                 cache: TeacherCache, device: str, threads: int, keep: torch.Tensor | None = None,
-                 steer: dict | None = None) -> dict:
+                 cache: TeacherCache | None, device: str, threads: int, keep: torch.Tensor | None = None,
+                 steer: dict | None = None, teacher_view: tuple | None = None) -> dict:
     """Train and profile one student; returns its profile (the driver writes it). Module-level and
     given everything it reads, so that a Ray worker runs it as it is. steer: the steering readout's
-    base side (steer.py), when this student gets the readout."""
+    base side (steer.py), when this student gets the readout. teacher_view (shared_noise, with cache
+    None): the task computes its teacher's distributions on its own perturbed init (noise.py)."""
     torch.set_num_threads(threads)
     cfg, out = config_from_dict(cfg_dict), Path(run_dir) / "students" / spec.name
+    out.mkdir(parents=True, exist_ok=True)
     base_model, tok = base_copy(cfg.model, device=device)
+    if teacher_view is not None:
+        cache = noisy_teacher(cfg, spec, base_model, tok, teacher_view, vocab, device, out)
     model = make_student(base_model, spec, cfg)
     delta = _delta_tracker(cfg, Path(run_dir), spec, base_model, device)
     del base_model
-    out.mkdir(parents=True, exist_ok=True)
 
     def measure(m) -> dict:
         row = {"logp": eval_profile(m, tok, device, None, cfg)["logp"]}
