@@ -125,7 +125,7 @@ class DistillConfig:
     train_system: str = "default"              # default | none: the system turn of the students' training contexts
     # Weight noise on teacher AND student (OpenReview a2sc2Y91hO): per noise level and seed, the target's and
     # the neutral teacher's prompts run on the base perturbed by (noise, seed), and their students start from
-    # those same weights (noise.py)
+    # those same weights (noise.py).
     shared_noise: tuple[float, ...] = ()       # noise levels (x each tensor's std) on teacher and student alike
 
     def __post_init__(self):
