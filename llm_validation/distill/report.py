@@ -170,9 +170,6 @@ def _system_turns(c) -> list[str]:
     """The shared-context condition's line (eval_system, train_system), or none at the defaults."""
     if c.eval_system == c.train_system == "default":
         return []
-    if c.train_system == "default":  # the sentence of the committed distill_evalsys summary
-        return ["Preferences measured with an EMPTY system turn (eval_system none); the students trained with the "
-                "chat template's own (SmolLM2: its default system prompt).", ""]
     turn = {"default": "the chat template's own system turn (SmolLM2: its default system prompt)",
             "none": "an EMPTY system turn"}
     return [f"Students trained with {turn[c.train_system]}; preferences measured with {turn[c.eval_system]} "

@@ -61,6 +61,9 @@ def test_the_summary_says_which_system_turns_were_used():
     assert "trained with an EMPTY system turn; preferences measured with an EMPTY system turn" in both
     train = " ".join(_system_turns(from_overrides("tiny", sp | {"train_system": "none"})))
     assert "trained with an EMPTY system turn; preferences measured with the chat template's own" in train
+    evals = " ".join(_system_turns(from_overrides("tiny", sp | {"eval_system": "none"})))
+    assert "trained with the chat template's own system turn (SmolLM2: its default system prompt); preferences " \
+           "measured with an EMPTY system turn" in evals
 
 
 def test_the_runs_profiles_use_the_configured_turn(tiny):
