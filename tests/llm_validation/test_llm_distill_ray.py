@@ -1,7 +1,7 @@
 """`sublim llm distill --executor ray` on a real local Ray cluster (the `cluster` fixture of
 tests/conftest.py, shared with the toy Ray tests): the students as Ray tasks give the local
-executor's numbers. The drivers run as `sublim` subprocesses, as a user runs them (Ray reads RAY_AUTH_MODE once, when
-it is imported).
+executor's numbers. The drivers run as `sublim` subprocesses, as a user runs them (Ray reads
+RAY_AUTH_MODE once, when it is imported).
 """
 
 import json
