@@ -445,3 +445,30 @@ if steer_json.exists():
     display(Markdown(f"Steering readout: the owl students' change is more aligned with the owl prompt's than the "
                      f"neutral students' at {sum(d['mean'] - d['ci_half'] > 0 for d in diff)} of {len(diff)} layers; "
                      f"largest difference {ci(best)} (layer {layers[diff.index(best)]})."))
+
+# %% [markdown]
+# Nief et al.'s shared-context condition as a 2 x 2 (`distill_trainsys_none/compare.py`): the system
+# turn the students trained with (SmolLM2's default prompt, or an empty turn) against the one their
+# preference was measured with; each cell's owl trait is the owl teacher's student minus the neutral
+# teacher's, at the laptop-long design (cells pair by seed). Then weight noise on teacher AND student
+# (`distill_shared_noise`, OpenReview a2sc2Y91hO): the owl trait when both start from the same
+# perturbed weights, beside the trait at noise 0.
+
+# %%
+grid_json = RESULTS / "distill_trainsys_none" / "compare.json"
+if grid_json.exists():
+    cells = read_json(grid_json)["cells"]
+    display(pd.DataFrame([{"cell": n, "owl trait": ci(c["trait"]), "detectable": f"{c['trait']['detectable']:.3f}",
+                           "neutral drift": ci(c["drift"]), "KL reduction": ci(c["kl_reduction_owl"], 2)}
+                          for n, c in cells.items()]))
+    display(Markdown("Owl trait by trained-on / measured-with system turn: " + "; ".join(
+        f"{n} {ci(c['trait'])}" for n, c in cells.items()) + "."))
+
+# %%
+noise_json = RESULTS / "distill_shared_noise" / "summary.json"
+if noise_json.exists():
+    sn = read_json(noise_json)["shared_noise"]
+    rows = [(k, r) for k, r in sn.items() if k != "zero_noise" and "mean" in r["transfer"]]
+    display(Markdown(f"Owl trait with the same weight noise on teacher and student: noise 0 {ci(sn['zero_noise'])}; " + "; ".join(
+        f"noise {k} {ci(r['transfer'])} (ratio {r['ratio_of_means']:.2f}, noisy teachers' gain "
+        f"{ci(r['teacher_gain'])})" for k, r in rows) + "."))

@@ -143,6 +143,15 @@ def test_llm_notebook_runs(tmp_path, monkeypatch):
         above = sum(d["mean"] - d["ci_half"] > 0 for d in diff)
         assert "llm_steering.png" in figs
         assert f"more aligned with the owl prompt's than the neutral students' at {above} of {len(diff)} layers" in text
+    grid = results / "distill_trainsys_none" / "compare.json"
+    if grid.exists():  # the shared-context 2 x 2, each cell quoted from compare.json
+        for name, cell in json.loads(grid.read_text())["cells"].items():
+            assert f"{name} {cell['trait']['mean']:+.3f} +- {cell['trait']['ci_half']:.3f}" in text
+    noise = results / "distill_shared_noise" / "summary.json"
+    if noise.exists():  # weight noise on teacher and student: each level's transfer, quoted
+        for key, row in json.loads(noise.read_text())["shared_noise"].items():
+            if key != "zero_noise" and "mean" in row["transfer"]:
+                assert f"noise {key} {row['transfer']['mean']:+.3f} +- {row['transfer']['ci_half']:.3f}" in text
 
 
 @pytest.mark.skipif(not (NOTEBOOKS / "theory.py").exists(), reason="theory notebook not written yet")
