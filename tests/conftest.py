@@ -80,18 +80,28 @@ def _rank(nodeid: str) -> int:
     return LONGEST_FIRST.index(unit) if unit in LONGEST_FIRST else len(LONGEST_FIRST)
 
 
-def pytest_xdist_make_scheduler(config, log):
-    """--dist loadfile with the Ray-cluster modules as one unit, in collection order (above)."""
-    if config.getvalue("dist") != "loadfile":
-        return None
-    from xdist.scheduler import LoadFileScheduling
+class _XdistOrder:
+    """The scheduler hook, registered only when pytest-xdist is loaded: a conftest-level xdist hook
+    is an "unknown hook" error under `pytest -p no:xdist` or without xdist installed."""
 
-    class Scheduling(LoadFileScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            return _unit(super()._split_scope(nodeid))
+    @staticmethod
+    def pytest_xdist_make_scheduler(config, log):
+        """--dist loadfile with the Ray-cluster modules as one unit, in collection order (above)."""
+        if config.getvalue("dist") != "loadfile":
+            return None
+        from xdist.scheduler import LoadFileScheduling
 
-    config.option.loadscopereorder = False  # xdist's reorder (most tests first) would undo ours
-    return Scheduling(config, log)
+        class Scheduling(LoadFileScheduling):
+            def _split_scope(self, nodeid: str) -> str:
+                return _unit(super()._split_scope(nodeid))
+
+        config.option.loadscopereorder = False  # xdist's reorder (most tests first) would undo ours
+        return Scheduling(config, log)
+
+
+def pytest_configure(config):
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(_XdistOrder(), "sublim-xdist-order")
 
 
 @pytest.fixture(scope="session")
