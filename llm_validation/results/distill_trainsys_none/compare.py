@@ -11,7 +11,8 @@ batch order), so the cells pair by seed:
 
 Per cell: the owl trait (owl teacher's student minus the neutral teacher's student, mean over the 55
 contexts), the neutral student's drift vs the base model, and the students' KL reduction; then each
-cell minus train-default/eval-default, paired by seed; 95% CI over the 3 seeds.
+cell minus train-default/eval-default, paired by seed, and the interaction (default/default - default/none
+- none/default + none/none: what the prompt adds when it is in both); 95% CI over the 3 seeds.
 
     .venv/bin/python llm_validation/results/distill_trainsys_none/compare.py
 """
@@ -52,5 +53,8 @@ out = {"cells": {n: {"trait": seed_ci(trait[n][k] for k in seeds), "drift": seed
                      "per_seed_trait": {k: trait[n][k] for k in seeds}} for n in cells},
        "minus_train_default_eval_default": {n: seed_ci(trait[n][k] - trait[ref][k] for k in seeds)
                                             for n in cells if n != ref}}
+if len(cells) == 4:  # the interaction: what the default prompt adds when it is in BOTH training and evaluation
+    dd, dn, nd, nn = CELLS
+    out["interaction"] = seed_ci(trait[dd][k] - trait[dn][k] - trait[nd][k] + trait[nn][k] for k in seeds)
 atomic_write_json(HERE / "compare.json", out)
 print(json.dumps(out, indent=1))
