@@ -22,6 +22,7 @@ import copy
 from pathlib import Path
 
 from sublim.rundir import atomic_write_json, read_json
+from sublim.stats import ci_text
 
 from sublim.llm_validation.core.preference import profile
 from sublim.llm_validation.distill.arms import StudentSpec
@@ -83,7 +84,10 @@ def _teacher_profile(d: Path, teacher: str, sigma: float, seed: int) -> dict | N
 
 def noise_markdown(s: dict, cfg) -> str:
     def cell(r: dict) -> str:
-        return "missing" if "missing" in r else f"{r['mean']:+.4f} +- {r['ci_half']:.4f} (n {r['n']}, detectable {r['detectable']:.4f})"
+        if "missing" in r:
+            return "missing"
+        return (f"{r['mean']:+.4f} +- {ci_text(r['ci_half'], r['n'], '.4f')} "
+                f"(n {r['n']}, detectable {ci_text(r['detectable'], r['n'], '.4f')})")
 
     lines = ["", f"Weight noise on teacher AND student (shared_noise; the same perturbed weights for both): {cfg.target} "
                  "log-odds of the target teacher's student minus the neutral teacher's student at the same noise and seed "

@@ -106,7 +106,9 @@ def test_end_to_end_the_shared_arms_train_and_are_reported(tmp_path):
         "neutral-teacher student, same noise"
     row = summary["shared_noise"]["0.05"]
     assert row["transfer"]["n"] == 1 and row["teacher_gain"]["n"] == 1 and "ratio_of_means" in row
-    assert "Weight noise on teacher AND student" in (out / "summary.md").read_text()
+    md = (out / "summary.md").read_text()
+    assert "Weight noise on teacher AND student" in md
+    assert "+- n/a (n 1, detectable n/a)" in md and "nan" not in md  # one seed: no CI, never "+- nan"
 
 
 @pytest.mark.parametrize("knobs, message", [
