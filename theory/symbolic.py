@@ -31,6 +31,7 @@ from functools import lru_cache
 
 import mpmath
 import sympy as sp
+from sympy.printing.pycode import MpmathPrinter
 
 from sublim.theory.checks import CheckResult
 
@@ -126,6 +127,10 @@ def _exp_to_symbols(expr):
     return expr.replace(lambda e: isinstance(e, sp.exp), repl)
 
 
+_UNORDERED_MPMATH = MpmathPrinter({"fully_qualified_modules": False, "inline": True,
+                                   "allow_unknown_functions": True, "user_functions": {}, "order": "none"})
+
+
 def is_zero(expr, *, seed: int = 0, exact: bool = True) -> tuple[bool, str, float]:
     """(is zero, method, max |value| at the random points)."""
     expr = sp.sympify(expr)
@@ -144,7 +149,9 @@ def is_zero(expr, *, seed: int = 0, exact: bool = True) -> tuple[bool, str, floa
     syms = sorted(expr.free_symbols, key=str)
     # Fixed 50-digit arithmetic through mpmath: sympy's N() would keep raising the precision
     # trying to find significant digits of a value that is exactly zero.
-    fn = sp.lambdify(syms, expr, modules="mpmath")
+    # Terms printed in sympy's stored order: the default printer sorts an Add's terms, evaluating
+    # each exact constant numerically to compare them (most of the time on the tanh instance).
+    fn = sp.lambdify(syms, expr, modules="mpmath", printer=_UNORDERED_MPMATH)
     worst = 0.0
     with mpmath.workdps(50):
         for _ in range(3 if syms else 1):
