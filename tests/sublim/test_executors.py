@@ -55,3 +55,43 @@ def test_executor_ray_without_ray_is_one_line(tmp_path, capsys, monkeypatch):
     assert err.count("\n") == 0 and "pip install 'sublim-lab[ray]'" in err, err
     with pytest.raises(SublimError, match="not installed"):
         run_tasks({"a": (square, (1,))}, executor="ray")
+
+
+class FakeRay:
+    """Only the connection calls of the ray module, counted."""
+
+    def __init__(self):
+        self.inits, self.shutdowns, self.up = [], 0, False
+
+    def init(self, address, **kwargs):
+        self.inits.append(address)
+        self.up = True
+
+    def is_initialized(self):
+        return self.up
+
+    def shutdown(self):
+        self.shutdowns += 1
+        self.up = False
+
+
+def test_a_process_keeps_one_ray_connection_per_address(monkeypatch):
+    """Runs after a successful one reuse its connection (and the job's warm workers); another
+    address, or a connection lost in between, connects afresh; a failed run disconnects."""
+    from sublim import executors
+
+    ray = FakeRay()
+    monkeypatch.setattr(executors, "_CONNECTED", [])
+    executors._connect(ray, "10.0.0.1:1")
+    executors._connect(ray, "10.0.0.1:1")
+    assert ray.inits == ["10.0.0.1:1"] and ray.shutdowns == 0
+    executors._connect(ray, None)
+    assert ray.inits == ["10.0.0.1:1", "local"] and ray.shutdowns == 1
+    ray.up = False  # e.g. the caller shut Ray down
+    executors._connect(ray, None)
+    assert ray.inits == ["10.0.0.1:1", "local", "local"]
+    monkeypatch.setattr(executors, "_import_ray", lambda: ray)
+    monkeypatch.setattr(ray, "remote", lambda fn: None, raising=False)  # a failure inside the run
+    with pytest.raises(AttributeError):  # None.options: the run fails after connecting
+        run_tasks({"a": (square, (1,))}, executor="ray")
+    assert ray.shutdowns == 2 and not ray.up and executors._CONNECTED == []
