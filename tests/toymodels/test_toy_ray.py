@@ -71,7 +71,12 @@ def wait_for(predicate, proc, timeout=90.0):
         time.sleep(0.02)
 
 
+@pytest.mark.slow
 def test_killed_driver_rerun_computes_only_missing_cells(cluster, local_cells, tmp_path):
+    """Two Ray drivers (~45 s), so out of the default selection. Its smoke versions there: a killed
+    driver's rerun on the local executor (test_toy_guard.py's kill -9 of a sweep: the same resume
+    code, which skips cells on disk whatever the executor) and the killed-worker test below (the
+    sweep on Ray, bit for bit equal to the local cells)."""
     address, _ = cluster
     out = tmp_path / "sweep"
     # 2 CPUs per cell on a 2-CPU cluster: one cell at a time, so the kill lands mid-sweep.
@@ -99,8 +104,7 @@ def running_task_workers(pgid: int) -> list[int]:
 def test_killed_worker_is_retried_and_the_cells_equal_the_local_executors(cluster, local_cells, tmp_path):
     """A cell's worker killed mid-cell is retried, and the sweep on Ray (4 cells, 2 at a time) ends
     with the local executor's cells and summary. One driver run for both promises: a driver and its
-    workers cost ~15 s to start, the cells ~1 s each; the killed-driver test above compares a rerun
-    without a kill with the local numbers too."""
+    workers cost ~15 s to start, the cells ~1 s each."""
     address, pgid = cluster
     out = tmp_path / "sweep"
     proc = driver(address, out, "--cpus-per-cell", "1")
