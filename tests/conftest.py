@@ -61,14 +61,16 @@ def pytest_collection_modifyitems(config, items):
 # Test files that use the `cluster` fixture: one xdist work unit, so one cluster serves them all.
 RAY_MODULES = ("tests/llm_validation/test_llm_distill_ray.py", "tests/toymodels/test_toy_claims_ray.py",
                "tests/toymodels/test_toy_ray.py")
-# The longest work units, longest first (by --durations on 2 workers): with longest-first order the
-# last unit a worker starts is a short one, so the two workers finish close together.
-LONGEST_FIRST = ("ray", "tests/llm_validation/test_llm_distill.py", "tests/sublim/test_notebooks.py",
-                 "tests/theory/test_theory_symbolic.py", "tests/llm_validation/test_llm_distill_dose.py",
-                 "tests/llm_validation/test_llm_distill_controls.py", "tests/llm_validation/test_llm_align_cli.py",
-                 "tests/llm_validation/test_llm_kill.py", "tests/kernels/test_kernels_linear.py",
-                 "tests/llm_validation/test_llm_probes.py", "tests/theory/test_theory_cli.py",
-                 "tests/llm_validation/test_llm_pipeline.py")
+# The longest work units, longest first (each file's summed --durations on 2 workers, session 11):
+# with longest-first order the last unit a worker starts is a short one, so the two workers finish
+# close together. A stale order costs only time: every unit still runs.
+LONGEST_FIRST = ("ray", "tests/sublim/test_notebooks.py", "tests/llm_validation/test_llm_kill.py",
+                 "tests/llm_validation/test_llm_distill.py", "tests/kernels/test_kernels_linear.py",
+                 "tests/llm_validation/test_llm_align_cli.py", "tests/theory/test_theory_symbolic.py",
+                 "tests/llm_validation/test_llm_probes.py", "tests/llm_validation/test_llm_distill_controls.py",
+                 "tests/toymodels/test_toy_bench.py", "tests/llm_validation/test_llm_ddp.py",
+                 "tests/llm_validation/test_llm_distill_steer.py", "tests/llm_validation/test_llm_filter.py",
+                 "tests/toymodels/test_toy_guard.py", "tests/llm_validation/test_llm_distill_dose.py")
 
 
 def _unit(path: str) -> str:
