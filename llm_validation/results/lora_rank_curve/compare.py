@@ -69,7 +69,7 @@ for i, label in enumerate(labels):
                 color="tab:red" if a["rank"] is None else "tab:blue")
     ax.scatter([i] * len(seeds), list(a["per_seed_trait"].values()), s=10, color="grey", zorder=3)
 ax.axhline(0, color="black", lw=0.6)
-ax.set_xticks(range(len(labels)), [f"{lb}\nKL -{out['arms'][lb]['kl_reduction']['mean']:.2f}" for lb in labels],
+ax.set_xticks(range(len(labels)), [f"{lb}\nKL red. {out['arms'][lb]['kl_reduction']['mean']:+.2f}" for lb in labels],
               fontsize=8)
 ax.set_ylabel("owl log-odds, owl - neutral student")
 ax.set_title("SmolLM2-135M: transfer by LoRA rank (mean, 95% CI over 3 seeds; dots: seeds)", fontsize=9)
