@@ -406,6 +406,20 @@ if rows:
         f"{r.method} ({r.run.removeprefix('distill_')}) {r.shift:+.3f} +- {r.ci:.3f}" for r in methods.itertuples()) + "."))
 
 # %% [markdown]
+# The LoRA rank curve (`lora_rank_curve/compare.py`, Nief et al.'s inverted U): every rank's owl trait
+# against its own neutral student, gathered from the runs that trained it and paired by seed; r 64
+# twice, at the sweep's lr (diverged) and at 1e-4.
+
+# %%
+rank_json = RESULTS / "lora_rank_curve" / "compare.json"
+if rank_json.exists():
+    rc = read_json(rank_json)["arms"]
+    display(pd.DataFrame([{"method": k, "lr": a["lr"], "owl trait": ci(a["trait"]), "minus r 4": ci(a["minus_r4"]) if "minus_r4" in a else "",
+                           "minus full": ci(a["minus_full"]) if "minus_full" in a else "", "KL reduction": f"{a['kl_reduction']['mean']:.2f}"}
+                          for k, a in rc.items()]))
+    display(Markdown("LoRA rank curve: " + "; ".join(f"{k} (lr {a['lr']}) {ci(a['trait'])}" for k, a in rc.items()) + "."))
+
+# %% [markdown]
 # The shared-init condition by part (`distill_sigma_parts`): each perturbed owl student against the
 # base teacher's student from the SAME perturbed init (sigma 0.1 x each tensor's std), beside the
 # shared-init students (against the base model). "head" is SmolLM2's tied embedding / output head.

@@ -132,6 +132,10 @@ def test_llm_notebook_runs(tmp_path, monkeypatch):
         assert "llm_methods.png" in figs
         label = lora.parent.name.removeprefix("distill_")
         assert f"lora4 ({label}) {shift['mean']:+.3f} +- {shift['ci_half']:.3f}" in text
+    rank_curve = results / "lora_rank_curve" / "compare.json"
+    if rank_curve.exists():  # every rank's trait, quoted from compare.json
+        for name, arm in json.loads(rank_curve.read_text())["arms"].items():
+            assert f"{name} (lr {arm['lr']}) {arm['trait']['mean']:+.3f} +- {arm['trait']['ci_half']:.3f}" in text, name
     parts = results / "distill_sigma_parts" / "summary.json"
     if parts.exists():  # the body / head arms, quoted from their run's summary
         head = json.loads(parts.read_text())["shifts"]["owl"]["owl_system_prompt.full.sigma0.1_head"]["over_seeds"]

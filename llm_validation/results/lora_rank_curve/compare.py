@@ -57,8 +57,8 @@ for label, (num, rank, lr, run) in arms.items():
         "run": run, "rank": rank, "lr": lr, "trait": seed_ci(t[s] for s in seeds),
         "per_seed_trait": {s: t[s] for s in seeds}, "neutral_drift": seed_ci(num["drift"][s] for s in seeds),
         "kl_reduction": num["kl_reduction"],
-        "minus_full": seed_ci(t[s] - arms["full"][0]["trait"][s] for s in seeds),
-        "minus_r4": seed_ci(t[s] - arms["r 4"][0]["trait"][s] for s in seeds)}
+        **{key: seed_ci(t[s] - arms[ref][0]["trait"][s] for s in seeds)  # none against itself
+           for key, ref in (("minus_full", "full"), ("minus_r4", "r 4")) if ref != label}}
 atomic_write_json(HERE / "compare.json", out)
 
 fig, ax = plt.subplots(figsize=(6, 3.6))
@@ -75,7 +75,7 @@ ax.set_ylabel("owl log-odds, owl - neutral student")
 ax.set_title("SmolLM2-135M: transfer by LoRA rank (mean, 95% CI over 3 seeds; dots: seeds)", fontsize=9)
 save_figure(fig, HERE / "rank_curve.png")
 for label, a in out["arms"].items():
-    print(f"{label:14s} trait {a['trait']['mean']:+.4f} +- {a['trait']['ci_half']:.4f}  "
-          f"minus full {a['minus_full']['mean']:+.4f} +- {a['minus_full']['ci_half']:.4f}  "
-          f"minus r4 {a['minus_r4']['mean']:+.4f} +- {a['minus_r4']['ci_half']:.4f}  "
+    diffs = "  ".join(f"{key} {a[key]['mean']:+.4f} +- {a[key]['ci_half']:.4f}" for key in ("minus_full", "minus_r4")
+                      if key in a)
+    print(f"{label:14s} trait {a['trait']['mean']:+.4f} +- {a['trait']['ci_half']:.4f}  {diffs}  "
           f"KL red {a['kl_reduction']['mean']:+.3f}  drift {a['neutral_drift']['mean']:+.3f} +- {a['neutral_drift']['ci_half']:.3f}")
