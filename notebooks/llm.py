@@ -378,7 +378,7 @@ if div.exists():
 # %%
 # the rank sweep holds distill_lora4's students (copied); the older run is read when the sweep is absent
 METHOD_RUNS = ("distill_lora_ranks" if (RESULTS / "distill_lora_ranks" / "summary.json").exists() else "distill_lora4",
-               "distill_sgd", "distill_masks")
+               "distill_sgd", "distill_sgdm", "distill_masks")
 rows = []
 for name in METHOD_RUNS:
     path = RESULTS / name / "summary.json"
