@@ -95,7 +95,8 @@ def _run_quietly(fn: Callable[..., Any], *args) -> Any:
 class RayExecutor:
     """Each task as one Ray task with its resources; results come back to the driver.
 
-    address None starts a private local Ray instance for the run (all cores of this machine);
+    address None starts a private local Ray instance (all cores of this machine; it lives until this
+    process exits, so later runs of the process reuse it);
     "auto" or "HOST:PORT" joins a running cluster (`ray start --head` on one machine,
     `ray start --address HOST:PORT` on the others).
     """
