@@ -127,10 +127,6 @@ def _exp_to_symbols(expr):
     return expr.replace(lambda e: isinstance(e, sp.exp), repl)
 
 
-_UNORDERED_MPMATH = MpmathPrinter({"fully_qualified_modules": False, "inline": True,
-                                   "allow_unknown_functions": True, "user_functions": {}, "order": "none"})
-
-
 def is_zero(expr, *, seed: int = 0, exact: bool = True) -> tuple[bool, str, float]:
     """(is zero, method, max |value| at the random points)."""
     expr = sp.sympify(expr)
@@ -151,7 +147,10 @@ def is_zero(expr, *, seed: int = 0, exact: bool = True) -> tuple[bool, str, floa
     # trying to find significant digits of a value that is exactly zero.
     # Terms printed in sympy's stored order: the default printer sorts an Add's terms, evaluating
     # each exact constant numerically to compare them (most of the time on the tanh instance).
-    fn = sp.lambdify(syms, expr, modules="mpmath", printer=_UNORDERED_MPMATH)
+    # A printer per call: printers keep state between prints (their module imports).
+    printer = MpmathPrinter({"fully_qualified_modules": False, "inline": True, "allow_unknown_functions": True,
+                             "user_functions": {}, "order": "none"})
+    fn = sp.lambdify(syms, expr, modules="mpmath", printer=printer)
     worst = 0.0
     with mpmath.workdps(50):
         for _ in range(3 if syms else 1):

@@ -74,6 +74,9 @@ class FakeRay:
         self.shutdowns += 1
         self.up = False
 
+    def remote(self, fn):  # submitting a task: the run fails after connecting
+        raise RuntimeError("submit failed")
+
 
 def test_a_process_keeps_one_ray_connection_per_address(monkeypatch):
     """Runs after a successful one reuse its connection (and the job's warm workers); another
@@ -91,7 +94,6 @@ def test_a_process_keeps_one_ray_connection_per_address(monkeypatch):
     executors._connect(ray, None)
     assert ray.inits == ["10.0.0.1:1", "local", "local"]
     monkeypatch.setattr(executors, "_import_ray", lambda: ray)
-    monkeypatch.setattr(ray, "remote", lambda fn: None, raising=False)  # a failure inside the run
-    with pytest.raises(AttributeError):  # None.options: the run fails after connecting
+    with pytest.raises(RuntimeError, match="submit failed"):
         run_tasks({"a": (square, (1,))}, executor="ray")
     assert ray.shutdowns == 2 and not ray.up and executors._CONNECTED == []
