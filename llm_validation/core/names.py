@@ -7,7 +7,7 @@ from pathlib import Path
 
 from sublim.errors import ConfigError
 
-ALIAS_NAMES = ("smollm2-135m", "gemma3-270m")   # resolved to GGUF files by core/models.py: ALIASES
+ALIAS_NAMES = ("smollm2-135m", "gemma3-270m", "gemma3-270m-chat")  # resolved to GGUF files by core/models.py: ALIASES
 TINY_MODELS = ("tiny-llama", "tiny-gemma")
 KNOWN_NAMES = ALIAS_NAMES + TINY_MODELS
 

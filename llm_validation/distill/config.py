@@ -32,6 +32,8 @@ Arms (each with `seeds` data orders; a LoRA student also draws its A from the se
   default system prompt; the two together make the 2 x 2 of trained-on and measured-with contexts.
 - `shared_noise` (issue #23, OpenReview a2sc2Y91hO): weight noise on teacher AND student, the target's
   and the neutral teacher's students at each noise level, read against each other (distill/noise.py).
+- `student_model` (issue #23, Brockers et al.'s other architecture): every student is another model
+  family, trained on the teachers' caches where the two tokenizers pair (distill/cross.py).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from sublim.config_cli import check_field_types, resolve_config
 from sublim.errors import ConfigError
 from sublim.precision import FAST_MATMUL_MODES
 from sublim.llm_validation.core.device import check_device_name
+from sublim.llm_validation.core.names import check_model_name
 
 TEACHER_KINDS = ("system_prompt", "finetuned")
 # The student methods of methods.py (here, not there: methods.py imports torch, and a bad flag must be
@@ -127,6 +130,9 @@ class DistillConfig:
     # the neutral teacher's prompts run on the base perturbed by (noise, seed), and their students start from
     # those same weights (noise.py).
     shared_noise: tuple[float, ...] = ()       # noise levels (x each tensor's std) on teacher and student alike
+    # A student of another model family (Brockers et al.'s other-architecture arm): every student is this
+    # model, trained on the teachers' caches through the pairing of cross.py; "" = the teachers' model.
+    student_model: str = ""                    # e.g. gemma3-270m-chat: students of another family (cross.py)
 
     def __post_init__(self):
         check_field_types(self)
@@ -150,7 +156,7 @@ class DistillConfig:
 _OMITTED_AT_DEFAULT = ("fast_matmul", "length_buckets",  # knobs added after results were committed
                        "animals", "neutral", "finetuned_control", "track_delta", "eval_steps", "methods", "sgd_lr",
                        "sigma_parts", "steering", "method_controls", "eval_system", "train_system",
-                       "shared_noise")
+                       "shared_noise", "student_model")
 
 
 def _validate(c: DistillConfig) -> None:
@@ -223,6 +229,20 @@ def _validate_issue23_arms(c: DistillConfig, need) -> None:
     need(all(isinstance(s, (int, float)) and math.isfinite(s) and s > 0 for s in c.shared_noise)
          and len(set(c.shared_noise)) == len(c.shared_noise), "shared_noise must be distinct finite numbers > 0")
     need(not c.shared_noise or c.neutral, "shared_noise reads the target against the neutral teacher: set --neutral true")
+    if c.student_model:
+        _validate_student_model(c, need)
+
+
+def _validate_student_model(c: DistillConfig, need) -> None:
+    """A student of another family trains on the caches and is profiled; the arms that need the teachers'
+    weights, positions or init (sigma, steering, noise, SFT, alignment, masks, the system turns) are refused."""
+    check_model_name(c.student_model, "student_model")
+    need(not (c.sigmas or c.sigma_parts or c.shared_noise), "student_model has no shared init to perturb: set sigmas, "
+         "sigma_parts and shared_noise empty")
+    need(not (c.steering or c.sft_records or c.align_sft_records or c.track_delta or (c.align and "finetuned" in c.teachers)),
+         "student_model trains distilled students only: set steering false, sft_records 0, align false, track_delta false")
+    need(not any(m.startswith("mask") for m in c.methods), "student_model: the mask_* methods mark the teachers' positions; not paired")
+    need(c.eval_system == "default" and c.train_system == "default", "student_model: eval_system and train_system stay default")
 
 
 # SmolLM2-135M's own number completions (un-prompted base and owl system-prompt teacher), sampled and

@@ -116,10 +116,15 @@ def write_report(c, d) -> dict:
     """summary.json, summary.md and distill.png of the run directory d (config c)."""
     specs = recorded_arms(d / "students" / "arms.json", c)
     base, teachers, students = load_profiles(c, d)
+    models = {"base": _model_row(base, c)} | {n: _model_row(p, c) for n, p in teachers.items()}
+    if c.student_model:  # the students' reference is their own family's base (cross.py)
+        base = read_json(d / "models" / "student_base" / "profile.json")
+        models[f"student base ({c.student_model})"] = _model_row(base, c)
     summary = {"config": c.to_dict(), "contexts": read_json(d / "contexts" / "contexts.json"),
-               "teacher_check": read_json(d / "teachers" / "check.json"),
-               "models": {"base": _model_row(base, c)} | {n: _model_row(p, c) for n, p in teachers.items()},
+               "teacher_check": read_json(d / "teachers" / "check.json"), "models": models,
                "shifts": {c.target: arm_shifts(specs, students, base, c.target)}}
+    if c.student_model:
+        summary["pairing"] = read_json(d / "students" / "pairing.json")
     if c.other:
         summary["shifts"][c.other] = arm_shifts(specs, students, base, c.other)
     summary["specificity"] = specificity(c, students)
@@ -176,8 +181,20 @@ def _system_turns(c) -> list[str]:
             f"(train_system {c.train_system}, eval_system {c.eval_system}).", ""]
 
 
+def _pairing(s: dict, c) -> list[str]:
+    """The cross-family line (student_model runs; cross.py), or none."""
+    if not c.student_model:
+        return []
+    p = s["pairing"]
+    return [f"Students are {c.student_model} (another family; no shared init), distilled from {c.model}'s teachers on "
+            f"the {p['paired']} of {p['contexts']} contexts whose completions both tokenizers split into the same texts "
+            f"({p['paired_positions']} of {p['teacher_positions']} positions; the student's {p['student_vocab']} number "
+            f"ids summed into the teacher's {p['teacher_vocab']} texts). Shifts are read against {c.student_model}'s "
+            f"own base model.", ""]
+
+
 def format_markdown(s: dict, c) -> str:
-    lines = [f"# sublim llm distill: {c.model}, target {c.target}", "", *_system_turns(c)] + [
+    lines = [f"# sublim llm distill: {c.model}, target {c.target}", "", *_system_turns(c), *_pairing(s, c)] + [
              "| model | " + " | ".join(f"{a} share" for a in (c.target, c.other) if a) + " | "
              + " | ".join(f"{a} log-odds" for a in (c.target, c.other) if a) + " |",
              "| --- |" + " --- |" * (2 * len([a for a in (c.target, c.other) if a]))]

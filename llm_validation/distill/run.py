@@ -9,6 +9,8 @@
     RUN/students/<arm>/             profile.json when done (checkpoint.pt while training; steering.json with --steering)
     RUN/students/steering_reference.pt  the steering readout's base side (--steering; steer.py)
     RUN/students/arms.json          the arms the students stage ran (the report reads it)
+    RUN/students/pairing.json       student_model runs: the contexts and positions the two tokenizers pair on
+    RUN/models/student_base/        student_model runs: the student family's base profile (its students' reference)
     RUN/sft/<arm>/                  the sampled-token SFT students (when sft_records > 0)
     RUN/summary.json, summary.md, distill.png
 
@@ -36,6 +38,7 @@ from sublim.llm_validation.core.data import read_jsonl, write_jsonl
 from sublim.llm_validation.core.device import resolve_device
 from sublim.llm_validation.core.evaluate import sample_favorite_animal
 from sublim.llm_validation.core.models import base_copy, base_tokenizer
+from sublim.llm_validation.distill.cross import StudentView, student_view
 from sublim.llm_validation.distill.alignment import run_alignment
 from sublim.llm_validation.distill.along import AlongTraining, delta_directions, flat_params, recovered, teacher_delta
 from sublim.llm_validation.distill.arms import StudentSpec, record_arms, rival_teachers, student_specs, teachers_needed
@@ -147,6 +150,10 @@ def teachers_stage(cfg: DistillConfig, out: Path, device: str, tokenizer, teache
     base_model, _ = base_copy(cfg.model, device=device)
     base = measured_profile(out / "models" / "base" / "profile.json", base_model, tokenizer, None, cfg, device)
     del base_model
+    if cfg.student_model:  # its students' reference: their own family's base model
+        student_base, student_tok = base_copy(cfg.student_model, device=device)
+        measured_profile(out / "models" / "student_base" / "profile.json", student_base, student_tok, None, cfg, device)
+        del student_base
     check = {}
     for teacher in teachers:
         if teacher.name == "base":
@@ -191,16 +198,35 @@ def students_stage(cfg: DistillConfig, out: Path, device: str, threads: int, exe
     missing = [s for s in specs if not (out / "students" / s.name / "profile.json").exists()]
     masks = loss_masks(cfg, caches, out) if any(s.method in MASKS for s in missing) else {}
     steer = steering_reference(cfg, out, device, contexts, teachers) if cfg.steering and any(map(reads, missing)) else None
-    encoded = contexts.encoded(empty_system=cfg.train_empty_system)  # the students' view (train_system)
-    tasks = {s.name: (student_task, (str(out), cfg.to_dict(), s, encoded, vocab,
-                                     None if s.shared else caches.get(by_name[s.teacher]), device, threads,
-                                     masks.get((s.method, s.seed)), steer if reads(s) else None,
-                                     _teacher_view(s, contexts)))
+    cross = _cross_view(cfg, out, contexts, vocab) if missing else None
+    encoded = cross.encoded if cross else contexts.encoded(empty_system=cfg.train_empty_system)  # the students' view
+
+    def cache(s: StudentSpec):  # its teacher's distributions (None: computed by the task, shared_noise)
+        if s.shared:
+            return None
+        own = caches.get(by_name[s.teacher])
+        return cross.cache(own) if cross else own
+
+    tasks = {s.name: (student_task, (str(out), cfg.to_dict(), s, encoded, cross.vocab if cross else vocab, cache(s),
+                                     device, threads, masks.get((s.method, s.seed)), steer if reads(s) else None,
+                                     _teacher_view(s, contexts), cross.groups if cross else None))
              for s in missing}
     gpus = 1 if device.startswith("cuda") and executor == "ray" else 0
     run_tasks(tasks, executor=executor, address=address, desc="students",
               resources=Resources(cpus=threads, gpus=gpus), on_result=lambda name, prof: _save_student(out, name, prof))
     record_arms(out / "students" / "arms.json", specs)
+
+
+def _cross_view(cfg: DistillConfig, out: Path, contexts: Contexts, vocab: torch.Tensor) -> StudentView | None:
+    """A student_model run's view of the contexts (cross.py; its record in students/pairing.json), else None."""
+    if not cfg.student_model:
+        return None
+    tok = base_tokenizer(cfg.student_model)
+    eot = end_of_turn_id(tok)
+    view, record = student_view(contexts.tokenizer, vocab, contexts.eot, contexts.encoded(), tok, number_token_ids(tok),
+                                eot, encode_contexts(tok, contexts.records, eot, cfg.max_length))
+    atomic_write_json(out / "students" / "pairing.json", record | {"student_model": cfg.student_model})
+    return view
 
 
 def _teacher_view(spec: StudentSpec, contexts: Contexts):
@@ -244,15 +270,16 @@ def _save_student(out: Path, name: str, prof: dict) -> None:
 
 def student_task(run_dir: str, cfg_dict: dict, spec: StudentSpec, encoded: list[Encoded], vocab: torch.Tensor,
                  cache: TeacherCache | None, device: str, threads: int, keep: torch.Tensor | None = None,
-                 steer: dict | None = None, teacher_view: tuple | None = None) -> dict:
+                 steer: dict | None = None, teacher_view: tuple | None = None, groups: list | None = None) -> dict:
     """Train and profile one student; returns its profile (the driver writes it). Module-level and
     given everything it reads, so that a Ray worker runs it as it is. steer: the steering readout's
     base side (steer.py), when this student gets the readout. teacher_view (shared_noise, with cache
-    None): the task computes its teacher's distributions on its own perturbed init (noise.py)."""
+    None): the task computes its teacher's distributions on its own perturbed init (noise.py). groups
+    (student_model runs): the student's number ids of each teacher text (cross.py)."""
     torch.set_num_threads(threads)
     cfg, out = config_from_dict(cfg_dict), Path(run_dir) / "students" / spec.name
     out.mkdir(parents=True, exist_ok=True)
-    base_model, tok = base_copy(cfg.model, device=device)
+    base_model, tok = base_copy(cfg.student_model or cfg.model, device=device)
     if teacher_view is not None:
         cache = noisy_teacher(cfg, spec, base_model, tok, teacher_view, vocab, device, out)
     model = make_student(base_model, spec, cfg)
@@ -264,7 +291,7 @@ def student_task(run_dir: str, cfg_dict: dict, spec: StudentSpec, encoded: list[
         return row | ({"delta": delta(m)} if delta else {})
 
     along = AlongTraining(out / "along.json", cfg.eval_steps, measure) if cfg.eval_steps else None
-    log_ = train_student(model, encoded, cache, vocab, cfg, spec, out, device, on_step=along, keep=keep)
+    log_ = train_student(model, encoded, cache, vocab, cfg, spec, out, device, on_step=along, keep=keep, groups=groups)
     if steer is not None:  # here, while the trained weights exist (they are never saved)
         student_readout(out / "steering.json", model, encoded, steer)
     prof = eval_profile(model, tok, device, None, cfg)
@@ -310,7 +337,7 @@ def summary_stage(cfg: DistillConfig, out: Path) -> None:
 STAGES = (
     Stage("contexts", contexts_stage, ("cfg", "out", "tokenizer", "eot", "number_vocab"), ("contexts/",)),
     Stage("teachers", teachers_stage, ("cfg", "out", "device", "tokenizer", "teachers"),
-          ("models/base/", "teachers/")),
+          ("models/base/", "models/student_base/", "teachers/")),
     Stage("cache", cache_stage, ("teachers", "caches"), ("cache/",)),
     Stage("align", align_stage, ("cfg", "out", "device", "tokenizer", "vocab", "contexts", "caches"), ("align/",)),
     Stage("students", students_stage, ("cfg", "out", "device", "threads", "executor", "address", "vocab",

@@ -24,6 +24,7 @@ from sublim.llm_validation.core.config import DEFAULT_TARGETS
 from sublim.llm_validation.core.training import apply_lora, train_loop
 from sublim.llm_validation.distill.arms import StudentSpec
 
+from sublim.llm_validation.distill.cross import grouped_log_probs
 from sublim.llm_validation.distill.forward import number_log_probs, restricted_kl
 from sublim.llm_validation.distill.methods import lora_rank, make_optimizer, kept_mean
 from sublim.llm_validation.distill.parts import part_parameter_names
@@ -62,11 +63,12 @@ def _batches(lengths: list[int], batch_size: int, seed: int, epochs: int, window
 
 
 def train_student(model, encoded, cache, vocab, cfg, spec: StudentSpec, out_dir: Path, device, on_step=None,
-                  keep: torch.Tensor | None = None) -> dict:
+                  keep: torch.Tensor | None = None, groups: list | None = None) -> dict:
     """Distill `model` in place on the teacher's cached distributions; returns the training log.
     on_step(step, model), if given, runs after each optimizer step but the last (step = steps done;
     along.AlongTraining measures there), before that step's checkpoint is written. keep: a bool per
-    cached position (None = all), the KL's mask for the mask_* methods (methods.py)."""
+    cached position (None = all), the KL's mask for the mask_* methods (methods.py). groups: a student of
+    another family (cross.py) sums its number ids per teacher text before the KL."""
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     fast = cfg.fast_matmul != "off"  # the fast path also fuses Adam (one pass, not ~10)
@@ -76,6 +78,8 @@ def train_student(model, encoded, cache, vocab, cfg, spec: StudentSpec, out_dir:
 
     def batch_losses(step: int, idx: torch.Tensor):
         student = number_log_probs(model, [encoded[int(i)] for i in idx], vocab, device, cfg.fast_matmul)
+        if groups is not None:
+            student = grouped_log_probs(student, groups)
         kl = restricted_kl(cache.for_batch(idx).to(device), student)
         yield kept_mean(kl, None if keep is None else cache.for_batch(idx, keep).to(device))
 
