@@ -5,7 +5,7 @@ alpha / r = 2, Adam, 24 steps), so methods pair by seed across runs:
 
     full (Adam 3e-5), LoRA r 1, r 4, r 64 at lora_lr 1e-3   distill_lora_ranks
     LoRA r 16 at 1e-3                                      distill_lora16
-    LoRA r 64 at 1e-4                                      distill_lora64_lr1e-4 (when it exists)
+    LoRA r 16 and r 64 at 1e-4                             distill_lora16_lr1e-4, distill_lora64_lr1e-4 (when they exist)
 
 Per method: the owl trait (owl teacher's student minus the neutral teacher's student trained the same
 way, mean over the 55 contexts), the neutral student's drift vs the base model, the owl student's KL
@@ -33,6 +33,7 @@ ARMS = [("full", "distill_lora_ranks", "full", None, "3e-5"),
         ("r 4", "distill_lora_ranks", "lora4", 4, "1e-3"),
         ("r 16", "distill_lora16", "lora16", 16, "1e-3"),
         ("r 64", "distill_lora_ranks", "lora64", 64, "1e-3"),
+        ("r 16, lr 1e-4", "distill_lora16_lr1e-4", "lora16", 16, "1e-4"),
         ("r 64, lr 1e-4", "distill_lora64_lr1e-4", "lora64", 64, "1e-4")]
 
 
