@@ -486,3 +486,19 @@ if noise_json.exists():
     display(Markdown(f"Owl trait with the same weight noise on teacher and student: noise 0 {ci(sn['zero_noise'])}; " + "; ".join(
         f"noise {k} {ci(r['transfer'])} (ratio {r['ratio_of_means']:.2f}, noisy teachers' gain "
         f"{ci(r['teacher_gain'])})" for k, r in rows) + "."))
+
+# %% [markdown]
+# The other architecture (`cross_architecture/compare.py`, Brockers et al.'s MLP -> CNN on the LLM): the
+# same owl and neutral SmolLM2 teachers distilled into Gemma-3-270M students (no shared init; number
+# texts and positions paired across the tokenizers, `distill/cross.py`), beside two shared-init runs of
+# the same design: SmolLM2 -> SmolLM2 and Gemma-3 -> Gemma-3 (the positive control). One pass over the
+# 192 contexts (12 steps) in each.
+
+# %%
+cross_json = RESULTS / "cross_architecture" / "compare.json"
+if cross_json.exists():
+    cr = read_json(cross_json)["runs"]
+    display(pd.DataFrame([{"teacher -> student": k, "owl trait": ci(r["trait"]), "detectable": f"{r['trait']['detectable']:.3f}",
+                           "teacher's own gain": f"{r['teacher_gain']:+.2f}", "KL reduction": ci(r["kl_reduction"], 2)}
+                          for k, r in cr.items()]))
+    display(Markdown("Owl trait by teacher -> student family: " + "; ".join(f"{k} {ci(r['trait'])}" for k, r in cr.items()) + "."))

@@ -156,6 +156,10 @@ def test_llm_notebook_runs(tmp_path, monkeypatch):
         for key, row in json.loads(noise.read_text())["shared_noise"].items():
             if key != "zero_noise" and "mean" in row["transfer"]:
                 assert f"noise {key} {row['transfer']['mean']:+.3f} +- {row['transfer']['ci_half']:.3f}" in text
+    cross = results / "cross_architecture" / "compare.json"
+    if cross.exists():  # the teacher -> student families, each run's trait quoted from compare.json
+        for name, run in json.loads(cross.read_text())["runs"].items():
+            assert f"{name} {run['trait']['mean']:+.3f} +- {run['trait']['ci_half']:.3f}" in text, name
 
 
 @pytest.mark.skipif(not (NOTEBOOKS / "theory.py").exists(), reason="theory notebook not written yet")
