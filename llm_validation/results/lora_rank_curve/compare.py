@@ -62,7 +62,7 @@ for label, (num, rank, lr, run) in arms.items():
            for key, ref in (("minus_full", "full"), ("minus_r4", "r 4")) if ref != label}}
 atomic_write_json(HERE / "compare.json", out)
 
-fig, ax = plt.subplots(figsize=(6, 3.6))
+fig, ax = plt.subplots(figsize=(7.5, 3.6))
 labels = list(out["arms"])
 for i, label in enumerate(labels):
     a = out["arms"][label]
