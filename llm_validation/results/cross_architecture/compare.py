@@ -73,6 +73,8 @@ if cross in runs:
         if ref in runs:
             common = sorted(set(runs[cross][0]["trait"]) & set(runs[ref][0]["trait"]))
             out["runs"][cross][f"minus {ref}"] = seed_ci(runs[cross][0]["trait"][s] - runs[ref][0]["trait"][s] for s in common)
+            out["runs"][cross][f"minus {ref}, step 3"] = seed_ci(runs[cross][0]["trait_step3"][s] - runs[ref][0]["trait_step3"][s]
+                                                                 for s in common)
 atomic_write_json(HERE / "compare.json", out)
 
 fig, ax = plt.subplots(figsize=(6, 3.4))
@@ -90,5 +92,6 @@ for label, r in out["runs"].items():
     diffs = "  ".join(f"{k} {v['mean']:+.4f} +- {v['ci_half']:.4f} (det {v['detectable']:.4f})"
                       for k, v in r.items() if k.startswith("minus"))
     print(f"{label:20s} n {r['trait']['n']} trait {r['trait']['mean']:+.4f} +- {r['trait']['ci_half']:.4f} "
-          f"(det {r['trait']['detectable']:.4f})  step 3 {r['trait_step3']['mean']:+.4f} +- {r['trait_step3']['ci_half']:.4f}  "
+          f"(det {r['trait']['detectable']:.4f})  step 3 {r['trait_step3']['mean']:+.4f} +- {r['trait_step3']['ci_half']:.4f} "
+          f"(det {r['trait_step3']['detectable']:.4f})  "
           f"KL red {r['kl_reduction']['mean']:+.3f}  teacher gain {r['teacher_gain']:+.2f}  {diffs}")
