@@ -22,6 +22,8 @@ identity and a student is exactly the same-family student (tests/llm_validation)
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
+from itertools import accumulate
 
 import torch
 
@@ -33,9 +35,15 @@ from sublim.llm_validation.distill.contexts import Encoded
 EOT = "<end of turn>"  # the text both vocabularies' end-of-turn tokens pair under
 
 
+def text_of(tokenizer, eot: int):
+    """id -> its text, the end-of-turn token as EOT (memoized: a completion repeats a few dozen ids)."""
+    return lru_cache(maxsize=None)(lambda i: EOT if i == eot else tokenizer.decode([i]))
+
+
 def vocab_texts(tokenizer, ids, eot: int) -> list[str]:
     """Each id's text, the end-of-turn token as EOT."""
-    return [EOT if int(i) == eot else tokenizer.decode([int(i)]) for i in ids]
+    text = text_of(tokenizer, eot)
+    return [text(int(i)) for i in ids]
 
 
 def text_groups(teacher_texts: list[str], student_texts: list[str]) -> list[list[int]]:
@@ -66,10 +74,7 @@ class StudentView:
 
     def cache(self, teacher_cache: TeacherCache) -> TeacherCache:
         rows = [teacher_cache.for_context(i)[:k] for i, k in self.spans]
-        offsets = [0]
-        for _, k in self.spans:
-            offsets.append(offsets[-1] + k)
-        return TeacherCache(torch.cat(rows), offsets)
+        return TeacherCache(torch.cat(rows), list(accumulate((k for _, k in self.spans), initial=0)))
 
 
 def pair_contexts(teacher: list[Encoded], student: list[Encoded], teacher_text, student_text) -> tuple[list, list, list]:
@@ -90,15 +95,13 @@ def pair_contexts(teacher: list[Encoded], student: list[Encoded], teacher_text, 
 def student_view(teacher_tok, teacher_vocab, teacher_eot: int, teacher_encoded: list[Encoded],
                  student_tok, student_vocab, student_eot: int, student_encoded: list[Encoded]) -> tuple[StudentView, dict]:
     """The student's view of the run and its record (students/pairing.json)."""
-    groups = text_groups(vocab_texts(teacher_tok, teacher_vocab, teacher_eot),
-                         vocab_texts(student_tok, student_vocab, student_eot))
-    kept, spans, dropped = pair_contexts(
-        teacher_encoded, student_encoded,
-        lambda x: EOT if x == teacher_eot else teacher_tok.decode([x]),
-        lambda x: EOT if x == student_eot else student_tok.decode([x]))
+    teacher_texts = vocab_texts(teacher_tok, teacher_vocab, teacher_eot)
+    groups = text_groups(teacher_texts, vocab_texts(student_tok, student_vocab, student_eot))
+    kept, spans, dropped = pair_contexts(teacher_encoded, student_encoded, text_of(teacher_tok, teacher_eot),
+                                         text_of(student_tok, student_eot))
     record = {"contexts": len(teacher_encoded), "paired": len(kept), "dropped": dropped,
               "teacher_positions": sum(len(e.completion_ids) for e in teacher_encoded),
               "paired_positions": sum(k for _, k in spans),
               "student_vocab": len(student_vocab), "teacher_vocab": len(teacher_vocab),
-              "student_ids_per_text": {t: len(g) for t, g in zip(vocab_texts(teacher_tok, teacher_vocab, teacher_eot), groups)}}
+              "student_ids_per_text": {t: len(g) for t, g in zip(teacher_texts, groups)}}
     return StudentView(kept, student_vocab, groups, spans), record

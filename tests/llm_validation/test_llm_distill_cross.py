@@ -120,4 +120,8 @@ def test_bad_student_model_runs_are_refused_in_one_line(tmp_path, capsys, flags,
     assert main(args) == 2
     one_line_error(capsys, message)
     assert not (tmp_path / "r").exists()
+
+
+def test_student_model_is_left_out_of_config_json_at_its_default():
     assert "student_model" not in from_overrides("tiny", {}).to_dict()  # older config.json files stay as they were
+    assert from_overrides("tiny", {"student_model": "tiny-gemma", "sigmas": (), "align": False}).to_dict()["student_model"] == "tiny-gemma"
